@@ -1,0 +1,108 @@
+"""`KasaConfig`: what to adapt and how, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Regularizer = Literal["paper", "reference"]
+Reduction = Literal["mean", "sum"]
+TruncationMethod = Literal["eigh", "svd"]
+
+ALL_LINEAR = "all-linear"
+
+
+@dataclass(frozen=True)
+class KasaConfig:
+    """Configuration of one KaSA adapter.
+
+    Args:
+        r: adapter rank; also the number of smallest singular components dropped from each base weight.
+        alpha: the update is scaled by ``alpha / r`` (or ``alpha / sqrt(r)`` with ``use_rslora``).
+        dropout: dropout probability on the adapter's input (the truncation correction never sees dropout).
+        target_modules: which layers to adapt. A list matches exact module names or name suffixes
+            (``"query"`` matches ``encoder.layer.0.attention.self.query``); a single string other than
+            ``"all-linear"`` is a regular expression matched against the full name; ``"all-linear"`` adapts
+            every ``nn.Linear`` / ``Conv1D`` except the output head.
+        exclude_modules: names, suffixes or a regex of layers never adapted.
+        modules_to_save: modules trained fully and saved with the adapter (e.g. a classification head).
+        beta: weight of the singular-value penalty ``sum(sigma^2)``.
+        gamma: weight of the orthogonality penalty ``||B^T B - I||_F + ||A A^T - I||_F``.
+        regularizer: ``"paper"`` (r x r Grams, the paper's equations) or ``"reference"`` (the authors'
+            script: ``||A^T A - I_in||_F + ||B B^T - I_out||_F``; same minimiser, gradient damped by about
+            ``1 / sqrt(in - r)``). Published beta/gamma values were tuned with ``"reference"``.
+        reduction: ``"mean"`` over adapted layers (the reference script, what published beta/gamma assume)
+            or ``"sum"`` (PEFT's ``_get_kasa_loss``).
+        truncation: ``"eigh"`` (float64 eigendecomposition of the smaller Gram matrix, falling back to
+            SVD when the spectral gap at the cut is too small) or ``"svd"`` (float64 full SVD).
+        use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | str = ("query", "value")
+    exclude_modules: tuple[str, ...] | str = ()
+    modules_to_save: tuple[str, ...] = ()
+    beta: float = 1e-4
+    gamma: float = 1e-3
+    regularizer: Regularizer = "paper"
+    reduction: Reduction = "mean"
+    truncation: TruncationMethod = "eigh"
+    use_rslora: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("target_modules", "exclude_modules", "modules_to_save"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                object.__setattr__(self, name, tuple(value))
+        _check(isinstance(self.r, int) and self.r >= 1, f"r must be a positive integer, got {self.r!r}")
+        _check(math.isfinite(self.alpha) and self.alpha > 0, f"alpha must be a positive number, got {self.alpha!r}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check(self.beta >= 0, f"beta must be >= 0 (it weights a penalty), got {self.beta!r}")
+        _check(self.gamma >= 0, f"gamma must be >= 0 (it weights a penalty), got {self.gamma!r}")
+        _check(self.regularizer in ("paper", "reference"), f"regularizer must be 'paper' or 'reference', got {self.regularizer!r}")
+        _check(self.reduction in ("mean", "sum"), f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        _check(self.truncation in ("eigh", "svd"), f"truncation must be 'eigh' or 'svd', got {self.truncation!r}")
+        _check(bool(self.target_modules), "target_modules is empty: name the layers to adapt, e.g. ('query', 'value') or 'all-linear'")
+        for name in ("target_modules", "exclude_modules"):
+            pattern = getattr(self, name)
+            if isinstance(pattern, str) and pattern != ALL_LINEAR:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"{name}={pattern!r} is not a valid regular expression: {err}") from None
+
+    @property
+    def scale(self) -> float:
+        """The factor in front of ``B diag(sigma) A``."""
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "KasaConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown KasaConfig fields {sorted(unknown)}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "KasaConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"invalid KasaConfig: {message}")
+
+
+def matches(name: str, patterns: tuple[str, ...] | str) -> bool:
+    """Whether a module name matches a list of names/suffixes or a regular expression."""
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == p or name.endswith("." + p) for p in patterns)

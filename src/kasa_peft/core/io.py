@@ -1,0 +1,199 @@
+"""Saving and loading adapters: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+The file holds, per adapted layer, ``A``, ``B``, ``sigma``, the dropped components (so loading computes no
+SVD) and a fingerprint of the base weight the adapter was made for; plus the ``modules_to_save`` copies.
+Everything is checked against the model before the model is changed, and saves are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..version import __version__
+from .config import KasaConfig
+from .layer import KasaLayer, weight_matrix
+from .model import (
+    _base_layer, inject, kasa_layers, kasa_state, original_weight, saved_modules,
+)
+from .truncation import DroppedComponents
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT = "kasa-peft"
+FORMAT_VERSION = 1
+# A base whose weights differ from the fingerprinted ones by more than this (relative to ||W||_F) is another
+# model. Loose enough for a dtype change of the base (bf16 rounding is ~4e-3), tight enough for any other model.
+FINGERPRINT_TOLERANCE = 1e-2
+
+
+def weight_fingerprint(weight: torch.Tensor) -> torch.Tensor:
+    """Four float64 numbers that identify an (out, in) weight: ``||W||_F`` and three ``u_i^T W v_i``.
+
+    ``u_i``, ``v_i`` are fixed cosine patterns, so the fingerprint costs one skinny matmul per layer.
+    """
+    w = weight.detach().to(torch.float64)
+    rows = torch.arange(w.shape[0], dtype=torch.float64, device=w.device)
+    cols = torch.arange(w.shape[1], dtype=torch.float64, device=w.device)
+    u = torch.stack([torch.cos(0.37 * (i + 1) * rows + i) for i in range(3)], dim=1)
+    v = torch.stack([torch.cos(0.61 * (i + 1) * cols + 2 * i) for i in range(3)], dim=1)
+    projections = ((w @ v) * u).sum(dim=0)
+    return torch.cat([torch.linalg.matrix_norm(w).reshape(1), projections]).cpu()
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> Path:
+    """Write one adapter (default: the active one) to directory ``path``; returns the path."""
+    state = kasa_state(model)
+    name = adapter_name or state.active
+    if name not in state.configs:
+        raise ValueError(f"no adapter named '{name}' to save; this model has {sorted(state.configs)}")
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, list[int]] = {}
+    for layer_name, layer in kasa_layers(model):
+        if name not in layer.adapters:
+            continue
+        adapter = layer.adapters[name]
+        for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
+                           ("dropped_us", adapter.dropped_us), ("dropped_vt", adapter.dropped_vt)):
+            tensors[f"{layer_name}.{key}"] = value.detach()
+        tensors[f"{layer_name}.base_fingerprint"] = weight_fingerprint(original_weight(layer))
+        layers[layer_name] = [layer.out_features, layer.in_features]
+    saved = []
+    for module_name, wrapper in saved_modules(model):
+        if name in wrapper.copies:
+            saved.append(module_name)
+            for key, value in wrapper.copies[name].state_dict().items():
+                tensors[f"modules_to_save.{module_name}.{key}"] = value.detach()
+    metadata = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kasa_peft_version": __version__,
+        "adapter_name": name, "base_model": base_model_name(model), "config": state.configs[name].to_dict(),
+        "layers": layers, "modules_to_save": saved,
+    }
+    tensors = {k: v.to("cpu").contiguous() for k, v in tensors.items()}
+    _write_atomically(Path(path), {CONFIG_NAME: lambda p: p.write_text(json.dumps(metadata, indent=2) + "\n"),
+                                   WEIGHTS_NAME: lambda p: save_file(tensors, str(p), metadata={"format": "pt"})})
+    return Path(path)
+
+
+def base_model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "name_or_path", "") or type(model).__name__)
+
+
+def _write_atomically(target: Path, writers: dict) -> None:
+    """Write all files into a temporary sibling directory, then swap it in place of ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        for filename, write in writers.items():
+            write(staging / filename)
+        if target.exists():
+            _merge_into(staging, target)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _merge_into(staging: Path, target: Path) -> None:
+    """Replace ``target``'s adapter files by ``staging``'s, each by an atomic rename (other files are kept)."""
+    for file in staging.iterdir():
+        os.replace(file, target / file.name)
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and tensors of a saved adapter, with errors that say what is wrong with the directory."""
+    path = Path(path)
+    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not config_file.is_file() or not weights_file.is_file():
+        raise FileNotFoundError(f"{path} is not a KaSA adapter directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        metadata = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is corrupt ({err}); save the adapter again") from None
+    if metadata.get("format") != FORMAT:
+        hint = (" It looks like a PEFT adapter: convert it with `kasa-peft import` "
+                "(kasa_peft.interop.import_peft_kasa)." if "peft_type" in metadata else "")
+        raise ValueError(f"{config_file} is not a kasa-peft adapter config.{hint}")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer kasa-peft (format {metadata['format_version']}); upgrade kasa-peft")
+    try:
+        tensors = load_file(str(weights_file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{weights_file} is corrupt or truncated ({err}); save the adapter again") from None
+    return metadata, tensors
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
+    """Load a saved adapter onto ``model`` (the same base it was made for) without computing any SVD.
+
+    The adapter is added under ``adapter_name`` (default: the name it was saved with) and becomes active.
+    """
+    metadata, tensors = read_adapter(path)
+    name = adapter_name or metadata["adapter_name"]
+    config = KasaConfig.from_dict(metadata["config"])
+    layers = metadata["layers"]
+    _check_tensors(path, layers, metadata["modules_to_save"], tensors)
+    _check_base(model, path, layers, tensors)
+    dropped = {n: DroppedComponents(tensors[f"{n}.dropped_us"], tensors[f"{n}.dropped_vt"]) for n in layers}
+    inject(model, config, name, dropped=dropped)
+    with torch.no_grad():
+        for layer_name, layer in kasa_layers(model):
+            if layer_name in layers:
+                adapter = layer.adapters[name]
+                for key in ("A", "B", "sigma"):
+                    getattr(adapter, key).copy_(tensors[f"{layer_name}.{key}"])
+    for module_name, wrapper in saved_modules(model):
+        if module_name in metadata["modules_to_save"]:
+            prefix = f"modules_to_save.{module_name}."
+            wrapper.copies[name].load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return model
+
+
+def _check_tensors(path, layers: dict, modules: list[str], tensors: dict[str, torch.Tensor]) -> None:
+    for name, (out_features, in_features) in layers.items():
+        for key in ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerprint"):
+            if f"{name}.{key}" not in tensors:
+                raise ValueError(f"{path}: tensor '{name}.{key}' is missing; the adapter file is incomplete, save it again")
+        r = tensors[f"{name}.sigma"].shape[0]
+        expected = {"A": (r, in_features), "B": (out_features, r), "dropped_us": (out_features, r),
+                    "dropped_vt": (r, in_features)}
+        for key, shape in expected.items():
+            if tuple(tensors[f"{name}.{key}"].shape) != shape:
+                raise ValueError(f"{path}: tensor '{name}.{key}' has shape {tuple(tensors[f'{name}.{key}'].shape)}, "
+                                 f"expected {shape}; the adapter file is inconsistent, save it again")
+    for module_name in modules:
+        if not any(k.startswith(f"modules_to_save.{module_name}.") for k in tensors):
+            raise ValueError(f"{path}: the saved copy of module '{module_name}' is missing; save the adapter again")
+
+
+def _check_base(model: nn.Module, path, layers: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Fail before any change when ``model`` is not the base the adapter was made for."""
+    for name, (out_features, in_features) in layers.items():
+        try:
+            module = _base_layer(model, name)
+        except AttributeError:
+            raise ValueError(f"adapter {path} was made for a different base model: it adapts layer '{name}', "
+                             "which this model does not have. Load it onto the model it was trained on.") from None
+        weight = _unmerged_weight(model, name, module)
+        if tuple(weight.shape) != (out_features, in_features):
+            raise ValueError(f"adapter {path} was made for a different base model: layer '{name}' has shape "
+                             f"{tuple(weight.shape)} here but ({out_features}, {in_features}) in the adapter.")
+        expected = tensors[f"{name}.base_fingerprint"]
+        actual = weight_fingerprint(weight)
+        if (actual - expected).abs().max() > FINGERPRINT_TOLERANCE * expected[0]:
+            raise ValueError(f"adapter {path} was made for a different base model: the weights of layer '{name}' "
+                             "differ from those it was trained on. Load it onto the model it was trained on.")
+
+
+def _unmerged_weight(model: nn.Module, name: str, module: nn.Module) -> torch.Tensor:
+    layer = model.get_submodule(name)
+    return original_weight(layer) if isinstance(layer, KasaLayer) else weight_matrix(module)

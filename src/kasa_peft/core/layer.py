@@ -1,0 +1,187 @@
+"""The KaSA-adapted layer.
+
+For a base layer ``y = W x + b`` and an active adapter, the forward pass is
+
+    y = W x + b  -  us (vt x)  +  scale * B diag(sigma) A dropout(x)
+        \\_____/     \\_______/     \\__________________________________/
+         base      truncation:           knowledge-aware update
+                   U_d S_d V_d^T x
+
+The base weight ``W`` is never modified (until ``merge``): the truncation is a frozen rank-``r`` correction.
+That keeps the original model exactly recoverable, lets several adapters each drop their own components
+from the same untouched ``W`` (and mix per example in one batch), and is already the shape of a rank-``2r``
+LoRA on the original base. Its cost is one more rank-``r`` product per layer (see benchmarks/core_speed.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .config import KasaConfig
+from .truncation import DroppedComponents
+
+
+def conv1d_class() -> type | None:
+    """transformers' ``Conv1D`` if transformers is already loaded (a model using it implies it is)."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    return getattr(module, "Conv1D", None)
+
+
+def is_supported_layer(module: nn.Module) -> bool:
+    conv1d = conv1d_class()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+def is_transposed(module: nn.Module) -> bool:
+    """Conv1D stores its weight as (in, out); nn.Linear as (out, in)."""
+    return not isinstance(module, nn.Linear)
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as an (out, in) matrix (a view, no copy)."""
+    return module.weight.T if is_transposed(module) else module.weight
+
+
+def adapter_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """Adapters train in float32 on half-precision bases (as PEFT's autocast_adapter_dtype)."""
+    return weight_dtype if weight_dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class KasaAdapter(nn.Module):
+    """One adapter of one layer: trainable ``A``, ``B``, ``sigma`` and the frozen dropped components."""
+
+    def __init__(self, in_features: int, out_features: int, config: KasaConfig, dropped: DroppedComponents,
+                 dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> None:
+        super().__init__()
+        r = config.r
+        self.scale = config.scale
+        self.A = nn.Parameter(torch.empty(r, in_features, dtype=dtype, device=device))
+        self.B = nn.Parameter(torch.zeros(out_features, r, dtype=dtype, device=device))
+        self.sigma = nn.Parameter(torch.randn(r, dtype=dtype, device=device))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.register_buffer("dropped_us", dropped.us.to(device=device, dtype=dtype))
+        self.register_buffer("dropped_vt", dropped.vt.to(device=device, dtype=dtype))
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``scale * B diag(sigma) A dropout(x) - us vt x`` for ``x`` of any leading shape."""
+        x = x.to(self.A.dtype)
+        update = (self.dropout(x) @ self.A.T * (self.scale * self.sigma)) @ self.B.T
+        return update - (x @ self.dropped_vt.T) @ self.dropped_us.T
+
+    def delta_weight(self) -> torch.Tensor:
+        """The (out, in) matrix this adapter adds to the original weight, in float32 or wider."""
+        dtype = torch.promote_types(self.A.dtype, torch.float32)
+        a, b, sigma = self.A.to(dtype), self.B.to(dtype), self.sigma.to(dtype)
+        return (b * (self.scale * sigma)) @ a - self.dropped_us.to(dtype) @ self.dropped_vt.to(dtype)
+
+
+class KasaLayer(nn.Module):
+    """Wraps an ``nn.Linear`` or transformers ``Conv1D`` and holds its KaSA adapters by name."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.merged_adapter: str | None = None
+        self.disabled = False
+        # set for one forward pass by ``kasa_peft.adapters_per_example``: one adapter name (or None) per row
+        self.per_example_adapters: Sequence[str | None] | None = None
+
+    @property
+    def out_features(self) -> int:
+        return weight_matrix(self.base_layer).shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return weight_matrix(self.base_layer).shape[1]
+
+    def add_adapter(self, name: str, config: KasaConfig, dropped: DroppedComponents) -> KasaAdapter:
+        weight = self.base_layer.weight
+        adapter = KasaAdapter(self.in_features, self.out_features, config, dropped,
+                              dtype=adapter_dtype(weight.dtype), device=weight.device)
+        self.adapters[name] = adapter
+        return adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.disabled or self.merged_adapter is not None:
+            return y
+        if self.per_example_adapters is not None:
+            return self._forward_per_example(x, y)
+        if self.active_adapter is None:
+            return y
+        return y + self.adapters[self.active_adapter](x).to(y.dtype)
+
+    def _forward_per_example(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        names = self.per_example_adapters
+        if len(names) != x.shape[0]:
+            raise ValueError(f"adapters_per_example got {len(names)} names for a batch of {x.shape[0]} examples")
+        y = y.clone()
+        for name in dict.fromkeys(n for n in names if n is not None):
+            rows = torch.tensor([i for i, n in enumerate(names) if n == name], device=x.device)
+            y[rows] += self.adapters[name](x[rows]).to(y.dtype)
+        return y
+
+    def _add_to_weight(self, delta: torch.Tensor) -> None:
+        weight = self.base_layer.weight
+        oriented = delta.T if is_transposed(self.base_layer) else delta
+        weight.data = (weight.data.to(delta.dtype) + oriented.to(weight.device)).to(weight.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the active adapter (truncation and update) into the base weight."""
+        if self.merged_adapter is not None or self.active_adapter is None:
+            return
+        self._add_to_weight(self.adapters[self.active_adapter].delta_weight())
+        self.merged_adapter = self.active_adapter
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged_adapter is None:
+            return
+        self._add_to_weight(-self.adapters[self.merged_adapter].delta_weight())
+        self.merged_adapter = None
+
+
+class ModulesToSave(nn.Module):
+    """A module trained fully: one copy per adapter, the original kept untouched for the base model."""
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        self.original = original
+        self.copies = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.disabled = False
+        self.per_example_adapters: Sequence[str | None] | None = None
+
+    def add_copy(self, name: str) -> nn.Module:
+        module = copy.deepcopy(self.original)
+        for param in module.parameters():
+            param.requires_grad_(True)
+        self.copies[name] = module
+        return module
+
+    def module_for(self, name: str | None) -> nn.Module:
+        if self.disabled or name is None or name not in self.copies:
+            return self.original
+        return self.copies[name]
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if self.per_example_adapters is None:
+            return self.module_for(self.active_adapter)(x, *args, **kwargs)
+        names = self.per_example_adapters
+        groups = {n: [i for i, m in enumerate(names) if m == n] for n in dict.fromkeys(names)}
+        outputs = {n: self.module_for(n)(x[rows], *args, **kwargs) for n, rows in groups.items()}
+        first = next(iter(outputs.values()))
+        result = first.new_empty((x.shape[0], *first.shape[1:]))
+        for n, rows in groups.items():
+            result[torch.tensor(rows, device=x.device)] = outputs[n]
+        return result

@@ -1,0 +1,304 @@
+"""Model-level operations: inject adapters, switch, disable, merge, unload, count parameters."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .config import ALL_LINEAR, KasaConfig, matches
+from .layer import KasaLayer, ModulesToSave, is_supported_layer, weight_matrix
+from .truncation import DroppedComponents, check_rank, truncate_smallest
+
+STATE_ATTRIBUTE = "_kasa_state"
+
+
+@dataclass
+class KasaState:
+    """What the model knows about its adapters (stored on the model as ``_kasa_state``)."""
+
+    configs: dict[str, KasaConfig] = field(default_factory=dict)
+    active: str | None = None
+
+
+def kasa_state(model: nn.Module) -> KasaState:
+    state = getattr(model, STATE_ATTRIBUTE, None)
+    if state is None:
+        raise ValueError("this model has no KaSA adapter: call kasa_peft.inject(model, config) or load_adapter first")
+    return state
+
+
+def kasa_layers(model: nn.Module) -> Iterator[tuple[str, KasaLayer]]:
+    return ((name, m) for name, m in model.named_modules() if isinstance(m, KasaLayer))
+
+
+def saved_modules(model: nn.Module) -> Iterator[tuple[str, ModulesToSave]]:
+    return ((name, m) for name, m in model.named_modules() if isinstance(m, ModulesToSave))
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Names of the layers KaSA can adapt (wrapped ones by their original name)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, KasaLayer) or (is_supported_layer(module) and not _inside_wrapper(model, name)):
+            names.append(name)
+    return names
+
+
+def _inside_wrapper(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        if isinstance(model.get_submodule(".".join(parts[:i])), (KasaLayer, ModulesToSave)):
+            return True
+    return False
+
+
+def _under(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``name`` or one of its parent modules matches ``patterns``."""
+    parts = name.split(".")
+    return any(matches(".".join(parts[:i]), patterns) for i in range(1, len(parts) + 1))
+
+
+def _output_head_names(model: nn.Module) -> set[str]:
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return {name for name, m in model.named_modules() if head is not None and m is head}
+
+
+def target_layer_names(model: nn.Module, config: KasaConfig) -> list[str]:
+    """The layers ``config`` selects, in model order. Raises if it selects none."""
+    candidates = linear_layer_names(model)
+    excluded = _output_head_names(model) if config.target_modules == ALL_LINEAR else set()
+    selected = [
+        name for name in candidates
+        if (config.target_modules == ALL_LINEAR or matches(name, config.target_modules))
+        and not (config.exclude_modules and matches(name, config.exclude_modules))
+        and not _under(name, config.modules_to_save)
+        and name not in excluded
+    ]
+    if not selected:
+        shown = ", ".join(candidates[:40]) + (f", ... ({len(candidates)} in all)" if len(candidates) > 40 else "")
+        raise ValueError(
+            f"target_modules={config.target_modules!r} matches no nn.Linear/Conv1D layer of this model "
+            f"(after exclude_modules={config.exclude_modules!r}). Its linear layers are: {shown or 'none'}"
+        )
+    return selected
+
+
+def _base_layer(model: nn.Module, name: str) -> nn.Module:
+    module = model.get_submodule(name)
+    return module.base_layer if isinstance(module, KasaLayer) else module
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
+           dropped: Mapping[str, DroppedComponents] | None = None) -> nn.Module:
+    """Add a KaSA adapter to ``model`` in place and make it the active, only trainable one.
+
+    Each targeted weight gets its ``r`` smallest singular components computed (or taken from ``dropped``,
+    e.g. loaded from disk or computed on another process) and the adapter ``B = 0, A ~ Kaiming, sigma ~ N(0, 1)``.
+    Every check runs before the model is changed.
+    """
+    state = getattr(model, STATE_ATTRIBUTE, None) or KasaState()
+    if adapter_name in state.configs:
+        raise ValueError(f"an adapter named '{adapter_name}' already exists on this model; pick another adapter_name "
+                         "or remove it with kasa_peft.delete_adapter")
+    if any(layer.merged_adapter is not None for _, layer in kasa_layers(model)):
+        raise ValueError("the model has a merged adapter: call kasa_peft.unmerge(model) before adding another")
+    names = target_layer_names(model, config)
+    for name in names:
+        check_rank(config.r, *weight_matrix(_base_layer(model, name)).shape, layer_name=name)
+    if dropped is not None and set(dropped) != set(names):
+        raise ValueError(f"precomputed dropped components cover {sorted(set(dropped) ^ set(names))[:5]} differently "
+                         "from the layers the config targets")
+    save_names = _modules_to_save_names(model, config)
+    for name in names:
+        base = _base_layer(model, name)
+        parts = dropped[name] if dropped is not None else truncate_smallest(weight_matrix(base), config.r, config.truncation)
+        layer = model.get_submodule(name)
+        if not isinstance(layer, KasaLayer):
+            layer = KasaLayer(base)
+            _replace(model, name, layer)
+        layer.add_adapter(adapter_name, config, parts)
+    for name in save_names:
+        wrapper = model.get_submodule(name)
+        if not isinstance(wrapper, ModulesToSave):
+            wrapper = ModulesToSave(wrapper)
+            _replace(model, name, wrapper)
+        wrapper.add_copy(adapter_name)
+    state.configs[adapter_name] = config
+    setattr(model, STATE_ATTRIBUTE, state)
+    set_adapter(model, adapter_name)
+    return model
+
+
+def _modules_to_save_names(model: nn.Module, config: KasaConfig) -> list[str]:
+    names = [name for name, m in model.named_modules()
+             if matches(name, config.modules_to_save) and not _inside_wrapper(model, name)
+             and not isinstance(m, KasaLayer)]
+    missing = [p for p in config.modules_to_save if not any(matches(n, (p,)) for n in names)]
+    if missing:
+        raise ValueError(f"modules_to_save {missing} match no module of this model; top-level modules are: "
+                         f"{[n for n, _ in model.named_children()]}")
+    return names
+
+
+def set_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Make ``adapter_name`` the active adapter; only its parameters require gradients."""
+    state = kasa_state(model)
+    if adapter_name not in state.configs:
+        raise ValueError(f"no adapter named '{adapter_name}'; this model has {sorted(state.configs)}")
+    if any(layer.merged_adapter is not None for _, layer in kasa_layers(model)):
+        raise ValueError("an adapter is merged into the weights: call kasa_peft.unmerge(model) before switching")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for _, module in [*kasa_layers(model), *saved_modules(model)]:
+        module.active_adapter = adapter_name
+    for param in _adapter_parameters(model, adapter_name):
+        param.requires_grad_(True)
+    state.active = adapter_name
+
+
+def _adapter_parameters(model: nn.Module, adapter_name: str) -> Iterator[nn.Parameter]:
+    for _, layer in kasa_layers(model):
+        if adapter_name in layer.adapters:
+            yield from layer.adapters[adapter_name].parameters()
+    for _, wrapper in saved_modules(model):
+        if adapter_name in wrapper.copies:
+            yield from wrapper.copies[adapter_name].parameters()
+
+
+def delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove one adapter; the others (and the base) are untouched. Deleting the active one leaves none active."""
+    state = kasa_state(model)
+    if adapter_name not in state.configs:
+        raise ValueError(f"no adapter named '{adapter_name}'; this model has {sorted(state.configs)}")
+    for _, module in [*kasa_layers(model), *saved_modules(model)]:
+        if getattr(module, "merged_adapter", None) == adapter_name:
+            module.unmerge()
+        container = module.adapters if isinstance(module, KasaLayer) else module.copies
+        container.pop(adapter_name, None)
+        if module.active_adapter == adapter_name:
+            module.active_adapter = None
+    del state.configs[adapter_name]
+    if state.active == adapter_name:
+        state.active = None
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model computes exactly as the original (merged adapters are unmerged first)."""
+    modules = [m for _, m in [*kasa_layers(model), *saved_modules(model)]]
+    remerge = [m for m in modules if getattr(m, "merged_adapter", None) is not None]
+    for module in remerge:
+        module.unmerge()
+    for module in modules:
+        module.disabled = True
+    try:
+        yield model
+    finally:
+        for module in modules:
+            module.disabled = False
+        for module in remerge:
+            module.merge()
+
+
+@contextlib.contextmanager
+def adapters_per_example(model: nn.Module, adapter_names: Sequence[str | None]) -> Iterator[nn.Module]:
+    """Within the block, row ``i`` of every batch uses adapter ``adapter_names[i]`` (``None``: the original model)."""
+    known = set(kasa_state(model).configs)
+    unknown = sorted({n for n in adapter_names if n is not None} - known)
+    if unknown:
+        raise ValueError(f"unknown adapter names {unknown}; this model has {sorted(known)}")
+    modules = [m for _, m in [*kasa_layers(model), *saved_modules(model)]]
+    if any(getattr(m, "merged_adapter", None) is not None for m in modules):
+        raise ValueError("per-example adapters need unmerged weights: call kasa_peft.unmerge(model) first")
+    names = list(adapter_names)
+    for module in modules:
+        module.per_example_adapters = names
+    try:
+        yield model
+    finally:
+        for module in modules:
+            module.per_example_adapters = None
+
+
+def merge(model: nn.Module) -> None:
+    """Fold the active adapter into the base weights: ``W <- W - us vt + scale B diag(sigma) A``."""
+    for _, layer in kasa_layers(model):
+        layer.merge()
+
+
+def unmerge(model: nn.Module) -> None:
+    for _, layer in kasa_layers(model):
+        layer.unmerge()
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Remove every adapter and give back the original model (bit-exact unless an adapter was merged)."""
+    for name, layer in list(kasa_layers(model)):
+        layer.unmerge()
+        _replace(model, name, layer.base_layer)
+    for name, wrapper in list(saved_modules(model)):
+        _replace(model, name, wrapper.original)
+    _drop_state(model)
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge the active adapter and return a plain model with no trace of this library."""
+    active = kasa_state(model).active
+    merge(model)
+    for name, layer in list(kasa_layers(model)):
+        _replace(model, name, layer.base_layer)
+    for name, wrapper in list(saved_modules(model)):
+        _replace(model, name, wrapper.module_for(active))
+    _drop_state(model)
+    return model
+
+
+def _drop_state(model: nn.Module) -> None:
+    if hasattr(model, STATE_ATTRIBUTE):
+        delattr(model, STATE_ATTRIBUTE)
+    for param in model.parameters():
+        param.requires_grad_(True)
+
+
+class ParameterCount(NamedTuple):
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return f"trainable params: {self.trainable:,} || all params: {self.total:,} || trainable%: {self.percent:.4f}"
+
+
+def trainable_parameters(model: nn.Module) -> ParameterCount:
+    """Trainable vs all parameters (each shared tensor counted once)."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return ParameterCount(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+
+
+def dropped_components(model: nn.Module, adapter_name: str) -> dict[str, DroppedComponents]:
+    """The dropped components of one adapter, by layer name (what ``inject(dropped=...)`` takes)."""
+    return {name: DroppedComponents(layer.adapters[adapter_name].dropped_us, layer.adapters[adapter_name].dropped_vt)
+            for name, layer in kasa_layers(model) if adapter_name in layer.adapters}
+
+
+def original_weight(layer: KasaLayer) -> torch.Tensor:
+    """The (out, in) weight of the untouched base (unmerging the merged delta on the fly)."""
+    weight = weight_matrix(layer.base_layer)
+    if layer.merged_adapter is None:
+        return weight
+    return (weight.float() - layer.adapters[layer.merged_adapter].delta_weight()).to(weight.dtype)

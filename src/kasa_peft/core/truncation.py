@@ -1,0 +1,77 @@
+"""Knowledge-based SVD truncation: the ``r`` smallest singular components of a weight.
+
+For ``W`` (out x in) with thin SVD ``W = U S V^T`` (singular values descending) and ``k = min(out, in)``,
+the dropped part is ``U_d S_d V_d^T`` with ``U_d = U[:, k-r:]`` etc., and ``W_world = W - U_d S_d V_d^T``.
+It is kept as two factors, ``us = U_d S_d`` (out x r) and ``vt = V_d^T`` (r x in). Their product does not
+depend on the sign ambiguity of singular vectors (it equals ``W V_d V_d^T``), so it is reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .config import TruncationMethod
+
+# The eigh path is trusted when its estimated error on the dropped subspace, ``k * eps64 * lambda_max / gap``
+# (Davis-Kahan with a backward-stable eigensolver), is below this; otherwise it falls back to the SVD.
+EIGH_SUBSPACE_TOLERANCE = 1e-7
+
+
+class DroppedComponents(NamedTuple):
+    """The ``r`` smallest singular components of a weight, ``us @ vt``, in float32."""
+
+    us: torch.Tensor
+    vt: torch.Tensor
+
+
+def check_rank(r: int, out_features: int, in_features: int, layer_name: str = "") -> None:
+    k = min(out_features, in_features)
+    if r >= k:
+        where = f"layer '{layer_name}' " if layer_name else "a layer "
+        raise ValueError(
+            f"r={r} is too large for {where}of shape (out={out_features}, in={in_features}): KaSA drops r of its "
+            f"k=min(out, in)={k} singular components and needs r < k. Use r <= {k - 1} or exclude this layer "
+            "(exclude_modules)."
+        )
+
+
+def truncate_smallest(weight: torch.Tensor, r: int, method: TruncationMethod = "eigh") -> DroppedComponents:
+    """The ``r`` smallest singular components of ``weight`` (out x in), computed in float64.
+
+    ``method="eigh"`` diagonalises the smaller Gram matrix and falls back to ``"svd"`` when the spectral gap
+    at the cut is too small for the Gram route to be accurate; both are exact up to float64 rounding.
+    """
+    check_rank(r, *weight.shape)
+    w = weight.detach().to(torch.float64)
+    dropped = _smallest_by_eigh(w, r) if method == "eigh" else None
+    if dropped is None:
+        dropped = _smallest_by_svd(w, r)
+    return DroppedComponents(dropped[0].float().contiguous(), dropped[1].float().contiguous())
+
+
+def _smallest_by_svd(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    return u[:, -r:] * s[-r:], vh[-r:]
+
+
+def _smallest_by_eigh(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Gram route: the r smallest eigenvectors of ``W^T W`` (or ``W W^T``) span ``V_d`` (or ``U_d``).
+
+    Returns ``None`` when the gap between the last dropped and first kept eigenvalue is too small
+    relative to rounding, so the caller falls back to the SVD.
+    """
+    out_features, in_features = w.shape
+    tall = out_features >= in_features
+    gram = w.T @ w if tall else w @ w.T
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)  # ascending
+    k = gram.shape[0]
+    gap = eigenvalues[r] - eigenvalues[r - 1]
+    scale = eigenvalues[-1].clamp_min(torch.finfo(torch.float64).tiny)
+    if gap <= 0 or k * torch.finfo(torch.float64).eps * scale / gap > EIGH_SUBSPACE_TOLERANCE:
+        return None
+    basis = eigenvectors[:, :r]
+    if tall:  # basis = V_d (in x r): W V_d V_d^T
+        return w @ basis, basis.T
+    return basis, basis.T @ w  # basis = U_d (out x r): U_d U_d^T W
