@@ -1,0 +1,228 @@
+"""Causal-LM building blocks: prompt/target encoding, padding, batched generation, option scoring.
+
+One boundary rule everywhere: a prompt is tokenised alone (with the tokenizer's special tokens, or
+rendered by its chat template), and whatever follows it (a training target, an answer option) is
+tokenised on its own without special tokens and appended. That is exactly the token sequence a model
+sees when it generates the continuation after the prompt, so training, generation and scoring agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+IGNORE_INDEX = -100  # label value the Hugging Face losses skip
+
+
+def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = False) -> list[int]:
+    """Token ids of ``prompt`` as generation receives them.
+
+    Plain: ``tokenizer(prompt)`` with the tokenizer's own special tokens (e.g. Llama's BOS).
+    Chat: the prompt as one user turn, rendered with the generation prompt (the assistant header) and
+    tokenised without adding special tokens, since the template writes its own.
+    """
+    if not use_chat_template:
+        return list(tokenizer(prompt)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template: set tokenizer.chat_template or do not ask for one "
+                         "(use_chat_template=False)")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_continuation(tokenizer, text: str) -> list[int]:
+    """Token ids of text that follows a prompt: tokenised alone, no special tokens added."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def padding_id(tokenizer) -> int:
+    """The id to pad with: the pad token, else EOS (GPT-2 and Llama tokenizers ship without a pad token)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    raise ValueError("the tokenizer has neither a pad nor an EOS token: set tokenizer.pad_token")
+
+
+def truncate_prompt_target(prompt_ids: Sequence[int], target_ids: Sequence[int], max_length: int,
+                           special_ids: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """Fit ``prompt + target`` into ``max_length`` tokens, keeping the target where possible.
+
+    The prompt's leading special tokens (BOS, a chat template's opening token) are always kept. The
+    rest of the prompt is cut from the left first; only when the target alone does not fit in what
+    remains is the target cut, from the right.
+    """
+    special = set(special_ids)
+    prefix_length = next((i for i, t in enumerate(prompt_ids) if t not in special), len(prompt_ids))
+    prefix, body = list(prompt_ids[:prefix_length]), list(prompt_ids[prefix_length:])
+    room = max_length - len(prefix)
+    if room < 1:
+        raise ValueError(f"max_length={max_length} leaves no room for the target after the prompt's "
+                         f"{len(prefix)} leading special tokens: raise max_length")
+    target = list(target_ids[:room])
+    kept_body = body[max(0, len(body) - (room - len(target))):] if len(target) < room else []
+    return prefix + kept_body, target
+
+
+def encode_prompt_target(tokenizer, prompt: str, target: str, max_length: int, use_chat_template: bool = False,
+                         train_on_prompt: bool = False) -> dict[str, list[int]]:
+    """One training example: ``input_ids = prompt_ids + target_ids + [EOS]`` and aligned ``labels``.
+
+    ``labels`` equal ``input_ids`` on the target (and its EOS) and ``IGNORE_INDEX`` on the prompt, so
+    the loss is on the target only; ``train_on_prompt=True`` puts the loss on every token. Labels are
+    not shifted: Hugging Face causal LMs shift them internally. See ``truncate_prompt_target`` for how
+    long examples are cut.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token, so the model could not learn where a target ends: "
+                         "set tokenizer.eos_token")
+    prompt_ids, target_ids = truncate_prompt_target(
+        encode_prompt(tokenizer, prompt, use_chat_template),
+        encode_continuation(tokenizer, target) + [tokenizer.eos_token_id],
+        max_length, tokenizer.all_special_ids)
+    input_ids = prompt_ids + target_ids
+    labels = list(input_ids) if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids) + target_ids
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], value: int, side: str = "right",
+                  multiple_of: int | None = None) -> torch.Tensor:
+    """Stack ragged id lists into a (batch, longest) long tensor, filling with ``value`` on ``side``."""
+    length = max(len(s) for s in sequences)
+    if multiple_of:
+        length = -(-length // multiple_of) * multiple_of
+    padded = torch.full((len(sequences), length), value, dtype=torch.long)
+    for row, sequence in zip(padded, sequences):
+        if side == "right":
+            row[:len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
+        else:
+            row[length - len(sequence):] = torch.as_tensor(sequence, dtype=torch.long)
+    return padded
+
+
+@dataclass
+class CausalLMCollator:
+    """Right-pads examples from ``encode_prompt_target`` into a training batch.
+
+    ``input_ids`` are padded with ``pad_token_id`` (``padding_id(tokenizer)``), ``attention_mask``
+    with 0 and ``labels`` with ``IGNORE_INDEX``, so padding is neither attended to nor trained on.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        def pad(key: str, value: int) -> torch.Tensor:
+            return pad_sequences([f[key] for f in features], value, "right", self.pad_to_multiple_of)
+
+        return {"input_ids": pad("input_ids", self.pad_token_id), "attention_mask": pad("attention_mask", 0),
+                "labels": pad("labels", IGNORE_INDEX)}
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory errors show at once)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` and ``torch.inference_mode()`` for the block; the training mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def generate_texts(model, tokenizer, prompts: list[str], *, batch_size: int = 8, max_new_tokens: int = 64,
+                   num_beams: int = 1, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                   do_sample: bool = False, use_chat_template: bool = False, progress: bool = True) -> list[str]:
+    """The text each prompt's continuation decodes to (special tokens skipped, stripped), in input order.
+
+    Prompts are encoded with ``encode_prompt``, batched by length and left-padded (padding the ids
+    directly, so ``tokenizer.padding_side`` is never touched), so every row's new tokens start at the
+    same position. Decoding settings go to ``model.generate`` as given; E2E in the LoRA paper uses
+    ``num_beams=10, length_penalty=0.9, no_repeat_ngram_size=4``.
+    """
+    encoded = [encode_prompt(tokenizer, prompt, use_chat_template) for prompt in prompts]
+    pad_id = padding_id(tokenizer)
+    texts = [""] * len(prompts)
+    with evaluating(model), tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
+        for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size):
+            input_ids = pad_sequences([encoded[i] for i in batch], pad_id, "left")
+            attention_mask = pad_sequences([[1] * len(encoded[i]) for i in batch], 0, "left")
+            output = model.generate(
+                input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                max_new_tokens=max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size, do_sample=do_sample,
+                pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+            new_texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+            for index, text in zip(batch, new_texts):
+                texts[index] = text.strip()
+            bar.update(len(batch))
+    return texts
+
+
+def option_logliks(model, tokenizer, prompts: list[str], options: list[list[str]], *, batch_size: int = 8,
+                   use_chat_template: bool = False, progress: bool = True) -> list[list[float]]:
+    """``log p(option | prompt) = sum_t log p(o_t | prompt, o_<t)`` for every option of every prompt.
+
+    Each option is encoded as a continuation of its prompt (``encode_continuation``), the same rule
+    as ``encode_prompt_target``; no EOS is added. The (prompt, option) pairs are scored in right-padded
+    batches of similar length with one forward pass each.
+    """
+    if len(prompts) != len(options):
+        raise ValueError(f"got {len(prompts)} prompts but {len(options)} option lists: give one list per prompt")
+    encoded = [encode_prompt(tokenizer, prompt, use_chat_template) for prompt in prompts]
+    pairs = [(i, j) for i, row in enumerate(options) for j in range(len(row))]
+    sequences, starts = [], []
+    for i, j in pairs:
+        continuation = encode_continuation(tokenizer, options[i][j])
+        if not encoded[i] or not continuation:
+            raise ValueError(f"prompt {i} or its option {j} encodes to no tokens, so the option cannot be scored")
+        sequences.append(encoded[i] + continuation)
+        starts.append(len(encoded[i]))
+    pad_id = padding_id(tokenizer)
+    scores = [[0.0] * len(row) for row in options]
+    with evaluating(model), tqdm(total=len(pairs), desc="score options", unit="option", disable=not progress) as bar:
+        for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
+            input_ids = pad_sequences([sequences[k] for k in batch], pad_id).to(model.device)
+            attention_mask = pad_sequences([[1] * len(sequences[k]) for k in batch], 0).to(model.device)
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            for row, k in enumerate(batch):
+                # the logits at position t predict token t + 1
+                positions = slice(starts[k] - 1, len(sequences[k]) - 1)
+                log_probs = logits[row, positions].float().log_softmax(-1)
+                targets = input_ids[row, starts[k]:len(sequences[k])]
+                i, j = pairs[k]
+                scores[i][j] = log_probs.gather(-1, targets[:, None]).sum().item()
+            bar.update(len(batch))
+    return scores
+
+
+def choose_option(logliks: list[list[float]], normalize_by_length: list[list[int]] | None = None) -> list[int]:
+    """Index of the best option per question: ``argmax_j loglik_j`` or ``argmax_j loglik_j / length_j``.
+
+    ``normalize_by_length`` holds each option's length in whatever unit the caller chooses: tokens
+    (``len(encode_continuation(tokenizer, option))``) or characters (lm-eval-harness ``acc_norm``
+    uses bytes). Ties go to the first option.
+    """
+    if normalize_by_length is not None:
+        if [len(r) for r in normalize_by_length] != [len(r) for r in logliks]:
+            raise ValueError("normalize_by_length must have one length per option, shaped like logliks")
+        if any(n <= 0 for row in normalize_by_length for n in row):
+            raise ValueError("option lengths must be positive to normalise by them")
+        logliks = [[s / n for s, n in zip(row, lengths)] for row, lengths in zip(logliks, normalize_by_length)]
+    if any(not row for row in logliks):
+        raise ValueError("every question needs at least one option")
+    return [max(range(len(row)), key=row.__getitem__) for row in logliks]
