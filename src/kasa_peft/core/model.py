@@ -15,6 +15,8 @@ from .layer import KasaLayer, ModulesToSave, is_supported_layer, weight_matrix
 from .truncation import DroppedComponents, check_rank, truncate_smallest
 
 STATE_ATTRIBUTE = "_kasa_state"
+# the attribute names transformers gives sequence/token classification heads (as PEFT's SEQ_CLS_HEAD_NAMES)
+CLASSIFICATION_HEADS = ("classifier", "score")
 
 
 @dataclass
@@ -64,9 +66,14 @@ def _under(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _output_head_names(model: nn.Module) -> set[str]:
+    """The LM head (``get_output_embeddings``), or else a classification head (transformers names it
+    ``classifier`` or ``score``), with everything inside it (e.g. RoBERTa's ``classifier.out_proj``)."""
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
-    return {name for name, m in model.named_modules() if head is not None and m is head}
+    if head is None:
+        head = next((m for n, m in model.named_children() if n in CLASSIFICATION_HEADS), None)
+    head_modules = {id(m) for m in head.modules()} if head is not None else set()
+    return {name for name, m in model.named_modules() if id(m) in head_modules}
 
 
 def target_layer_names(model: nn.Module, config: KasaConfig) -> list[str]:
