@@ -1,0 +1,301 @@
+"""What to train: KaSA (ours) and the baselines, prepared from one `MethodSpec` so comparisons are fair.
+
+Every method gets the same rank ``r``, ``alpha``, dropout, target layers and fully trained modules
+(``modules_to_save``; for a sequence classifier its head is always added). The PEFT baselines come from
+peft 0.21.2:
+
+* ``lora``: ``LoraConfig``; ``dora``: ``use_dora=True``; ``pissa``: ``init_lora_weights="pissa"`` (the r
+  *largest* singular components become the factors and are subtracted from the base);
+* ``milora`` (MiLoRA, Wang et al. 2024, arXiv 2406.09044): PiSSA with the r *smallest* components. With
+  ``W = U S V^T`` and ``(U_d, S_d, V_d)`` the r minor triplets, ``A = sqrt(S_d / s) V_d^T``,
+  ``B = U_d sqrt(S_d / s)`` and ``W <- W - s B A``, where ``s = alpha / r`` is PEFT's scaling, so the
+  initial model computes exactly the original (``s B A = U_d S_d V_d^T``);
+* ``adalora``: ``AdaLoraConfig`` with ``target_r = r`` and ``init_r = round(1.5 r)`` (the AdaLoRA paper
+  starts from 1.5x the final budget), warm-up ``tinit`` = 10% and final phase ``tfinal`` = 50% of
+  ``total_steps`` (the proportions of the paper's GLUE schedules); ``update_and_allocate`` runs after
+  every optimizer step;
+* ``peft-kasa``: ``LoraConfig(kasa_config=KasaConfig(beta, gamma))``, with the loss PEFT defines (paper
+  form, summed over layers) added to the task loss; ``regularizer`` / ``reduction`` apply to ``kasa`` only;
+* ``fft``: every parameter trained, nothing injected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
+
+from ..core import (
+    KasaConfig, ParameterCount, RegularizationTerms, delete_adapter, inject, kasa_state, load_adapter,
+    orthogonality_penalty, regularization_terms, save_adapter, singular_value_penalty, trainable_parameters,
+    truncate_smallest,
+)
+from ..core.layer import weight_matrix
+
+METHODS = ("kasa", "lora", "pissa", "milora", "dora", "adalora", "peft-kasa", "fft")
+PEFT_METHODS = ("lora", "pissa", "milora", "dora", "adalora", "peft-kasa")
+HEAD_NAMES = ("classifier", "score")  # what transformers calls a sequence classifier's head
+METHOD_FILE = "kasa_peft_method.json"
+ADALORA_INIT_RANK_FACTOR = 1.5
+ADALORA_TINIT_FRACTION = 0.1
+ADALORA_TFINAL_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What to train. The same fields for every method, so that only the adapter differs between runs.
+
+    ``beta``, ``gamma`` weight KaSA's penalties (``kasa`` and ``peft-kasa``); ``regularizer`` and
+    ``reduction`` are those of `kasa_peft.KasaConfig` (``kasa`` only); ``total_steps`` is the number of
+    optimizer steps, needed by AdaLoRA's rank schedule.
+    """
+
+    method: str = "kasa"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | str = ("query", "value")
+    modules_to_save: tuple[str, ...] = ()
+    beta: float = 1e-4
+    gamma: float = 1e-3
+    regularizer: str = "paper"
+    reduction: str = "mean"
+    total_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("target_modules", "modules_to_save"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                object.__setattr__(self, name, tuple(value))
+        if self.method == "adalora" and (self.total_steps is None or self.total_steps < 1):
+            raise ValueError("method 'adalora' needs total_steps (the number of optimizer steps of the run) for its "
+                             f"rank schedule; got {self.total_steps!r}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class PreparedModel:
+    """A model ready to train with one method.
+
+    Attributes:
+        model: what to train and call (a ``PeftModel`` for the PEFT methods).
+        spec: the method and its settings.
+        head_modules: the modules trained fully (``spec.modules_to_save`` plus a classifier's head).
+    """
+
+    model: nn.Module
+    spec: MethodSpec
+    head_modules: tuple[str, ...] = ()
+
+    def regularization(self) -> RegularizationTerms | None:
+        """``(beta * L2, gamma * L3)`` to add to the task loss (``kasa``, ``peft-kasa``); ``None`` for the others."""
+        if self.spec.method == "kasa":
+            return regularization_terms(self.model)
+        if self.spec.method == "peft-kasa":
+            return peft_kasa_terms(self.model)
+        return None
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write what was trained (an adapter; the whole model for ``fft``) and the spec to ``directory``."""
+        directory = Path(directory)
+        if self.spec.method == "kasa":
+            save_adapter(self.model, directory)
+        else:
+            self.model.save_pretrained(directory)
+        (directory / METHOD_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2) + "\n")
+
+    def load_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Put the weights ``save`` wrote back into this model (resuming, or picking the best checkpoint).
+
+        For ``kasa`` the adapter is re-created from the file (no SVD), so its parameters are new objects:
+        call this before building the optimizer (``transformers.Trainer`` does).
+        """
+        _check_recorded_method(directory, self.spec.method)
+        if self.spec.method == "kasa":
+            name = kasa_state(self.model).active
+            delete_adapter(self.model, name)
+            load_adapter(self.model, directory, name)
+        elif self.spec.method == "fft":
+            _load_full_weights(self.model, directory)
+        else:
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(self.model, load_peft_weights(str(directory)))
+
+    def trainable_parameters(self) -> ParameterCount:
+        return trainable_parameters(self.model)
+
+    def on_optimizer_step(self, global_step: int) -> None:
+        """Call after each optimizer step, before gradients are zeroed: AdaLoRA's rank allocation."""
+        if self.spec.method == "adalora":
+            self.model.base_model.update_and_allocate(global_step)
+
+
+def prepare_model(model: nn.Module, spec: MethodSpec) -> PreparedModel:
+    """Make ``model`` trainable with ``spec.method`` (in place for ``kasa`` / ``fft``; PEFT wraps it)."""
+    heads = tuple(dict.fromkeys((*spec.modules_to_save, *classification_head_names(model))))
+    if spec.method == "kasa":
+        model = inject(model, kasa_config(spec, heads))
+    elif spec.method == "fft":
+        model.requires_grad_(True)
+    else:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config(model, spec, heads))
+        if spec.method == "milora":
+            init_milora(model)
+    return PreparedModel(model, spec, heads)
+
+
+def load_trained(base_model: nn.Module, directory: str | os.PathLike, method: str | None = None) -> nn.Module:
+    """The trained model saved in ``directory`` by `PreparedModel.save`, built on a fresh ``base_model``.
+
+    ``method`` defaults to the one recorded in the directory; a different one is an error.
+    """
+    method = _check_recorded_method(directory, method)
+    if method == "kasa":
+        return load_adapter(base_model, directory)
+    if method == "fft":
+        return _load_full_weights(base_model, directory)
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base_model, str(directory))  # pissa / peft-kasa redo their base change here
+    if method == "milora":
+        for layer in _lora_layers(model):
+            _subtract_from_base(layer, *minor_factors(layer))
+    return model
+
+
+def classification_head_names(model: nn.Module) -> tuple[str, ...]:
+    """The head of a transformers sequence classifier (``classifier`` for BERT/RoBERTa, ``score`` for
+    Llama/GPT-2); ``()`` for any other model."""
+    if not is_sequence_classifier(model):
+        return ()
+    heads = tuple(name for name, _ in model.named_children() if name in HEAD_NAMES)
+    if not heads:
+        raise ValueError(f"{type(model).__name__} is a sequence classifier but has no module named {HEAD_NAMES}; "
+                         "name its head in modules_to_save")
+    return heads
+
+
+def is_sequence_classifier(model: nn.Module) -> bool:
+    return type(model).__name__ in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
+
+
+def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:
+    return KasaConfig(r=spec.r, alpha=spec.alpha, dropout=spec.dropout, target_modules=spec.target_modules,
+                      modules_to_save=head_modules, beta=spec.beta, gamma=spec.gamma,
+                      regularizer=spec.regularizer, reduction=spec.reduction)
+
+
+def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...]):
+    """The PEFT config of a baseline, with the spec's rank, scaling, dropout, targets and saved modules."""
+    from peft import AdaLoraConfig, LoraConfig
+    from peft import KasaConfig as PeftKasaConfig
+
+    targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
+    common = dict(lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+                  modules_to_save=list(head_modules) or None, task_type=peft_task_type(model))
+    if spec.method == "adalora":
+        total = spec.total_steps
+        return AdaLoraConfig(**common, target_r=spec.r, init_r=round(ADALORA_INIT_RANK_FACTOR * spec.r),
+                             total_step=total, tinit=int(ADALORA_TINIT_FRACTION * total),
+                             tfinal=int(ADALORA_TFINAL_FRACTION * total))
+    variant = {"lora": {}, "milora": {}, "pissa": {"init_lora_weights": "pissa"}, "dora": {"use_dora": True},
+               "peft-kasa": {"kasa_config": PeftKasaConfig(beta=spec.beta, gamma=spec.gamma)}}[spec.method]
+    return LoraConfig(r=spec.r, **common, **variant)
+
+
+def peft_task_type(model: nn.Module) -> str | None:
+    """PEFT's task type for a transformers model: it picks the ``PeftModel`` subclass (and the head to save)."""
+    if is_sequence_classifier(model):
+        return "SEQ_CLS"
+    if type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        return "CAUSAL_LM"
+    return None
+
+
+def peft_kasa_terms(model: nn.Module) -> RegularizationTerms:
+    """PEFT's ``_get_kasa_loss()`` split into its parts: ``sum_layers beta * L2`` and ``sum_layers gamma * L3``."""
+    l2, l3 = [], []
+    for layer in _lora_layers(model):
+        for name in model.active_adapters:
+            if name in getattr(layer, "lora_diag", {}):
+                config = model.peft_config[name].kasa_config
+                l2.append(config.beta * singular_value_penalty(layer.lora_diag[name]))
+                l3.append(config.gamma * orthogonality_penalty(layer.lora_A[name].weight, layer.lora_B[name].weight))
+    if not l2:
+        zero = torch.zeros(())
+        return RegularizationTerms(zero, zero)
+    return RegularizationTerms(torch.stack(l2).sum(), torch.stack(l3).sum())
+
+
+def init_milora(model: nn.Module) -> None:
+    """Overwrite a fresh LoRA model's factors with MiLoRA's and remove them from the base (module docstring)."""
+    for layer in _lora_layers(model):
+        a, b = minor_factors(layer)
+        with torch.no_grad():
+            layer.lora_A["default"].weight.copy_(a)
+            layer.lora_B["default"].weight.copy_(b)
+        _subtract_from_base(layer, a, b)
+
+
+def minor_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """MiLoRA's ``A = sqrt(S_d / s) V_d^T`` (r x in) and ``B = U_d sqrt(S_d / s)`` (out x r) of a PEFT LoRA layer.
+
+    `truncate_smallest` gives ``U_d S_d V_d^T`` as two factors whose columns / rows are orthogonal, with
+    ``S_d`` carried by either one; the norms split it into unit singular vectors and singular values.
+    A zero singular value leaves its row of ``A`` and column of ``B`` zero (the product is still exact).
+    """
+    r, scaling = layer.r["default"], layer.scaling["default"]
+    us, vt = truncate_smallest(weight_matrix(layer.get_base_layer()), r)
+    left, right = us.norm(dim=0), vt.norm(dim=1)
+    tiny = torch.finfo(us.dtype).tiny
+    root = (left * right / scaling).sqrt()
+    return (root / right.clamp_min(tiny))[:, None] * vt, us * (root / left.clamp_min(tiny))
+
+
+def _subtract_from_base(layer: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``W <- W - s B A`` in float32, as PEFT's PiSSA does."""
+    weight = weight_matrix(layer.get_base_layer())
+    with torch.no_grad():
+        weight.copy_((weight.float() - layer.scaling["default"] * b @ a).to(weight.dtype))
+
+
+def _lora_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def _load_full_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Copy a ``save_pretrained`` directory's weights into ``model`` (transformers resolves shards and ties)."""
+    saved = type(model).from_pretrained(str(directory), dtype=next(model.parameters()).dtype)
+    model.load_state_dict(saved.state_dict())
+    return model
+
+
+def _check_recorded_method(directory: str | os.PathLike, method: str | None) -> str:
+    """The method recorded in ``directory`` (or ``method`` when there is no record); a mismatch is an error."""
+    record = Path(directory) / METHOD_FILE
+    if not record.is_file():
+        if method is None:
+            raise FileNotFoundError(f"{directory} has no {METHOD_FILE}: pass the training method explicitly")
+        return method
+    recorded = json.loads(record.read_text())["method"]
+    if method is not None and method != recorded:
+        raise ValueError(f"{directory} holds a '{recorded}' run, not '{method}': pass method='{recorded}'")
+    return recorded

@@ -1,0 +1,122 @@
+"""`KasaTrainer`: a ``transformers.Trainer`` that trains a `PreparedModel` the way its method is defined.
+
+* the loss is ``task loss + beta * L2 + gamma * L3`` for ``kasa`` / ``peft-kasa`` (added automatically:
+  forgetting it silently changes the method); ``task_loss``, ``reg_l2`` (``beta * L2``) and ``reg_l3``
+  (``gamma * L3``) are logged next to ``loss``, averaged over the logging interval in the same units, so
+  ``loss = task_loss + reg_l2 + reg_l3``. Evaluation losses are task losses only, comparable across methods;
+* the optimizer trains the head (``modules_to_save``) at ``head_lr`` and the rest at ``learning_rate``;
+* checkpoints hold what `PreparedModel.save` writes (an adapter, not the base model) plus Trainer's
+  optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back;
+* AdaLoRA's rank allocator runs after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import transformers
+from transformers import TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_pt_utils import nested_gather
+
+from ..core import RegularizationTerms
+from .loop import param_groups
+from .methods import PreparedModel
+
+LOGGED_TERMS = ("task_loss", "reg_l2", "reg_l3")
+
+
+class KasaTrainer(transformers.Trainer):
+    """``Trainer(*args, prepared=..., head_lr=None, **kwargs)``; the model is ``prepared.model``."""
+
+    def __init__(self, *args, prepared: PreparedModel, head_lr: float | None = None, **kwargs) -> None:
+        if not args and "model" not in kwargs:
+            kwargs["model"] = prepared.model
+        model = args[0] if args else kwargs["model"]
+        if model is not prepared.model:
+            raise ValueError("KasaTrainer trains prepared.model: pass prepared=prepare_model(model, spec) and no "
+                             "other model")
+        super().__init__(*args, **kwargs)
+        self.prepared = prepared
+        self.head_lr = head_lr
+        self._term_sums = torch.zeros(len(LOGGED_TERMS), dtype=torch.float64)
+        self._term_steps: set[int] = set()
+        self.add_callback(_AfterOptimizerStep(prepared))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The Trainer's task loss plus, in training, the method's regularization (module docstring)."""
+        task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                  num_items_in_batch=num_items_in_batch)
+        terms = self.prepared.regularization() if model.training else None
+        if terms is None:
+            return (task_loss, outputs) if return_outputs else task_loss
+        steps = self.current_gradient_accumulation_steps
+        # Trainer divides a per-batch loss by the accumulation steps itself; a loss already normalised over
+        # the accumulated batch is not divided, so the penalty must be (it counts once per optimizer step).
+        scaled = self._task_loss_scaled_for_accumulation(num_items_in_batch)
+        share = 1.0 / steps if scaled else 1.0
+        loss = task_loss + share * terms.total.to(task_loss.device)
+        self._record(task_loss.detach() * (1.0 if scaled else 1.0 / steps), terms, steps)
+        return (loss, outputs) if return_outputs else loss
+
+    def _task_loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
+        """Trainer.training_step's rule for whether the loss is already normalised over accumulated batches."""
+        if self.loss_is_scaled_for_ga is not None:
+            return self.loss_is_scaled_for_ga
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+
+    def _record(self, task_share: torch.Tensor, terms: RegularizationTerms, steps: int) -> None:
+        """Add one micro-batch's contribution to the logged terms, as Trainer adds it to the logged loss."""
+        values = torch.stack([task_share.float().cpu(), terms.singular_value.detach().float().cpu() / steps,
+                              terms.orthogonality.detach().float().cpu() / steps])
+        self._term_sums += values.double()
+        self._term_steps.add(self.state.global_step)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_steps:
+            sums = nested_gather(self._term_sums.to(self.args.device), self.args.parallel_mode)
+            means = sums.reshape(-1, len(LOGGED_TERMS)).mean(dim=0) / len(self._term_steps)
+            logs.update({name: value.item() for name, value in zip(LOGGED_TERMS, means)})
+            self._term_sums.zero_()
+            self._term_steps.clear()
+        super().log(logs, start_time)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """``args.optim`` over `param_groups`: head at ``head_lr``, the rest at ``args.learning_rate``; weight
+        decay on the parameters Trainer decays."""
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            groups = param_groups(opt_model, self.args.learning_rate, self.head_lr, self.args.weight_decay,
+                                  head_modules=self.prepared.head_modules,
+                                  decay_names=self.get_decay_parameter_names(opt_model))
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A checkpoint's model part: `PreparedModel.save` (an adapter for every method but ``fft``)."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.prepared.save(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        self.prepared.load_checkpoint(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self.prepared.load_checkpoint(self.state.best_model_checkpoint)
+
+
+class _AfterOptimizerStep(TrainerCallback):
+    """Runs `PreparedModel.on_optimizer_step` after the optimizer step, while gradients are still there."""
+
+    def __init__(self, prepared: PreparedModel) -> None:
+        self.prepared = prepared
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.prepared.on_optimizer_step(state.global_step)  # 0-based: global_step is incremented afterwards
