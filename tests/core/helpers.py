@@ -6,6 +6,7 @@ import copy
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 import kasa_peft
 
@@ -13,7 +14,7 @@ import kasa_peft
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``||actual - expected||_F / ||expected||_F`` in float64."""
     actual, expected = actual.detach().double(), expected.detach().double()
-    return ((actual - expected).norm() / expected.norm()).item()
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
 
 
 def dropped_product(weight: torch.Tensor, r: int) -> torch.Tensor:
@@ -23,9 +24,9 @@ def dropped_product(weight: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def matching_linears(model: nn.Module, suffixes: tuple[str, ...]) -> dict[str, nn.Module]:
-    """The nn.Linear / Conv1D modules whose name ends with one of ``suffixes``, found without the library."""
+    """The nn.Linear / Conv1D modules named ``suffix`` or ``<parents>.suffix``, found without the library."""
     return {name: m for name, m in model.named_modules()
-            if hasattr(m, "weight") and m.weight.dim() == 2 and name.split(".")[-1] in suffixes}
+            if isinstance(m, (nn.Linear, Conv1D)) and any(name == s or name.endswith("." + s) for s in suffixes)}
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:

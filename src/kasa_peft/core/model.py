@@ -192,7 +192,8 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         if getattr(module, "merged_adapter", None) == adapter_name:
             module.unmerge()
         container = module.adapters if isinstance(module, KasaLayer) else module.copies
-        container.pop(adapter_name, None)
+        if adapter_name in container:
+            container.pop(adapter_name)  # nn.ModuleDict.pop takes no default
         if module.active_adapter == adapter_name:
             module.active_adapter = None
     del state.configs[adapter_name]

@@ -1,0 +1,106 @@
+"""Knowledge-based SVD truncation: the r smallest singular components, by eigh (with fallback) or SVD."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import tiny_llama
+
+import kasa_peft.core.truncation as truncation
+from kasa_peft import KasaConfig, inject, truncate_smallest
+
+from .helpers import dropped_product, rel_err
+
+
+def with_spectrum(singular_values: list[float] | torch.Tensor, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """A float64 (out, in) matrix ``U diag(s) V^T`` with random orthonormal ``U``, ``V`` and the given ``s``."""
+    generator = torch.Generator().manual_seed(seed)
+    s = torch.as_tensor(singular_values, dtype=torch.float64)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], len(s), generator=generator, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], len(s), generator=generator, dtype=torch.float64))
+    return (u * s) @ v.T
+
+
+def truncated(weight: torch.Tensor, r: int, method: str) -> torch.Tensor:
+    dropped = truncate_smallest(weight, r, method)
+    return weight.double() - dropped.us.double() @ dropped.vt.double()
+
+
+def llama_down_proj() -> torch.Tensor:
+    return tiny_llama().model.layers[0].mlp.down_proj.weight.detach()  # (32, 48): in > out
+
+
+@pytest.fixture
+def svd_calls(monkeypatch) -> list[int]:
+    """Counts the SVD-path calls (the eigh path's fallback)."""
+    calls = []
+    original = truncation._smallest_by_svd
+
+    def counting(w, r):
+        calls.append(r)
+        return original(w, r)
+
+    monkeypatch.setattr(truncation, "_smallest_by_svd", counting)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["eigh", "svd"])
+@pytest.mark.parametrize("make_weight", [
+    lambda: torch.randn(40, 16, generator=torch.Generator().manual_seed(0)),
+    lambda: torch.randn(16, 40, generator=torch.Generator().manual_seed(0)),
+    llama_down_proj,
+], ids=["out>in", "in>out", "llama-down_proj"])
+def test_truncated_weight_keeps_the_top_k_minus_r_singular_values(make_weight, method):
+    weight, r = make_weight(), 5
+    k = min(weight.shape)
+    original = torch.linalg.svdvals(weight.double())
+    kept = torch.linalg.svdvals(truncated(weight, r, method))
+    torch.testing.assert_close(kept[: k - r], original[: k - r], rtol=1e-6, atol=0)
+    assert kept[k - r:].max() < 1e-6 * original[0]
+
+
+@pytest.mark.parametrize("shape", [(40, 16), (16, 40)])
+@pytest.mark.parametrize("spectrum, uses_eigh", [
+    (torch.linspace(2.0, 0.5, 16), True),
+    (torch.cat([torch.logspace(0, -1, 11), torch.logspace(-3, -6, 5)]), True),  # 1..1e-6, cut in a gap
+    (torch.logspace(0, -6, 16), False),  # 1..1e-6, geometric: gap at the cut ~1e-9 of lambda_max
+])
+def test_eigh_path_agrees_with_svd_path(shape, spectrum, uses_eigh, svd_calls):
+    weight, r = with_spectrum(spectrum, shape).float(), 5
+    by_eigh = truncated(weight, r, "eigh")
+    assert (len(svd_calls) == 0) == uses_eigh
+    assert rel_err(by_eigh, truncated(weight, r, "svd")) <= 1e-6
+    assert rel_err(by_eigh, weight.double() - dropped_product(weight, r)) <= 1e-6
+
+
+def test_repeated_singular_values_at_the_cut_fall_back_to_svd(svd_calls):
+    weight, r = with_spectrum([3, 2.5, 2, 1.5, 1, 1, 0.5, 0.25], (12, 8)), 3  # s[k-r-1] == s[k-r] == 1
+    dropped = truncate_smallest(weight, r, "eigh")
+    assert svd_calls == [r]
+    kept = torch.linalg.svdvals(weight - dropped.us.double() @ dropped.vt.double())
+    torch.testing.assert_close(kept[:5], torch.tensor([3, 2.5, 2, 1.5, 1], dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ["eigh", "svd"])
+def test_half_precision_weights_are_truncated_in_float64(dtype, method):
+    weight, r = torch.randn(24, 40, generator=torch.Generator().manual_seed(3)).to(dtype), 6
+    dropped = truncate_smallest(weight, r, method)
+    assert dropped.us.dtype == dropped.vt.dtype == torch.float32
+    assert (dropped.us.shape, dropped.vt.shape) == ((24, r), (r, 40))
+    product = dropped.us.double() @ dropped.vt.double()
+    assert rel_err(weight.double() - product, weight.double() - dropped_product(weight, r)) <= 1e-6
+    assert rel_err(product, dropped_product(weight, r)) <= 1e-5
+
+
+def test_r_not_below_k_raises_naming_the_shape():
+    with pytest.raises(ValueError, match=r"r=16 is too large for a layer of shape \(out=16, in=40\)"):
+        truncate_smallest(torch.randn(16, 40), 16)
+
+
+def test_r_not_below_k_raises_naming_the_layer_before_any_change():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match=r"layer 'model.layers.0.self_attn.k_proj' of shape \(out=16, in=32\)"):
+        inject(model, KasaConfig(r=16, target_modules=("q_proj", "k_proj")))
+    assert not hasattr(model, "_kasa_state")
+    assert all(type(m).__module__.startswith(("torch", "transformers")) for m in model.modules())
