@@ -7,6 +7,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+import kasa_peft
 from kasa_peft.pipelines.causal_lm import (
     IGNORE_INDEX, CausalLMCollator, choose_option, encode_prompt_target, generate_texts, option_logliks,
 )
@@ -153,10 +154,21 @@ def test_batched_greedy_generation_equals_one_by_one_in_input_order(family, toke
     assert tokenizer.padding_side == "right"
 
 
-def test_generation_restores_training_mode(tokenizer):
-    model = tiny_llama().train()
-    generate_texts(model, tokenizer, PROMPTS[:1], max_new_tokens=2, progress=False)
+def test_kasa_model_in_training_mode_generates_and_scores_in_eval_mode(tokenizer):
+    """Adapter dropout is active in training mode, so equal results show the functions switched to eval."""
+    model = tiny_llama()
+    kasa_peft.inject(model, kasa_peft.KasaConfig(r=2, dropout=0.5, target_modules="all-linear"))
+    for _, layer in kasa_peft.kasa_layers(model):
+        torch.nn.init.normal_(layer.adapters["default"].B, std=0.5)  # a non-zero update on the dropout path
+    model.train()
+    texts = generate_texts(model, tokenizer, PROMPTS, batch_size=2, max_new_tokens=8, progress=False)
+    scores = option_logliks(model, tokenizer, PROMPTS[:1], [["the cat", "is"]], progress=False)
     assert model.training
+    model.eval()
+    assert texts == generate_one_by_one(model, tokenizer, PROMPTS, max_new_tokens=8, do_sample=False)
+    expected = [full_sequence_loglik(model, ids(tokenizer, PROMPTS[0]), ids(tokenizer, o, special=False))
+                for o in ("the cat", "is")]
+    assert scores[0] == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("family", MODELS)

@@ -4,6 +4,9 @@ One boundary rule everywhere: a prompt is tokenised alone (with the tokenizer's 
 rendered by its chat template), and whatever follows it (a training target, an answer option) is
 tokenised on its own without special tokens and appended. That is exactly the token sequence a model
 sees when it generates the continuation after the prompt, so training, generation and scoring agree.
+With byte-level BPE tokenizers (GPT-2, SmolLM2) put a separating space at the start of the
+continuation (``"Answer:"`` + ``" true"``), not at the end of the prompt: a trailing space becomes a
+token of its own that the model rarely saw before a word.
 """
 
 from __future__ import annotations
