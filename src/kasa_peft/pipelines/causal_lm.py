@@ -68,7 +68,8 @@ def truncate_prompt_target(prompt_ids: Sequence[int], target_ids: Sequence[int],
         raise ValueError(f"max_length={max_length} leaves no room for the target after the prompt's "
                          f"{len(prefix)} leading special tokens: raise max_length")
     target = list(target_ids[:room])
-    kept_body = body[max(0, len(body) - (room - len(target))):] if len(target) < room else []
+    body_room = room - len(target)
+    kept_body = body[max(0, len(body) - body_room):] if body_room else []
     return prefix + kept_body, target
 
 
