@@ -196,7 +196,7 @@ def test_option_logliks_equal_a_plain_forward_pass_batched_or_not(family, tokeni
     prompts = ["is the sky blue ? answer :", "the quick brown fox jumps over the lazy"]
     options = [["yes", "no", "the cat sat on the mat"], ["dog", "cat"]]
     expected = [[full_sequence_loglik(model, ids(tokenizer, p), ids(tokenizer, o, special=False)) for o in row]
-                for p, row in zip(prompts, options)]
+                for p, row in zip(prompts, options, strict=True)]
     for batch_size in (1, 3, 8):
         scores = option_logliks(model, tokenizer, prompts, options, batch_size=batch_size, progress=False)
         assert [len(row) for row in scores] == [3, 2]

@@ -101,7 +101,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], value: int, side: str = "r
     if multiple_of:
         length = -(-length // multiple_of) * multiple_of
     padded = torch.full((len(sequences), length), value, dtype=torch.long)
-    for row, sequence in zip(padded, sequences):
+    for row, sequence in zip(padded, sequences, strict=True):
         if side == "right":
             row[:len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
         else:
@@ -171,7 +171,7 @@ def generate_texts(model, tokenizer, prompts: list[str], *, batch_size: int = 8,
                 no_repeat_ngram_size=no_repeat_ngram_size, do_sample=do_sample,
                 pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
             new_texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
-            for index, text in zip(batch, new_texts):
+            for index, text in zip(batch, new_texts, strict=True):
                 texts[index] = text.strip()
             bar.update(len(batch))
     return texts
@@ -226,7 +226,8 @@ def choose_option(logliks: list[list[float]], normalize_by_length: list[list[int
             raise ValueError("normalize_by_length must have one length per option, shaped like logliks")
         if any(n <= 0 for row in normalize_by_length for n in row):
             raise ValueError("option lengths must be positive to normalise by them")
-        logliks = [[s / n for s, n in zip(row, lengths)] for row, lengths in zip(logliks, normalize_by_length)]
+        logliks = [[s / n for s, n in zip(row, lengths, strict=True)]
+                   for row, lengths in zip(logliks, normalize_by_length, strict=True)]
     if any(not row for row in logliks):
         raise ValueError("every question needs at least one option")
     return [max(range(len(row)), key=row.__getitem__) for row in logliks]
