@@ -20,7 +20,7 @@ from torch import nn
 
 from ..version import __version__
 from .config import KasaConfig
-from .layer import KasaLayer, weight_matrix
+from .layer import KasaLayer, full_tensor, weight_matrix
 from .model import (
     _base_layer, inject, kasa_layers, kasa_state, original_weight, saved_modules,
 )
@@ -51,6 +51,15 @@ def weight_fingerprint(weight: torch.Tensor) -> torch.Tensor:
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> Path:
     """Write one adapter (default: the active one) to directory ``path``; returns the path."""
+    metadata, tensors = adapter_contents(model, adapter_name)
+    return write_adapter(path, metadata, tensors)
+
+
+def adapter_contents(model: nn.Module, adapter_name: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """What ``save_adapter`` writes: the metadata and the complete tensors, on the CPU.
+
+    Tensors sharded by FSDP2 are gathered one at a time (so under FSDP2 every rank must call this).
+    """
     state = kasa_state(model)
     name = adapter_name or state.active
     if name not in state.configs:
@@ -63,21 +72,25 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
         adapter = layer.adapters[name]
         for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
                            ("dropped_us", adapter.dropped_us), ("dropped_vt", adapter.dropped_vt)):
-            tensors[f"{layer_name}.{key}"] = value.detach()
-        tensors[f"{layer_name}.base_fingerprint"] = weight_fingerprint(original_weight(layer))
+            tensors[f"{layer_name}.{key}"] = full_tensor(value.detach())
+        tensors[f"{layer_name}.base_fingerprint"] = weight_fingerprint(full_tensor(original_weight(layer)))
         layers[layer_name] = [layer.out_features, layer.in_features]
     saved = []
     for module_name, wrapper in saved_modules(model):
         if name in wrapper.copies:
             saved.append(module_name)
             for key, value in wrapper.copies[name].state_dict().items():
-                tensors[f"modules_to_save.{module_name}.{key}"] = value.detach()
+                tensors[f"modules_to_save.{module_name}.{key}"] = full_tensor(value.detach())
     metadata = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kasa_peft_version": __version__,
         "adapter_name": name, "base_model": base_model_name(model), "config": state.configs[name].to_dict(),
         "layers": layers, "modules_to_save": saved,
     }
-    tensors = {k: v.to("cpu").contiguous() for k, v in tensors.items()}
+    return metadata, {k: v.to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``adapter_contents``' output to directory ``path`` atomically; returns the path."""
     _write_atomically(Path(path), {CONFIG_NAME: lambda p: p.write_text(json.dumps(metadata, indent=2) + "\n"),
                                    WEIGHTS_NAME: lambda p: save_file(tensors, str(p), metadata={"format": "pt"})})
     return Path(path)

@@ -48,6 +48,15 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return module.weight.T if is_transposed(module) else module.weight
 
 
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor; a DTensor sharded by FSDP2 is all-gathered (a collective: every rank must call it).
+
+    Differentiable: the gradient of a function of the full tensor flows back to each rank's shard.
+    """
+    gather = getattr(tensor, "full_tensor", None)
+    return gather() if callable(gather) else tensor
+
+
 def adapter_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """Adapters train in float32 on half-precision bases (as PEFT's autocast_adapter_dtype)."""
     return weight_dtype if weight_dtype in (torch.float32, torch.float64) else torch.float32

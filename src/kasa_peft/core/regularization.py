@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import Regularizer
-from .layer import KasaAdapter
+from .layer import KasaAdapter, full_tensor
 from .model import kasa_layers, kasa_state
 
 
@@ -62,8 +62,9 @@ def regularization_terms(model: nn.Module) -> RegularizationTerms:
         zero = torch.zeros(())
         return RegularizationTerms(zero, zero)
     config = state.configs[state.active]
-    l2 = torch.stack([singular_value_penalty(a.sigma) for a in adapters])
-    l3 = torch.stack([orthogonality_penalty(a.A, a.B, config.regularizer) for a in adapters])
+    # on full parameters: FSDP2 shards A, B, sigma by rows, and the Gram norms do not split into shard terms
+    l2 = torch.stack([singular_value_penalty(full_tensor(a.sigma)) for a in adapters])
+    l3 = torch.stack([orthogonality_penalty(full_tensor(a.A), full_tensor(a.B), config.regularizer) for a in adapters])
     reduce = torch.mean if config.reduction == "mean" else torch.sum
     return RegularizationTerms(config.beta * reduce(l2), config.gamma * reduce(l3))
 

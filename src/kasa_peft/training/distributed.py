@@ -1,0 +1,181 @@
+"""KaSA under ``torch.distributed`` (DDP, FSDP2, DeepSpeed ZeRO-3, as launched by Accelerate or torchrun).
+
+Truncation is computed once and identically for all ranks. Layer ``i`` with weight (out x in),
+``k = min(out, in)``, costs about ``k^2 * max(out, in)`` flops (the Gram matrix; its eigendecomposition,
+``k^3``, is no more), so the targeted layers are dealt to ranks by longest-processing-time-first: each
+layer, most expensive first, goes to the least-loaded rank. The owner computes ``truncate_smallest`` and
+broadcasts the dropped factors ``us`` (out x r) and ``vt`` (r x in), ``4 r (out + in)`` bytes per layer; then
+every rank calls ``inject`` with the same factors, so they are bit-identical everywhere. Adapter
+initialisation (``A`` Kaiming, ``sigma`` randn) is broadcast from rank 0 too: FSDP does not do it.
+
+Order of operations: inject into the full, unsharded model, then shard / wrap (``accelerator.prepare``,
+``fully_shard``, ``DistributedDataParallel``, ``deepspeed.initialize``). A model whose weights are
+already sharded is refused, so no rank ever truncates a shard. Each rank converts one weight at a time to
+float64, never the whole model.
+
+Sharded training: core ``regularization_loss`` and ``adapter_contents`` gather FSDP2 ``DTensor``
+parameters (``full_tensor``), so the regulariser is the single-process value with the single-process
+gradient, and ``save_adapter_distributed`` writes one complete adapter from rank 0.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..core import KasaConfig, inject, target_layer_names, truncate_smallest
+from ..core.io import adapter_contents, write_adapter
+from ..core.layer import weight_matrix
+from ..core.model import _adapter_parameters, _base_layer
+from ..core.truncation import DroppedComponents, check_rank
+
+Group = dist.ProcessGroup | None
+
+
+def is_distributed(group: Group = None) -> bool:
+    """Whether ``torch.distributed`` is initialised with more than one rank (in ``group``)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def truncation_cost(out_features: int, in_features: int) -> int:
+    """``k^2 * max(out, in)``, ``k = min(out, in)``: the flops of the Gram matrix, which dominate."""
+    k = min(out_features, in_features)
+    return k * k * max(out_features, in_features)
+
+
+def layer_owners(shapes: Sequence[tuple[int, int]], world_size: int) -> list[int]:
+    """The rank that truncates each (out, in) weight: longest-processing-time-first on ``truncation_cost``.
+
+    Deterministic (ties go to the lower rank), so every rank computes the same assignment without talking.
+    """
+    order = sorted(range(len(shapes)), key=lambda i: (-truncation_cost(*shapes[i]), i))
+    loads = [(0, rank) for rank in range(world_size)]
+    owners = [0] * len(shapes)
+    for i in order:
+        load, rank = heapq.heappop(loads)
+        owners[i] = rank
+        heapq.heappush(loads, (load + truncation_cost(*shapes[i]), rank))
+    return owners
+
+
+def inject_distributed(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
+                       group: Group = None) -> nn.Module:
+    """``inject`` with the truncation shared among ranks; a collective: call it on every rank.
+
+    Each rank truncates its share of the targeted layers (``layer_owners``), the owners broadcast the dropped
+    components, every rank injects the same ones and takes rank 0's adapter initialisation. Call it on the
+    full model before any sharding or wrapping. Without a process group of 2+ ranks it is ``inject``.
+    """
+    check_not_sharded(model)
+    if not is_distributed(group):
+        return inject(model, config, adapter_name)
+    names = target_layer_names(model, config)
+    weights = [weight_matrix(_base_layer(model, name)) for name in names]
+    for name, weight in zip(names, weights):
+        check_rank(config.r, *weight.shape, layer_name=name)
+    owners = layer_owners([tuple(w.shape) for w in weights], dist.get_world_size(group))
+    rank = dist.get_rank(group)
+    mine: dict[str, DroppedComponents] = {}
+    error = None
+    try:
+        for name, weight, owner in zip(names, weights, owners):
+            if owner == rank:
+                mine[name] = truncate_smallest(weight, config.r, config.truncation)
+    except Exception as err:  # noqa: BLE001  (re-raised below, after telling the other ranks)
+        error = err
+    raise_if_any_rank_failed(error, "truncation", group)
+    dropped = {name: broadcast_dropped(mine.get(name), tuple(weight.shape), config.r, owner, group)
+               for name, weight, owner in zip(names, weights, owners)}
+    inject(model, config, adapter_name, dropped=dropped)
+    broadcast_tensors(list(_adapter_parameters(model, adapter_name)), 0, group)
+    return model
+
+
+def broadcast_dropped(dropped: DroppedComponents | None, shape: tuple[int, int], r: int, owner: int,
+                      group: Group = None) -> DroppedComponents:
+    """The owner's dropped components of one (out, in) weight, on every rank (one float32 broadcast)."""
+    out_features, in_features = shape
+    device = communication_device(group)
+    if dist.get_rank(group) == owner:
+        flat = torch.cat([dropped.us.reshape(-1), dropped.vt.reshape(-1)]).to(device)
+    else:
+        flat = torch.empty(r * (out_features + in_features), dtype=torch.float32, device=device)
+    dist.broadcast(flat, group=group, group_src=owner)
+    us, vt = flat.split([out_features * r, r * in_features])
+    return DroppedComponents(us.reshape(out_features, r), vt.reshape(r, in_features))
+
+
+@torch.no_grad()
+def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0, group: Group = None) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s (one broadcast per dtype)."""
+    device = communication_device(group)
+    for dtype in dict.fromkeys(t.dtype for t in tensors):
+        same = [t for t in tensors if t.dtype == dtype]
+        flat = torch.cat([t.detach().reshape(-1).to(device) for t in same])
+        dist.broadcast(flat, group=group, group_src=src)
+        for tensor, value in zip(same, flat.split([t.numel() for t in same])):
+            tensor.copy_(value.view_as(tensor))
+
+
+def communication_device(group: Group = None) -> torch.device:
+    """Where collectives run: the CPU for gloo, the current accelerator (GPU) for NCCL and the like."""
+    if dist.get_backend(group) == dist.Backend.GLOO or not torch.accelerator.is_available():
+        return torch.device("cpu")
+    return torch.device(torch.accelerator.current_accelerator().type, torch.accelerator.current_device_index())
+
+
+def raise_if_any_rank_failed(error: BaseException | None, what: str, group: Group = None) -> None:
+    """A collective barrier that raises on every rank if ``what`` failed on any (so none waits forever)."""
+    failed = torch.tensor([error is not None], dtype=torch.int32, device=communication_device(group))
+    dist.all_reduce(failed, group=group)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise RuntimeError(f"{what} failed on {failed.item()} other rank(s); their logs say why")
+
+
+def check_not_sharded(model: nn.Module) -> None:
+    """Refuse a model that is already wrapped or sharded: truncating a shard would be silently wrong."""
+    fix = "inject KaSA into the full model first, then wrap/shard it (accelerator.prepare, fully_shard, DDP, deepspeed.initialize)"
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ValueError(f"the model is already wrapped in DistributedDataParallel: {fix}")
+    for name, module in model.named_modules():
+        if type(module).__name__ == "FullyShardedDataParallel":
+            raise ValueError(f"module '{name or 'model'}' is already wrapped by FSDP (flat, sharded parameters): {fix}")
+    for name, param in model.named_parameters():
+        if hasattr(param, "full_tensor"):
+            raise ValueError(f"parameter '{name}' is already sharded (a DTensor: FSDP2 fully_shard or tensor "
+                             f"parallel): {fix}")
+        if hasattr(param, "ds_id"):
+            raise ValueError(f"parameter '{name}' is partitioned by DeepSpeed ZeRO-3 (zero.Init, accelerate's "
+                             f"zero3_init_flag: true): load the model with zero3_init_flag: false, then {fix}")
+        if param.is_meta:
+            raise ValueError(f"parameter '{name}' has no values on this rank (meta device; with Accelerate FSDP set "
+                             "fsdp_cpu_ram_efficient_loading: false): every rank needs the real weights to inject")
+
+
+def save_adapter_distributed(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None,
+                             group: Group = None) -> Path:
+    """Write one complete adapter from rank 0; a collective: call it on every rank.
+
+    FSDP2 shards are gathered tensor by tensor on all ranks (core ``adapter_contents``); rank 0 writes
+    atomically, and no rank returns before the files are in place. ``model`` may be DDP-wrapped.
+    """
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    metadata, tensors = adapter_contents(model, adapter_name)
+    if not is_distributed(group):
+        return write_adapter(path, metadata, tensors)
+    error = None
+    if dist.get_rank(group) == 0:
+        try:
+            write_adapter(path, metadata, tensors)
+        except Exception as err:  # noqa: BLE001  (re-raised below, after telling the other ranks)
+            error = err
+    raise_if_any_rank_failed(error, f"saving the adapter to {path}", group)
+    return Path(path)
