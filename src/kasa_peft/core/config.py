@@ -39,6 +39,8 @@ class KasaConfig:
         truncation: ``"eigh"`` (float64 eigendecomposition of the smaller Gram matrix, falling back to
             SVD when the spectral gap at the cut is too small) or ``"svd"`` (float64 full SVD).
         use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
+        learn_sigma: train the knowledge-aware singular values (KaSA). ``False`` fixes ``sigma = 1``: truncation
+            followed by a plain LoRA update, the first step of the paper's ablation.
     """
 
     r: int = 8
@@ -53,6 +55,7 @@ class KasaConfig:
     reduction: Reduction = "mean"
     truncation: TruncationMethod = "eigh"
     use_rslora: bool = False
+    learn_sigma: bool = True
 
     def __post_init__(self) -> None:
         for name in ("target_modules", "exclude_modules", "modules_to_save"):
