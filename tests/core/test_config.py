@@ -55,7 +55,8 @@ def test_names_suffixes_regex_and_exclusions():
     assert by_suffix == [f"model.layers.{i}.{s}" for i in (0, 1) for s in ("self_attn.q_proj", "mlp.down_proj")]
     by_regex = target_layer_names(model, KasaConfig(target_modules=r".*\.1\.self_attn\.[kv]_proj"))
     assert by_regex == ["model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj"]
-    excluded = target_layer_names(model, KasaConfig(target_modules=("q_proj",), exclude_modules=("layers.0.self_attn.q_proj",)))
+    config = KasaConfig(target_modules=("q_proj",), exclude_modules=("layers.0.self_attn.q_proj",))
+    excluded = target_layer_names(model, config)
     assert excluded == ["model.layers.1.self_attn.q_proj"]
 
 

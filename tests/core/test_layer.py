@@ -30,7 +30,8 @@ def adapted_linear(in_features: int = 12, out_features: int = 20, dropout: float
 def expected_output(layer: KasaLayer, x: torch.Tensor) -> torch.Tensor:
     """``x (W - U_d S_d V_d^T + (alpha/r) B diag(sigma) A)^T + b`` with the truncation by float64 SVD."""
     adapter, w = layer.adapters["default"], layer.base_layer.weight
-    weight = w.double() - dropped_product(w, adapter.A.shape[0]) + 2.0 * (adapter.B * adapter.sigma).double() @ adapter.A.double()
+    update = 2.0 * (adapter.B * adapter.sigma).double() @ adapter.A.double()
+    weight = w.double() - dropped_product(w, adapter.A.shape[0]) + update
     return x.double() @ weight.T + layer.base_layer.bias.double()
 
 
