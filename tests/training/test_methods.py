@@ -67,17 +67,23 @@ def test_regularization_only_for_kasa_methods(method):
     assert (terms is not None) == (method in ("kasa", "peft-kasa"))
 
 
-def test_kasa_regularization_is_the_mean_penalty_over_layers():
-    prepared = prepare_model(tiny_bert(), spec("kasa", beta=0.3, gamma=0.7))
-    perturb_trainable(prepared.model)
-    adapters = [m for m in prepared.model.modules() if type(m).__name__ == "KasaAdapter"]
-    eye = torch.eye(R)
+def independent_kasa_terms(model: torch.nn.Module, beta: float, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``beta * mean(sum sigma^2)`` and ``gamma * mean(||B^T B - I|| + ||A A^T - I||)`` over the adapted layers."""
+    adapters = [m for m in model.modules() if type(m).__name__ == "KasaAdapter"]
+    eye = torch.eye(adapters[0].sigma.numel())
     l2 = torch.stack([a.sigma.pow(2).sum() for a in adapters]).mean()
     l3 = torch.stack([torch.linalg.norm(a.B.T @ a.B - eye) + torch.linalg.norm(a.A @ a.A.T - eye)
                       for a in adapters]).mean()
+    return beta * l2, gamma * l3
+
+
+def test_kasa_regularization_is_the_mean_penalty_over_layers():
+    prepared = prepare_model(tiny_bert(), spec("kasa", beta=0.3, gamma=0.7))
+    perturb_trainable(prepared.model)
+    l2, l3 = independent_kasa_terms(prepared.model, 0.3, 0.7)
     terms = prepared.regularization()
-    torch.testing.assert_close(terms.singular_value, 0.3 * l2)
-    torch.testing.assert_close(terms.orthogonality, 0.7 * l3)
+    torch.testing.assert_close(terms.singular_value, l2)
+    torch.testing.assert_close(terms.orthogonality, l3)
 
 
 def test_peft_kasa_terms_split_peft_loss():

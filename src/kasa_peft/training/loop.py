@@ -14,7 +14,7 @@ from transformers.trainer_pt_utils import get_parameter_names
 
 from ..core import kasa_state, regularization_loss
 from ..core.config import matches
-from .methods import classification_head_names
+from .methods import classification_head_names, unwrap_peft
 
 # transformers.Trainer.get_decay_parameter_names: no weight decay on biases and normalisation weights
 NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
@@ -61,8 +61,7 @@ def default_head_modules(model: nn.Module) -> tuple[str, ...]:
     try:
         state = kasa_state(model)
     except ValueError:  # not a KaSA model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return classification_head_names(base)
+        return classification_head_names(unwrap_peft(model))
     return state.configs[state.active].modules_to_save if state.active is not None else ()
 
 

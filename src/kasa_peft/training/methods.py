@@ -34,11 +34,12 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from ..core import (
-    KasaConfig, ParameterCount, RegularizationTerms, delete_adapter, inject, kasa_state, load_adapter,
+    KasaConfig, ParameterCount, RegularizationTerms, delete_adapter, kasa_state, load_adapter,
     orthogonality_penalty, regularization_terms, save_adapter, singular_value_penalty, trainable_parameters,
     truncate_smallest,
 )
 from ..core.layer import weight_matrix
+from .distributed import inject_distributed
 
 METHODS = ("kasa", "lora", "pissa", "milora", "dora", "adalora", "peft-kasa", "fft")
 PEFT_METHODS = ("lora", "pissa", "milora", "dora", "adalora", "peft-kasa")
@@ -148,7 +149,7 @@ def prepare_model(model: nn.Module, spec: MethodSpec) -> PreparedModel:
     """Make ``model`` trainable with ``spec.method`` (in place for ``kasa`` / ``fft``; PEFT wraps it)."""
     heads = tuple(dict.fromkeys((*spec.modules_to_save, *classification_head_names(model))))
     if spec.method == "kasa":
-        model = inject(model, kasa_config(spec, heads))
+        model = inject_distributed(model, kasa_config(spec, heads))
     elif spec.method == "fft":
         model.requires_grad_(True)
     else:
@@ -193,6 +194,11 @@ def classification_head_names(model: nn.Module) -> tuple[str, ...]:
 
 def is_sequence_classifier(model: nn.Module) -> bool:
     return type(model).__name__ in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a ``PeftModel`` (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:

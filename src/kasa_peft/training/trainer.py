@@ -7,7 +7,8 @@
 * the optimizer trains the head (``modules_to_save``) at ``head_lr`` and the rest at ``learning_rate``;
 * checkpoints hold what `PreparedModel.save` writes (an adapter, not the base model) plus Trainer's
   optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back;
-* AdaLoRA's rank allocator runs after every optimizer step.
+* AdaLoRA's rank allocator runs after every optimizer step;
+* gradient accumulation averages a sequence classifier's loss over micro-batches (Trainer would sum them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from transformers.trainer_pt_utils import nested_gather
 
 from ..core import RegularizationTerms
 from .loop import param_groups
-from .methods import PreparedModel
+from .methods import PreparedModel, is_sequence_classifier, unwrap_peft
 
 LOGGED_TERMS = ("task_loss", "reg_l2", "reg_l3")
 
@@ -40,6 +41,11 @@ class KasaTrainer(transformers.Trainer):
         super().__init__(*args, **kwargs)
         self.prepared = prepared
         self.head_lr = head_lr
+        if is_sequence_classifier(unwrap_peft(prepared.model)):
+            # BERT/RoBERTa heads take **kwargs but ignore num_items_in_batch and return a per-batch mean, which
+            # Trainer would then leave undivided under gradient accumulation; a per-batch mean divided by the
+            # accumulation steps is right for every sequence classifier.
+            self.model_accepts_loss_kwargs = False
         self._term_sums = torch.zeros(len(LOGGED_TERMS), dtype=torch.float64)
         self._term_steps: set[int] = set()
         self.add_callback(_AfterOptimizerStep(prepared))
@@ -51,7 +57,7 @@ class KasaTrainer(transformers.Trainer):
         terms = self.prepared.regularization() if model.training else None
         if terms is None:
             return (task_loss, outputs) if return_outputs else task_loss
-        steps = self.current_gradient_accumulation_steps
+        steps = getattr(self, "current_gradient_accumulation_steps", 1)  # set by Trainer's loop
         # Trainer divides a per-batch loss by the accumulation steps itself; a loss already normalised over
         # the accumulated batch is not divided, so the penalty must be (it counts once per optimizer step).
         scaled = self._task_loss_scaled_for_accumulation(num_items_in_batch)
