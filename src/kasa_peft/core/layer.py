@@ -125,7 +125,7 @@ class KasaLayer(nn.Module):
             return y
         if self.per_example_adapters is not None:
             return self._forward_per_example(x, y)
-        if self.active_adapter is None:
+        if self.active_adapter not in self.adapters:  # none active, or the active one does not adapt this layer
             return y
         return y + self.adapters[self.active_adapter](x).to(y.dtype)
 
@@ -134,7 +134,7 @@ class KasaLayer(nn.Module):
         if len(names) != x.shape[0]:
             raise ValueError(f"adapters_per_example got {len(names)} names for a batch of {x.shape[0]} examples")
         y = y.clone()
-        for name in dict.fromkeys(n for n in names if n is not None):
+        for name in dict.fromkeys(n for n in names if n in self.adapters):
             rows = torch.tensor([i for i, n in enumerate(names) if n == name], device=x.device)
             y[rows] += self.adapters[name](x[rows]).to(y.dtype)
         return y
@@ -147,7 +147,7 @@ class KasaLayer(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the active adapter (truncation and update) into the base weight."""
-        if self.merged_adapter is not None or self.active_adapter is None:
+        if self.merged_adapter is not None or self.active_adapter not in self.adapters:
             return
         self._add_to_weight(self.adapters[self.active_adapter].delta_weight())
         self.merged_adapter = self.active_adapter

@@ -56,7 +56,7 @@ def regularization_terms(model: nn.Module) -> RegularizationTerms:
     state = kasa_state(model)
     adapters: list[KasaAdapter] = [
         layer.adapters[layer.active_adapter] for _, layer in kasa_layers(model)
-        if layer.active_adapter is not None and not layer.disabled and layer.merged_adapter is None
+        if layer.active_adapter in layer.adapters and not layer.disabled and layer.merged_adapter is None
     ]
     if not adapters:
         zero = torch.zeros(())

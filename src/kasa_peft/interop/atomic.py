@@ -1,0 +1,30 @@
+"""Output directories that appear whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """A staging directory next to ``out`` that is renamed to ``out`` when the block succeeds.
+
+    ``out`` must not exist or be an empty directory (so a failed or partial export can never be mistaken
+    for a good one, and no stale file of an earlier export survives). On any error nothing is left behind.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not an empty directory; choose a new output "
+                              "directory or remove this one first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield staging
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

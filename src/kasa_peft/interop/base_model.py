@@ -1,0 +1,102 @@
+"""The base model an adapter was made for, and the adapted model an export reads from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import transformers
+from torch import nn
+
+from ..core import delete_adapter, kasa_layers, kasa_state, load_adapter, read_adapter, set_adapter, unload
+
+
+class BaseModelNotFound(FileNotFoundError):
+    """The base model an adapter needs cannot be loaded here."""
+
+
+def load_pretrained(name_or_path: str) -> nn.Module:
+    """A Hugging Face model (local directory or hub id) as the class its config's ``architectures`` names.
+
+    That class includes the task head (e.g. ``BertForSequenceClassification``), which an adapter's
+    ``modules_to_save`` may replace; without ``architectures`` the bare ``AutoModel`` is used.
+    """
+    config = transformers.AutoConfig.from_pretrained(name_or_path)
+    architectures = getattr(config, "architectures", None) or []
+    model_class = next((getattr(transformers, a) for a in architectures if hasattr(transformers, a)),
+                       transformers.AutoModel)
+    return model_class.from_pretrained(name_or_path, config=config).eval()
+
+
+def resolve_base_model(base_model: nn.Module | str | os.PathLike | None, recorded: str) -> nn.Module:
+    """``base_model`` itself, or loaded from its path / hub id, or (when None) from the ``recorded`` name."""
+    if isinstance(base_model, nn.Module):
+        return base_model
+    name = str(base_model) if base_model is not None else recorded
+    try:
+        return load_pretrained(name)
+    except (OSError, ValueError) as err:
+        origin = "recorded in the adapter " if base_model is None else ""
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BaseModelNotFound(f"the base model {name!r} {origin}is not available here ({reason}); "
+                                "pass --base PATH (base_model=...) with a local copy of it") from None
+
+
+def local_tokenizer_dir(model: nn.Module) -> Path | None:
+    """The local directory the model was loaded from, if it holds tokenizer files."""
+    path = Path(getattr(getattr(model, "config", None), "name_or_path", "") or "")
+    has_tokenizer = (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
+    return path if str(path) not in ("", ".") and has_tokenizer else None
+
+
+def adapter_names(model: nn.Module) -> set[str]:
+    """The names of the KaSA adapters on ``model`` (none for a plain model)."""
+    return set(kasa_state(model).configs) if next(kasa_layers(model), None) is not None else set()
+
+
+@contextmanager
+def temporary_adapter(model: nn.Module, attach: Callable[[nn.Module, str], None],
+                      adapter_name: str | None = None) -> Iterator[str]:
+    """Attach an adapter (``attach(model, name)``) for the duration of the block, then remove it.
+
+    The name is ``adapter_name`` or a fresh one. Afterwards (also when ``attach`` fails) the model is as
+    before: a model without adapters is unloaded back to its original modules; otherwise the temporary
+    adapter is deleted and the previously active one re-activated.
+    """
+    existing = adapter_names(model)
+    had_adapters = bool(existing)
+    previous = kasa_state(model).active if had_adapters else None
+    name = adapter_name or next(f"interop{i}" for i in range(len(existing) + 1) if f"interop{i}" not in existing)
+    try:
+        attach(model, name)
+        yield name
+    finally:
+        if not had_adapters:
+            unload(model)
+        elif name in kasa_state(model).configs and name not in existing:
+            delete_adapter(model, name)
+            if previous is not None:
+                set_adapter(model, previous)
+
+
+@contextmanager
+def adapted_model(source: str | os.PathLike | nn.Module, base_model: nn.Module | str | os.PathLike | None = None,
+                  adapter_name: str | None = None) -> Iterator[tuple[nn.Module, str]]:
+    """The model and adapter name an export reads from.
+
+    ``source`` is either a model carrying KaSA adapters (``adapter_name``, default the active one, is used)
+    or a saved adapter directory, loaded for the block onto ``base_model`` (see ``resolve_base_model``).
+    """
+    if isinstance(source, nn.Module):
+        state = kasa_state(source)
+        name = adapter_name or state.active
+        if name not in state.configs:
+            raise ValueError(f"no adapter named {name!r} to export; this model has {sorted(state.configs)}")
+        yield source, name
+        return
+    metadata, _ = read_adapter(source)
+    model = resolve_base_model(base_model, metadata.get("base_model", ""))
+    with temporary_adapter(model, lambda m, n: load_adapter(m, source, n)) as name:
+        yield model, name

@@ -1,0 +1,51 @@
+"""The interop commands as plain functions, for ``kasa-peft export / import / inspect / generate / predict``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .inspection import format_inspection, inspect_adapter, plot_sigma
+from .lora_export import export_lora
+from .merged import export_merged
+from .peft_kasa import export_peft_kasa, import_peft_kasa
+
+EXPORTERS = {"lora": export_lora, "peft-kasa": export_peft_kasa, "merged": export_merged}
+
+
+def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
+                   base: str | os.PathLike | None = None) -> Path:
+    """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged} --out OUT [--base PATH]``."""
+    if fmt not in EXPORTERS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORTERS)}")
+    return EXPORTERS[fmt](adapter_dir, out, base_model=base)
+
+
+def import_command(peft_dir: str | os.PathLike, out: str | os.PathLike, base: str | os.PathLike | None = None,
+                   adapter_name: str = "default") -> Path:
+    """``kasa-peft import PEFT_DIR --out OUT [--base PATH]``: a PEFT KaSA adapter into our format."""
+    return import_peft_kasa(peft_dir, base, out, adapter_name)
+
+
+def inspect_command(adapter_dir: str | os.PathLike, plot: str | os.PathLike | None = None) -> str:
+    """``kasa-peft inspect ADAPTER_DIR [--plot FILE.png]``: the text to print (the plot is written first)."""
+    text = format_inspection(inspect_adapter(adapter_dir))
+    if plot is not None:
+        text += f"\n\nsigma heatmap written to {plot_sigma(adapter_dir, plot)}"
+    return text
+
+
+def parse_adapter_specs(specs: Iterable[str]) -> dict[str, str]:
+    """``["name=DIR", ...]`` (repeated ``--adapter``) as ``{name: DIR}``; a bare ``DIR`` is named ``default``."""
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name, path = (name, path) if sep else ("default", spec)
+        if not name or not path:
+            raise ValueError(f"--adapter {spec!r}: expected NAME=DIR")
+        if name in adapters:
+            raise ValueError(f"--adapter name {name!r} is used twice ({adapters[name]} and {path}); "
+                             "give each adapter its own name")
+        adapters[name] = path
+    return adapters

@@ -1,0 +1,87 @@
+"""Weighted combination of KaSA adapters (task arithmetic) that keeps the learned singular values.
+
+For adapters ``i`` with weights ``w_i`` on one base, the combined change of a layer's original weight is
+
+    delta_c = sum_i w_i * scale_i * B_i diag(sigma_i) A_i  -  U_t S_t V_t^T
+
+the weighted sum of the updates, on top of ONE truncation: the dropped components of the adapter named
+by ``truncation_from`` (default: the first one). The truncation is not weighted: it removes the base's
+noisy tail once, and ``w * U_t S_t V_t^T`` with ``w != 1`` would put part of it back.
+
+It is represented exactly as a KaSA adapter of rank ``R = sum_i r_i`` with ``alpha = R`` (scale 1):
+
+    A_c = [A_1; A_2; ...],   B_c = [B_1, B_2, ...],   sigma_c = [w_1 scale_1 sigma_1, w_2 scale_2 sigma_2, ...]
+
+and dropped components ``[us_t, 0]``, ``[vt_t; 0]`` (zero-padded to rank R). A layer that adapter ``i``
+does not adapt gets zero blocks for it. PEFT's ``add_weighted_adapter`` (``"cat"``) builds
+``sum_i w_i scale_i B_i A_i``: it drops ``sigma_i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..core import DroppedComponents, inject, kasa_layers, kasa_state
+
+
+def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_name: str,
+                     truncation_from: str | None = None) -> nn.Module:
+    """Add adapter ``adapter_name`` = the weighted combination of the adapters in ``weights`` (see module doc).
+
+    The new adapter becomes active. Adapters with ``modules_to_save`` cannot be combined (whole modules
+    have no low-rank sum). Every check runs before the model is changed.
+    """
+    state = kasa_state(model)
+    names = list(weights)
+    truncation_from = truncation_from or (names[0] if names else None)
+    unknown = sorted({*names, truncation_from} - set(state.configs) - {None})
+    if not names or unknown:
+        raise ValueError(f"cannot combine {names}: unknown adapters {unknown}; this model has {sorted(state.configs)}")
+    with_modules = [n for n in names if state.configs[n].modules_to_save]
+    if with_modules:
+        raise ValueError(f"adapters {with_modules} have modules_to_save, whose full copies have no weighted "
+                         "low-rank combination; combine adapters without modules_to_save")
+    ranks = [state.configs[n].r for n in names]
+    rank = sum(ranks)
+    layers = [(n, layer) for n, layer in kasa_layers(model) if any(a in layer.adapters for a in names)]
+    too_small = [n for n, layer in layers if rank >= min(layer.out_features, layer.in_features)]
+    if too_small:
+        raise ValueError(f"the combined adapter has rank {rank} (the sum of {dict(zip(names, ranks))}), which layer "
+                         f"{too_small[0]} cannot hold (KaSA needs rank < min(out, in)); combine fewer adapters")
+    config = state.configs[truncation_from].replace(r=rank, alpha=float(rank), use_rslora=False, learn_sigma=True,
+                                                    target_modules=tuple(n for n, _ in layers),
+                                                    exclude_modules=(), modules_to_save=())
+    dropped = {n: padded_truncation(layer, truncation_from, rank) for n, layer in layers}
+    inject(model, config, adapter_name, dropped=dropped)
+    with torch.no_grad():
+        for _, layer in layers:
+            combined = layer.adapters[adapter_name]
+            for block, name in zip(_blocks(ranks), names):
+                if name in layer.adapters:
+                    source = layer.adapters[name]
+                    combined.A[block] = source.A
+                    combined.B[:, block] = source.B
+                    combined.sigma[block] = weights[name] * source.scale * source.sigma
+                else:
+                    combined.A[block], combined.B[:, block], combined.sigma[block] = 0.0, 0.0, 0.0
+    return model
+
+
+def _blocks(ranks: list[int]) -> list[slice]:
+    starts = [sum(ranks[:i]) for i in range(len(ranks))]
+    return [slice(start, start + r) for start, r in zip(starts, ranks)]
+
+
+def padded_truncation(layer: nn.Module, adapter_name: str, rank: int) -> DroppedComponents:
+    """``adapter_name``'s dropped components of ``layer`` zero-padded to ``rank`` (all zero if it has none)."""
+    out_features, in_features = layer.out_features, layer.in_features
+    us = torch.zeros(out_features, rank)
+    vt = torch.zeros(rank, in_features)
+    if adapter_name in layer.adapters:
+        source = layer.adapters[adapter_name]
+        r = source.dropped_us.shape[1]
+        us[:, :r], vt[:r] = source.dropped_us, source.dropped_vt
+    return DroppedComponents(us, vt)

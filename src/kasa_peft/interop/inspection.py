@@ -1,0 +1,155 @@
+"""What a saved adapter holds, at a glance: ``inspect_adapter``, ``format_inspection``, ``plot_sigma``.
+
+Per adapted layer (``delta`` notation of ``factors``):
+
+* ``update_norm``    ``||scale B diag(sigma) A||_F``, the learned change;
+* ``dropped_norm``   ``||U_d S_d V_d^T||_F = ||us vt||_F``, what the truncation removed;
+* ``dropped_energy`` ``||U_d S_d V_d^T||_F^2 / ||W||_F^2``, the share of the base weight's energy removed
+  (``||W||_F`` is the first entry of the stored base fingerprint, so no base model is needed);
+* ``sigma``          the learned singular values;
+* ``dropped_singular_values`` ``S_d``, descending (the singular values of ``us vt``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core import KasaConfig, read_adapter
+from .factors import product_norm, product_singular_values, update_factors
+
+
+def inspect_adapter(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON-serialisable summary of the adapter directory ``path`` (see the module doc for the per-layer fields)."""
+    metadata, tensors = read_adapter(path)
+    config = KasaConfig.from_dict(metadata["config"])
+    layers = {}
+    adapter_parameters = 0
+    for name in metadata["layers"]:
+        A, B, sigma = (tensors[f"{name}.{k}"].double() for k in ("A", "B", "sigma"))
+        us, vt = tensors[f"{name}.dropped_us"].double(), tensors[f"{name}.dropped_vt"].double()
+        weight_norm = float(tensors[f"{name}.base_fingerprint"][0])
+        dropped_norm = product_norm(us, vt)
+        adapter_parameters += A.numel() + B.numel() + sigma.numel()
+        layers[name] = {
+            "shape": list(metadata["layers"][name]),
+            "update_norm": product_norm(*update_factors(A, B, sigma, config.scale)),
+            "dropped_norm": dropped_norm,
+            "dropped_energy": dropped_norm ** 2 / weight_norm ** 2 if weight_norm > 0 else float("nan"),
+            "sigma": sigma.tolist(),
+            "dropped_singular_values": product_singular_values(us, vt).tolist(),
+        }
+    saved_parameters = sum(v.numel() for k, v in tensors.items() if k.startswith("modules_to_save."))
+    return {
+        "path": str(path), "adapter_name": metadata.get("adapter_name"), "base_model": metadata.get("base_model"),
+        "kasa_peft_version": metadata.get("kasa_peft_version"), "config": config.to_dict(), "scale": config.scale,
+        "targets": list(dict.fromkeys(_position(name)[1] for name in layers)),
+        "modules_to_save": metadata["modules_to_save"],
+        "trainable_parameters": {"adapter": adapter_parameters, "modules_to_save": saved_parameters,
+                                 "total": adapter_parameters + saved_parameters},
+        "layers": layers,
+    }
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    """``inspect_adapter``'s summary as text for a terminal."""
+    config, params = info["config"], info["trainable_parameters"]
+    lines = [
+        f"adapter     {info['path']} (name {info['adapter_name']!r}, kasa-peft {info['kasa_peft_version']})",
+        f"base model  {info['base_model']}",
+        f"targets     {', '.join(info['targets'])} ({len(info['layers'])} layers)",
+        f"r = {config['r']}, alpha = {config['alpha']:g} (scale {info['scale']:g}), dropout = {config['dropout']:g}, "
+        f"beta = {config['beta']:g}, gamma = {config['gamma']:g}",
+        f"trainable   {params['total']:,} parameters ({params['adapter']:,} in A, B, sigma"
+        + (f"; {params['modules_to_save']:,} in {', '.join(info['modules_to_save'])})" if info["modules_to_save"] else ")"),
+        "",
+    ]
+    width = max(len(name) for name in info["layers"])
+    lines.append(f"{'layer':<{width}}  {'shape':>9}  {'||update||_F':>12}  {'||dropped||_F':>13}  "
+                 f"{'energy removed':>14}  sigma (learned singular values)")
+    for name, layer in info["layers"].items():
+        shape = "x".join(str(n) for n in layer["shape"])
+        sigma = " ".join(f"{s:+.3g}" for s in layer["sigma"])
+        lines.append(f"{name:<{width}}  {shape:>9}  {layer['update_norm']:>12.4g}  {layer['dropped_norm']:>13.4g}  "
+                     f"{layer['dropped_energy']:>14.3e}  {sigma}")
+    return "\n".join(lines)
+
+
+def sigma_grid(info: dict[str, Any], key: str) -> tuple[torch.Tensor, list[str], list[str], int]:
+    """Layer values ``key`` laid out as (block, module x index): rows are blocks (the first number in a layer
+    name, e.g. ``layer.3``), columns are the modules of a block, each ``width`` wide. Missing cells are NaN.
+
+    Returns the grid, the row labels, the module labels and ``width``.
+    """
+    positions = {name: _position(name) for name in info["layers"]}
+    rows = sorted({row for row, _ in positions.values()}, key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0, r))
+    modules = list(dict.fromkeys(module for _, module in positions.values()))
+    width = max(len(layer[key]) for layer in info["layers"].values())
+    grid = torch.full((len(rows), len(modules) * width), float("nan"))
+    for name, (row, module) in positions.items():
+        values = torch.tensor(info["layers"][name][key], dtype=torch.float32).abs()
+        start = modules.index(module) * width
+        grid[rows.index(row), start:start + len(values)] = values
+    return grid, rows, _short_labels(modules), width
+
+
+def _position(name: str) -> tuple[str, str]:
+    match = re.match(r"(?:.*?\.)?(\d+)\.(.+)$", name)
+    return (match.group(1), match.group(2)) if match else ("-", name)
+
+
+def _short_labels(modules: list[str]) -> list[str]:
+    """Each module's shortest dotted suffix that no other module shares."""
+    labels = []
+    for module in modules:
+        parts = module.split(".")
+        for depth in range(1, len(parts) + 1):
+            label = ".".join(parts[-depth:])
+            if sum(m == label or m.endswith("." + label) for m in modules) == 1:
+                break
+        labels.append(label)
+    return labels
+
+
+def plot_sigma(path: str | os.PathLike, png_path: str | os.PathLike, size: tuple[int, int] = (1400, 1000),
+               dpi: int = 100) -> Path:
+    """Draw the adapter's ``|sigma|`` as a heatmap (blocks x modules x index, the paper's Figure 5) above
+    the truncated spectrum tail (the dropped singular values ``S_d``, same layout); writes a ``size`` PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    info = inspect_adapter(path)
+    figure, axes = plt.subplots(2, 1, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi, layout="constrained")
+    panels = (("sigma", "|sigma|", "|sigma|: learned singular values", "viridis"),
+              ("dropped_singular_values", "S_d", "S_d: dropped singular values (truncated spectrum tail)", "magma"))
+    for axis, (key, label, title, colormap) in zip(axes, panels):
+        grid, rows, modules, width = sigma_grid(info, key)
+        cmap = matplotlib.colormaps[colormap].copy()
+        cmap.set_bad("#dddddd")
+        image = axis.imshow(grid.numpy(), aspect="auto", interpolation="nearest", cmap=cmap)
+        figure.colorbar(image, ax=axis, fraction=0.04, pad=0.01, label=label)
+        for boundary in range(1, len(modules)):
+            axis.axvline(boundary * width - 0.5, color="white", linewidth=2)
+        axis.set_xticks([i * width + (width - 1) / 2 for i in range(len(modules))], modules)
+        axis.set_yticks(range(len(rows)), rows)
+        axis.set_ylabel("layer")
+        axis.set_xlabel("module")
+        axis.set_title(f"{title}   (columns: module, then index 1..{width} within it)")
+    figure.suptitle(f"{info['path']}  (r = {info['config']['r']}, base {info['base_model']})")
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = png_path.with_name(f".{png_path.name}.partial")
+    try:
+        figure.savefig(partial, dpi=dpi, format="png")
+        os.replace(partial, png_path)
+    finally:
+        plt.close(figure)
+        partial.unlink(missing_ok=True)
+    return png_path

@@ -1,0 +1,52 @@
+"""Export a KaSA adapter as a plain PEFT LoRA adapter of rank 2r on the untouched base model.
+
+KaSA changes each targeted weight by ``delta = scale B diag(sigma) A - us vt`` (update minus the dropped
+components), a rank-2r matrix. PEFT's LoRA adds ``scaling * lora_B lora_A`` with ``scaling = lora_alpha / r'``.
+Writing ``r' = 2r``, ``lora_alpha = 2r`` (so ``scaling = 1`` exactly) and
+
+    lora_A = [A; vt]                                  (2r x in)
+    lora_B = [B diag(scale sigma), -us]               (out x 2r)
+
+gives ``scaling * lora_B lora_A = delta``: any LoRA runtime (PEFT, vLLM, TGI, llama.cpp) applying it to the
+original base computes exactly the KaSA model. ``lora_dropout`` is written as 0: the exported pair is for
+inference (PEFT's dropout would also hit the truncation half, which KaSA never drops out).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core import KasaAdapter, kasa_state
+from .atomic import atomic_directory
+from .base_model import adapted_model
+from .factors import stacked_factors
+from .peft_format import write_peft_adapter
+
+
+def lora_config_fields(r: int) -> dict:
+    """The exported ``LoraConfig``'s rank and scaling: rank ``2r`` and ``lora_alpha = 2r``, so scaling is 1."""
+    return {"r": 2 * r, "lora_alpha": 2 * r, "lora_dropout": 0.0, "use_rslora": False}
+
+
+def export_lora(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
+                base_model: nn.Module | str | os.PathLike | None = None, adapter_name: str | None = None) -> Path:
+    """Write ``source`` (a KaSA adapter directory, or a model carrying KaSA adapters) as a PEFT LoRA to ``out``.
+
+    For a directory the base model is ``base_model`` or the one recorded in the adapter (needed to check
+    the adapter fits it and to know which layers are Conv1D). ``out`` must be new or empty; it is written
+    atomically. Returns ``out``.
+    """
+    with atomic_directory(out) as staging, adapted_model(source, base_model, adapter_name) as (model, name):
+        r = kasa_state(model).configs[name].r
+        write_peft_adapter(model, name, staging, lora_config_fields(r), lora_pair)
+    return Path(out)
+
+
+def lora_pair(adapter: KasaAdapter) -> dict[str, torch.Tensor]:
+    """One layer's exported tensors by PEFT key: ``lora_A = [A; vt]``, ``lora_B = [B diag(scale sigma), -us]``."""
+    lora_b, lora_a = stacked_factors(adapter)
+    return {"lora_A.weight": lora_a, "lora_B.weight": lora_b}

@@ -1,0 +1,38 @@
+"""Export a KaSA adapter merged into its base: a plain Hugging Face model directory.
+
+Each targeted weight becomes ``W - us vt + scale B diag(sigma) A`` (core ``merge_and_unload``) and every
+``modules_to_save`` module is replaced by the adapter's copy, so plain ``from_pretrained`` gives the
+adapted model with no adapter library at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import transformers
+from torch import nn
+
+from ..core import merge_and_unload, set_adapter
+from .atomic import atomic_directory
+from .base_model import adapted_model, local_tokenizer_dir
+
+
+def export_merged(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
+                  base_model: nn.Module | str | os.PathLike | None = None, adapter_name: str | None = None) -> Path:
+    """Write ``source`` (a KaSA adapter directory or a model carrying one) merged into its base to ``out``.
+
+    The merge runs on a copy (the given model, or the base, is left as it was; the copy costs one more
+    model in memory). The tokenizer is included when the base was loaded from a local directory that
+    has one. ``out`` must be new or empty; it is written atomically. Returns ``out``.
+    """
+    with atomic_directory(out) as staging, adapted_model(source, base_model, adapter_name) as (model, name):
+        merged = copy.deepcopy(model)
+        set_adapter(merged, name)
+        merge_and_unload(merged)
+        merged.save_pretrained(str(staging))
+        tokenizer_dir = local_tokenizer_dir(model)
+        if tokenizer_dir is not None:
+            transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(staging))
+    return Path(out)

@@ -1,0 +1,148 @@
+"""PEFT's own KaSA layout (``LoraConfig(kasa_config=...)``, ``lora_diag`` keys): export and import.
+
+PEFT stores only ``lora_A = A``, ``lora_B = B``, ``lora_diag = sigma`` and recomputes the truncation from
+the base weight (float32 SVD) every time it loads the adapter; its forward is the same
+``W_world x + scaling * B diag(lora_diag) A x`` with ``scaling = lora_alpha / r``. Differences that do not
+affect outputs: PEFT sums the regularisers over layers in the paper's r x r form (imported adapters get
+``regularizer="paper", reduction="sum"``); exported ones keep beta and gamma as they are. PEFT's KaSA
+refuses Conv1D (GPT-2) layers: export those with ``export_lora``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import KasaAdapter, KasaConfig, inject, kasa_layers, kasa_state, save_adapter
+from ..core.config import matches
+from ..core.layer import is_transposed
+from ..core.model import saved_modules
+from .atomic import atomic_directory
+from .base_model import adapted_model, resolve_base_model, temporary_adapter
+from .peft_format import adapted_layers, read_peft_adapter, require_peft, write_peft_adapter
+
+# LoraConfig options with no KaSA counterpart here, and the value meaning "not used".
+UNSUPPORTED_OPTIONS = {
+    "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+    "layer_replication": None, "target_parameters": None, "trainable_token_indices": None, "bias": "none",
+    "lora_bias": False,
+}
+
+
+def export_peft_kasa(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
+                     base_model: nn.Module | str | os.PathLike | None = None, adapter_name: str | None = None) -> Path:
+    """Write ``source`` (a KaSA adapter directory or a model carrying one) in PEFT's KaSA layout to ``out``.
+
+    Arguments as ``export_lora``. Raises for Conv1D (GPT-2) layers, which PEFT's KaSA does not support.
+    """
+    peft = require_peft()
+    with atomic_directory(out) as staging, adapted_model(source, base_model, adapter_name) as (model, name):
+        transposed = [n for n, layer in adapted_layers(model, name) if is_transposed(layer.base_layer)]
+        if transposed:
+            raise ValueError(f"PEFT's KaSA does not support Conv1D layers ({transposed[0]}, ...): export this "
+                             "adapter with --format lora (export_lora), an exact rank-2r LoRA any PEFT version loads")
+        config = kasa_state(model).configs[name]
+        fields = {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+                  "use_rslora": config.use_rslora,
+                  "kasa_config": peft.KasaConfig(beta=config.beta, gamma=config.gamma)}
+        write_peft_adapter(model, name, staging, fields, peft_kasa_tensors)
+    return Path(out)
+
+
+def peft_kasa_tensors(adapter: KasaAdapter) -> dict[str, torch.Tensor]:
+    return {"lora_A.weight": adapter.A.detach(), "lora_B.weight": adapter.B.detach(),
+            "lora_diag": adapter.sigma.detach()}
+
+
+def kasa_config_from_peft(peft_config: dict[str, Any], module_names: list[str]) -> KasaConfig:
+    """Our ``KasaConfig`` for a PEFT KaSA ``adapter_config.json``; raises for options we cannot represent.
+
+    ``modules_to_save`` keeps the entries that name a module of the base (PEFT's sequence-classification
+    task type lists both ``classifier`` and ``score``).
+    """
+    used = {k: peft_config[k] for k, default in UNSUPPORTED_OPTIONS.items() if peft_config.get(k) not in (default, None)}
+    if used:
+        raise ValueError(f"the PEFT adapter uses options that KaSA in kasa-peft does not support: {used}")
+    target_modules = peft_config.get("target_modules")
+    if not target_modules:
+        raise ValueError("the PEFT adapter config names no target_modules")
+    kasa = peft_config["kasa_config"]
+    return KasaConfig(
+        r=int(peft_config["r"]), alpha=float(peft_config.get("lora_alpha", 8)),
+        dropout=float(peft_config.get("lora_dropout") or 0.0),
+        target_modules=target_modules if isinstance(target_modules, str) else tuple(target_modules),
+        exclude_modules=peft_config.get("exclude_modules") or (),
+        modules_to_save=tuple(m for m in peft_config.get("modules_to_save") or ()
+                              if any(matches(n, (m,)) for n in module_names)),
+        beta=float(kasa.get("beta", 1e-4)), gamma=float(kasa.get("gamma", 1e-3)),
+        regularizer="paper", reduction="sum", use_rslora=bool(peft_config.get("use_rslora", False)),
+    )
+
+
+def read_peft_kasa(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A PEFT adapter directory that must be a KaSA one (LoRA with ``kasa_config``)."""
+    peft_config, tensors = read_peft_adapter(path)
+    if peft_config.get("format") == "kasa-peft":
+        raise ValueError(f"{path} is already a kasa-peft adapter: load it with kasa_peft.load_adapter")
+    if peft_config.get("peft_type") != "LORA" or not peft_config.get("kasa_config"):
+        kind = peft_config.get("peft_type", "unknown")
+        raise ValueError(f"{path} is not a PEFT KaSA adapter (peft_type {kind!r}, kasa_config "
+                         f"{peft_config.get('kasa_config')!r}); only LoraConfig(kasa_config=KasaConfig(...)) "
+                         "adapters can be imported")
+    return peft_config, tensors
+
+
+def import_peft_kasa(peft_dir: str | os.PathLike, base_model: nn.Module | str | os.PathLike | None,
+                     out: str | os.PathLike, adapter_name: str = "default") -> Path:
+    """Convert a PEFT KaSA adapter directory into a kasa-peft adapter directory ``out``.
+
+    The dropped components are computed once from the original base (``base_model``, or the PEFT
+    config's ``base_model_name_or_path``) and stored, so loading the result computes no SVD. The base
+    must be the untouched original (not one PEFT has already truncated). A given ``base_model`` module
+    is left as it was. ``out`` must be new or empty; it is written atomically.
+    """
+    peft_config, tensors = read_peft_kasa(peft_dir)
+    with atomic_directory(out) as staging:
+        model = resolve_base_model(base_model, peft_config.get("base_model_name_or_path") or "")
+        config = kasa_config_from_peft(peft_config, [n for n, _ in model.named_modules()])
+
+        def attach(target: nn.Module, name: str) -> None:
+            inject(target, config, name)
+            copy_peft_tensors(target, name, tensors, peft_dir)
+
+        with temporary_adapter(model, attach, adapter_name) as name:
+            save_adapter(model, staging, name)
+    return Path(out)
+
+
+@torch.no_grad()
+def copy_peft_tensors(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], source) -> None:
+    """Copy PEFT's ``lora_A``/``lora_B``/``lora_diag`` and ``modules_to_save`` into adapter ``name``.
+
+    Raises (naming the mismatch) when the layers or shapes differ from what the adapter holds: it was
+    made for another base model.
+    """
+    layers = dict(kasa_layers(model))
+    adapted = {n for n, layer in layers.items() if name in layer.adapters}
+    in_file = {k.rsplit(".", 2)[0] for k in tensors if k.endswith(".lora_A.weight")}
+    if adapted != in_file:
+        raise ValueError(f"{source} was made for a different base model: it adapts {sorted(in_file - adapted)[:3]} "
+                         f"and not {sorted(adapted - in_file)[:3]} of the layers its config selects here")
+    for layer_name in sorted(adapted):
+        adapter = layers[layer_name].adapters[name]
+        for ours, theirs in (("A", "lora_A.weight"), ("B", "lora_B.weight"), ("sigma", "lora_diag")):
+            key, target = f"{layer_name}.{theirs}", getattr(adapter, ours)
+            if key not in tensors or tensors[key].shape != target.shape:
+                found = tuple(tensors[key].shape) if key in tensors else "missing"
+                raise ValueError(f"{source} was made for a different base model: tensor {key} is {found}, "
+                                 f"expected {tuple(target.shape)} for this base")
+            target.copy_(tensors[key])
+    for module_name, wrapper in saved_modules(model):
+        if name in wrapper.copies:
+            prefix = f"{module_name}."
+            wrapper.copies[name].load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                                                  if k.startswith(prefix)})
