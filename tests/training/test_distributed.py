@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from kasa_peft import KasaConfig, dropped_components, inject, load_adapter, read_adapter, truncate_smallest
+from kasa_peft import dropped_components, load_adapter, read_adapter, truncate_smallest
 from kasa_peft.core.io import adapter_contents
 from kasa_peft.core.layer import weight_matrix
 from kasa_peft.training.distributed import check_not_sharded, inject_distributed, layer_owners, truncation_cost
@@ -44,8 +44,8 @@ def test_layer_owners_are_within_grahams_bound_of_the_best_split() -> None:
     shapes = [(rng.choice([64, 128, 256, 344]), rng.choice([64, 128, 256, 344])) for _ in range(10)]
     costs = [truncation_cost(*s) for s in shapes]
     owners = layer_owners(shapes, 2)
-    makespan = max(sum(c for c, o in zip(costs, owners) if o == rank) for rank in range(2))
-    best = min(max(sum(c for c, side in zip(costs, split) if side), sum(c for c, side in zip(costs, split) if not side))
+    makespan = max(sum(c for c, o in zip(costs, owners, strict=True) if o == rank) for rank in range(2))
+    best = min(max(sum(c for c, side in zip(costs, split, strict=True) if side == rank) for rank in (0, 1))
                for split in itertools.product([0, 1], repeat=len(costs)))
     assert makespan <= (4 / 3 - 1 / 6) * best
     assert sorted(set(owners)) == [0, 1]
@@ -62,7 +62,7 @@ def test_without_a_process_group_it_is_inject() -> None:
     torch.manual_seed(INIT_SEED)
     inject_distributed(model, CONFIG)
     expected = single_process_model(0)
-    for (name, param), (_, reference) in zip(model.named_parameters(), expected.named_parameters()):
+    for (name, param), (_, reference) in zip(model.named_parameters(), expected.named_parameters(), strict=True):
         assert torch.equal(param, reference), name
 
 
@@ -93,7 +93,8 @@ def test_truncation_is_computed_once_and_bit_identical_on_every_rank(tmp_path, r
 def test_a_failure_on_one_rank_raises_on_every_rank(tmp_path) -> None:
     launch(failing_truncation_worker, tmp_path)
     assert (tmp_path / "failure-1.txt").read_text() == "ValueError: broken weight"
-    assert (tmp_path / "failure-0.txt").read_text() == "RuntimeError: truncation failed on 1 other rank(s); their logs say why"
+    expected = "RuntimeError: truncation failed on 1 other rank(s); their logs say why"
+    assert (tmp_path / "failure-0.txt").read_text() == expected
 
 
 def test_ddp_training_gives_the_single_process_adapter(tmp_path, reference) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from accelerate import PartialState
 from torch import nn
 
 from ..core import KasaConfig, inject, target_layer_names, truncate_smallest
@@ -39,8 +40,16 @@ Group = dist.ProcessGroup | None
 
 
 def is_distributed(group: Group = None) -> bool:
-    """Whether ``torch.distributed`` is initialised with more than one rank (in ``group``)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+    """Whether ``torch.distributed`` is initialised with more than one rank (in ``group``).
+
+    Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1) the default group is first initialised
+    the way ``transformers.Trainer`` will (``accelerate.PartialState``), so injection can already share work.
+    """
+    if not dist.is_available():
+        return False
+    if group is None and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        PartialState()
+    return dist.is_initialized() and dist.get_world_size(group) > 1
 
 
 def truncation_cost(out_features: int, in_features: int) -> int:
@@ -77,21 +86,21 @@ def inject_distributed(model: nn.Module, config: KasaConfig, adapter_name: str =
         return inject(model, config, adapter_name)
     names = target_layer_names(model, config)
     weights = [weight_matrix(_base_layer(model, name)) for name in names]
-    for name, weight in zip(names, weights):
+    for name, weight in zip(names, weights, strict=True):
         check_rank(config.r, *weight.shape, layer_name=name)
     owners = layer_owners([tuple(w.shape) for w in weights], dist.get_world_size(group))
     rank = dist.get_rank(group)
     mine: dict[str, DroppedComponents] = {}
     error = None
     try:
-        for name, weight, owner in zip(names, weights, owners):
+        for name, weight, owner in zip(names, weights, owners, strict=True):
             if owner == rank:
                 mine[name] = truncate_smallest(weight, config.r, config.truncation)
     except Exception as err:  # noqa: BLE001  (re-raised below, after telling the other ranks)
         error = err
     raise_if_any_rank_failed(error, "truncation", group)
     dropped = {name: broadcast_dropped(mine.get(name), tuple(weight.shape), config.r, owner, group)
-               for name, weight, owner in zip(names, weights, owners)}
+               for name, weight, owner in zip(names, weights, owners, strict=True)}
     inject(model, config, adapter_name, dropped=dropped)
     broadcast_tensors(list(_adapter_parameters(model, adapter_name)), 0, group)
     return model
@@ -119,7 +128,7 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0, group: Grou
         same = [t for t in tensors if t.dtype == dtype]
         flat = torch.cat([t.detach().reshape(-1).to(device) for t in same])
         dist.broadcast(flat, group=group, group_src=src)
-        for tensor, value in zip(same, flat.split([t.numel() for t in same])):
+        for tensor, value in zip(same, flat.split([t.numel() for t in same]), strict=True):
             tensor.copy_(value.view_as(tensor))
 
 
@@ -142,7 +151,8 @@ def raise_if_any_rank_failed(error: BaseException | None, what: str, group: Grou
 
 def check_not_sharded(model: nn.Module) -> None:
     """Refuse a model that is already wrapped or sharded: truncating a shard would be silently wrong."""
-    fix = "inject KaSA into the full model first, then wrap/shard it (accelerator.prepare, fully_shard, DDP, deepspeed.initialize)"
+    fix = ("inject KaSA into the full model first, then wrap/shard it "
+           "(accelerator.prepare, fully_shard, DDP, deepspeed.initialize)")
     if isinstance(model, nn.parallel.DistributedDataParallel):
         raise ValueError(f"the model is already wrapped in DistributedDataParallel: {fix}")
     for name, module in model.named_modules():
