@@ -1,0 +1,323 @@
+"""The ``kasa-peft`` command: argument parsing and printing; the work happens in ``pipelines`` and ``interop``.
+
+Any error the user can fix (a missing file, a wrong column, an unknown task, a rank too large, ...) ends
+with one line, ``kasa-peft: error: <what is wrong and how to fix it>``, and exit code 1; ``--traceback``
+shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .models import ModelLoadError
+from .pipelines.config import RunConfig
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+HELP = {
+    "task": "what to train on: glue:<cola|sst2|mrpc|rte|stsb|qnli|mnli|qqp>, classify (your files), sentiment "
+            "(the demo's tweets), e2e, commonsense:<set>|all, sft",
+    "model": "a local Hugging Face model directory, a hub id, a .gguf file, or a shortcut: minilm, smollm2",
+    "output_dir": "directory for the adapter, predictions and metrics.json",
+    "method": "kasa (default), lora, pissa, milora, dora, adalora, peft-kasa (the baselines, through PEFT), or fft",
+    "r": "adapter rank (KaSA also drops the r smallest singular components of each weight); default 8",
+    "alpha": "the update is scaled by alpha / r; default 16",
+    "dropout": "dropout on the adapter's input; default 0",
+    "beta": "weight of KaSA's singular-value penalty sum(sigma^2); default 1e-4",
+    "gamma": "weight of KaSA's orthogonality penalty; default 1e-3",
+    "regularizer": "'paper' (r x r Grams, default) or 'reference' (the authors' script)",
+    "reduction": "'mean' (default) or 'sum' of the penalties over layers",
+    "target_modules": "comma-separated layer names to adapt, or all-linear (default: per architecture, "
+                      "e.g. query,value for BERT, q_proj,v_proj for Llama)",
+    "lr": "learning rate of the adapter (task default)",
+    "head_lr": "learning rate of the classification head (default: --lr)",
+    "weight_decay": "AdamW weight decay; default 0",
+    "warmup_ratio": "share of the steps with a linear learning-rate warm-up; default 0.06",
+    "epochs": "number of training epochs (task default)",
+    "max_steps": "stop after this many optimizer steps (overrides --epochs)",
+    "batch_size": "training batch size (task default)",
+    "eval_batch_size": "evaluation batch size (default: --batch-size)",
+    "gradient_accumulation_steps": "micro-batches per optimizer step; default 1",
+    "max_length": "maximum tokens per training example (task default)",
+    "seed": "random seed of the model's new weights, the data order and dropout; default 0",
+    "eval_steps": "also evaluate every N optimizer steps",
+    "eval_every_epoch": "evaluate at the end of every epoch (default for classification)",
+    "save_steps": "checkpoint (for --resume) every N steps (default: every epoch)",
+    "data_dir": "the benchmark data directory (glue/, e2e/, commonsense/, instruct/)",
+    "train_file": "training data file (classify: .csv/.tsv/.jsonl; sft: .json/.jsonl; e2e: .csv)",
+    "eval_file": "evaluation data file, same format as --train-file",
+    "text_columns": "classify: one or two comma-separated text columns",
+    "label_column": "classify: the label column",
+    "max_train_samples": "train on a fixed random subset of this many examples",
+    "max_eval_samples": "evaluate on a fixed random subset of this many examples (E2E: MRs; commonsense: per set)",
+    "instruct_eval_sets": "sft: comma-separated held-out sets: user_oriented, seed",
+    "num_beams": "beam width for generation (E2E default 10)",
+    "length_penalty": "beam-search length penalty (E2E default 0.9)",
+    "no_repeat_ngram_size": "forbid repeating n-grams of this size in generation (E2E default 4)",
+    "max_new_tokens": "maximum generated tokens per prompt (task default)",
+    "use_chat_template": "wrap prompts in the tokenizer's chat template (sft default: when it has one)",
+    "resume": "continue the unfinished run in --output-dir from its last checkpoint",
+}
+EVAL_OVERRIDES = ("data_dir", "eval_file", "max_eval_samples", "eval_batch_size", "max_length", "num_beams",
+                  "length_penalty", "no_repeat_ngram_size", "max_new_tokens", "use_chat_template",
+                  "instruct_eval_sets")
+DECODING_OPTIONS = ("eval_batch_size", "max_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size",
+                    "use_chat_template")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.handler(args)
+    except KeyboardInterrupt:
+        print("kasa-peft: interrupted (an unfinished training run continues with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, ImportError, ModelLoadError) as err:
+        if args.traceback:
+            raise
+        print(f"kasa-peft: error: {_message(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, ImportError) and err.name:
+        return f"{err} (install it: pip install {err.name})"
+    return str(err).strip() or type(err).__name__
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal to progress bars and results (transformers' load reports list every new head weight)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+# ----------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kasa-peft", description="Fine-tune language models with KaSA "
+                                     "(Knowledge-aware Singular-value Adaptation) and compare it with baselines.")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="fine-tune a model on a task and write DIR/metrics.json",
+                                description="Options can also come from --config FILE.yaml (keys are the option "
+                                            "names); options given here override the file.")
+    train.add_argument("--config", help="a YAML or JSON file of options (e.g. configs/glue/cola.yaml)")
+    _add_run_options(train, list(HELP))
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained run (--run DIR) or adapter (--adapter)")
+    evaluate.add_argument("--run", help="the --output-dir of a finished `kasa-peft train`")
+    evaluate.add_argument("--adapter", help="an adapter directory (with --model and --task)")
+    _add_run_options(evaluate, ["task", "model", "method", "seed", *EVAL_OVERRIDES])
+    evaluate.add_argument("--output-dir", dest="predictions_dir", help="write the prediction files here")
+    evaluate.set_defaults(handler=_evaluate)
+
+    for name, help_text, handler in (("generate", "generate text with a causal LM and adapters", _generate),
+                                     ("predict", "classify texts with a sequence classifier and adapters", _predict)):
+        sub = commands.add_parser(name, help=help_text, description="Each input line is text, TAG<TAB>text or a "
+                                  "JSON object ({\"adapter\": ..., \"text\": ...}); untagged lines use the first "
+                                  "--adapter (or the base model when none is given).")
+        sub.add_argument("--model", required=True, help=HELP["model"])
+        sub.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                         help="a KaSA adapter to load (repeatable; NAME tags input lines)")
+        sub.add_argument("--input", help="file of input lines ('-' for stdin)")
+        sub.add_argument("--prompt" if name == "generate" else "--text", action="append", default=[],
+                         dest="texts", help="an input given inline (repeatable)")
+        _add_run_options(sub, DECODING_OPTIONS if name == "generate" else ("max_length", "eval_batch_size"))
+        sub.set_defaults(handler=handler)
+
+    score = commands.add_parser("score", help="score a predictions file with a task's metrics (prints JSON)")
+    score.add_argument("task", help="e2e, glue:<task>, classify, commonsense:<set> or sft")
+    score.add_argument("--predictions", required=True, help="one output per line (for e2e: per distinct MR)")
+    score.add_argument("--references", help="the references (e2e: the CSV; others: one gold item per line); "
+                                            "default: the task's evaluation data in --data-dir")
+    score.add_argument("--data-dir", help=HELP["data_dir"])
+    score.set_defaults(handler=_score)
+
+    demo = commands.add_parser("demo", help="fine-tune MiniLM on tweet sentiment with KaSA (minutes, CPU)")
+    demo.add_argument("--output-dir", dest="demo_dir", default="kasa-peft-demo",
+                      help="where the runs go (default ./kasa-peft-demo)")
+    _add_run_options(demo, ("max_train_samples", "max_eval_samples", "epochs", "max_steps", "batch_size", "lr", "seed"))
+    demo.set_defaults(handler=_demo)
+
+    export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA or a merged model")
+    export.add_argument("adapter_dir")
+    export.add_argument("--format", required=True, choices=("lora", "peft-kasa", "merged"))
+    export.add_argument("--out", required=True, help="the directory to write")
+    export.add_argument("--base", help="the base model (default: the one recorded in the adapter)")
+    export.set_defaults(handler=_export)
+
+    import_ = commands.add_parser("import", help="convert a PEFT KaSA adapter into a kasa-peft adapter")
+    import_.add_argument("peft_dir")
+    import_.add_argument("--out", required=True, help="the directory to write")
+    import_.add_argument("--base", help="the base model (default: the one recorded in the adapter)")
+    import_.set_defaults(handler=_import)
+
+    inspect = commands.add_parser("inspect", help="summarise a saved adapter (sigma, update norms, truncation)")
+    inspect.add_argument("adapter_dir")
+    inspect.add_argument("--plot", help="also draw the learned sigma as a heatmap PNG")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """``--name`` options for RunConfig fields; only the ones given end up in the namespace."""
+    hints = typing.get_type_hints(RunConfig)
+    for name in names:
+        kind = next(t for t in (typing.get_args(hints[name]) or (hints[name],)) if t is not type(None))
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=HELP[name])
+        else:
+            parser.add_argument(flag, type=str if typing.get_origin(kind) is list else kind,
+                                default=argparse.SUPPRESS, help=HELP[name])
+
+
+def _run_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: value for name, value in vars(args).items() if name in HELP}
+
+
+# --------------------------------------------------------------------------------------------------- commands
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .pipelines.config import read_config_file, resolve_config
+    from .pipelines.run import train
+
+    config = resolve_config(read_config_file(args.config) if args.config else {}, _run_values(args))
+    result = train(config)
+    print(format_run_summary(result.record, result.output_dir))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .pipelines.config import resolve_config
+    from .pipelines.run import evaluate, read_run
+
+    values = _run_values(args)
+    if args.run:
+        recorded, adapter = read_run(args.run)["config"], args.run
+    elif args.adapter:
+        recorded, adapter = {}, args.adapter
+    else:
+        raise ValueError("`kasa-peft eval` needs --run DIR (a finished run) or --adapter DIR with --model and --task")
+    predictions_dir = Path(args.predictions_dir) if args.predictions_dir else None
+    metrics = evaluate(resolve_config(recorded, values), adapter, predictions_dir)
+    print(json.dumps(metrics, indent=2))
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """Input lines from --prompt/--text, then --input (a file, or '-' for stdin)."""
+    lines = [json.dumps({"text": text}) for text in args.texts]
+    if args.input == "-":
+        lines += sys.stdin.read().splitlines()
+    elif args.input:
+        if not Path(args.input).is_file():
+            raise FileNotFoundError(f"input file {args.input} not found: check the --input path")
+        lines += Path(args.input).read_text(encoding="utf-8").splitlines()
+    if not any(line.strip() for line in lines):
+        raise ValueError("no inputs: give --prompt/--text, or --input FILE (or '-' for stdin)")
+    return lines
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .interop.cli_commands import parse_adapter_specs
+    from .pipelines.config import resolve_config
+    from .pipelines.generation import Decoding
+    from .pipelines.inference import generate_outputs
+
+    decoding = Decoding.from_config(resolve_config({}, {"task": "sft", "model": args.model, **_run_values(args)}))
+    for row in generate_outputs(args.model, parse_adapter_specs(args.adapter), _inputs(args), decoding):
+        print(json.dumps(row, ensure_ascii=False))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .interop.cli_commands import parse_adapter_specs
+    from .pipelines.config import resolve_config
+    from .pipelines.inference import predict_labels
+
+    config = resolve_config({}, {"task": "classify", "model": args.model, **_run_values(args)})
+    rows = predict_labels(args.model, parse_adapter_specs(args.adapter), _inputs(args), config.max_length,
+                          config.eval_batch_size or config.batch_size)
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+
+
+def _score(args: argparse.Namespace) -> None:
+    from .pipelines.scoring import score
+
+    print(json.dumps(score(args.task, args.predictions, args.references, args.data_dir), indent=2))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .pipelines.demo import run_demo
+
+    print(format_demo(run_demo(args.demo_dir, **_run_values(args))))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .interop.cli_commands import export_command
+
+    print(f"wrote {export_command(args.adapter_dir, args.format, args.out, args.base)}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from .interop.cli_commands import import_command
+
+    print(f"wrote {import_command(args.peft_dir, args.out, args.base)}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .interop.cli_commands import inspect_command
+
+    print(inspect_command(args.adapter_dir, args.plot))
+
+
+# -------------------------------------------------------------------------------------------------- printing
+
+
+def format_value(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_run_summary(record: dict[str, Any], output_dir: Path) -> str:
+    """What a finished run achieved and where its files are."""
+    main = record["main_metric"]
+    best, final = record["best"], record["final"]
+    trainable, total = record["trainable_parameters"], record["total_parameters"]
+    files = sorted(p.name for p in output_dir.iterdir() if p.is_file())
+    return "\n".join([
+        f"\n{record['task']} | {record['method']} | {record['model']}",
+        f"  best  {main} = {format_value(best['metrics'].get(main))} (step {best['step']}, epoch {best['epoch']:.2f})",
+        f"  final {main} = {format_value(final['metrics'].get(main))} (step {final['step']})",
+        f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%)",
+        f"  wall time: {record['wall_time_seconds']:.1f} s",
+        f"  files: {output_dir}/ ({', '.join(files)})",
+    ])
+
+
+def format_demo(rows: list) -> str:
+    """The demo's comparison as a table."""
+    lines = ["", f"{'model':<12}{'accuracy':>10}{'macro F1':>10}{'trainable':>12}{'time (s)':>10}  saved in"]
+    for row in rows:
+        params = f"{row.trainable_parameters:,}" if row.trainable_parameters is not None else "-"
+        seconds = f"{row.wall_time_seconds:.0f}" if row.wall_time_seconds is not None else "-"
+        lines.append(f"{row.name:<12}{row.metrics['accuracy']:>10.4f}{row.metrics['macro_f1']:>10.4f}{params:>12}"
+                     f"{seconds:>10}  {row.output_dir or '-'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""What every task pipeline provides to the runner, and the small helpers they share."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+from torch import nn
+
+ModelTask = Literal["sequence_classification", "causal_lm"]
+Metrics = dict[str, Any]
+T = TypeVar("T")
+
+# Subsets (--max-train-samples, --max-eval-samples) are drawn with this seed, not the run's --seed, so every
+# method and seed of a comparison sees the same examples.
+SUBSET_SEED = 0
+
+
+class TaskPipeline(Protocol):
+    """A task's data (loaded and checked on construction), its encoding, and its evaluation.
+
+    ``main_metric`` names the key of ``evaluate``'s result that picks the best evaluation (higher is better).
+    """
+
+    model_task: ModelTask
+    num_labels: int | None
+    label_names: list[str] | None
+    main_metric: str
+
+    def train_features(self, tokenizer) -> list[dict[str, Any]]:
+        """The encoded training examples, ready for ``data_collator``."""
+
+    def data_collator(self, tokenizer) -> Callable[[list[dict[str, Any]]], dict]:
+        """Turns a list of ``train_features`` into a padded batch of tensors."""
+
+    def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
+        """Metrics on the evaluation data; prediction files go to ``output_dir`` when it is given."""
+
+
+def fixed_subset(items: Sequence[T], limit: int | None) -> list[T]:
+    """At most ``limit`` items, a random subset fixed by ``SUBSET_SEED``, kept in their original order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    chosen = sorted(random.Random(SUBSET_SEED).sample(range(len(items)), limit))
+    return [items[i] for i in chosen]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    write_atomically(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)

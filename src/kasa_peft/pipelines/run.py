@@ -1,0 +1,197 @@
+"""One training run, start to finish: data, model, method, training, evaluation, ``metrics.json``.
+
+The output directory holds, when a run has finished, the trained adapter (the whole model for ``fft``), the
+evaluation's prediction files and ``metrics.json``, which is written last and atomically: a directory without
+``metrics.json`` is not a result. ``run_config.json`` (the resolved settings) is written when training starts,
+and Trainer checkpoints go to ``checkpoints/``; ``--resume`` continues from the latest one and they are removed
+once the run has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..core.config import ALL_LINEAR
+from ..models import load_model
+from ..training import KasaTrainer, MethodSpec, load_trained, prepare_model
+from ..version import __version__
+from .base import Metrics, TaskPipeline, write_atomically
+from .config import RunConfig
+from .evaluation import PeriodicEvaluation, best_evaluation, evaluations
+from .generation import PromptTargetPipeline
+from .registry import build_pipeline
+from .targets import default_target_modules
+
+METRICS_FILE = "metrics.json"
+RUN_CONFIG_FILE = "run_config.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    record: dict[str, Any]  # what metrics.json holds
+
+
+def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunResult:
+    """Train ``config.method`` on ``config.task`` and write the run to ``config.output_dir`` (module docstring).
+
+    Everything that can be wrong with the input (data, model, method, rank) is checked before the output
+    directory is touched. ``callbacks`` are added to the Trainer's.
+    """
+    started = time.perf_counter()
+    if not config.output_dir:
+        raise ValueError("missing --output-dir: name the directory that receives the adapter and metrics.json")
+    output_dir = Path(config.output_dir)
+    check_output_dir(output_dir, config)
+    set_seed(config.seed)
+    pipeline = build_pipeline(config)
+    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
+    config = finalise(config, model, tokenizer, pipeline)
+    features = pipeline.train_features(tokenizer)
+    steps = total_steps(config, len(features))
+    prepared = prepare_model(model, method_spec(config, steps))
+    start_run_dir(output_dir, config)
+
+    evaluation = PeriodicEvaluation(lambda m: pipeline.evaluate(m, tokenizer, output_dir), config.eval_steps,
+                                    config.eval_every_epoch, pipeline.main_metric)
+    trainer = KasaTrainer(model=prepared.model, args=training_arguments(config, output_dir / CHECKPOINTS_DIR, steps),
+                          train_dataset=features, data_collator=pipeline.data_collator(tokenizer),
+                          prepared=prepared, head_lr=config.head_lr, callbacks=[evaluation, *callbacks])
+    checkpoint = get_last_checkpoint(str(output_dir / CHECKPOINTS_DIR)) if config.resume else None
+    outcome = trainer.train(resume_from_checkpoint=checkpoint)
+    final = evaluation.run(trainer.state, prepared.model)
+
+    prepared.save(output_dir)
+    history = evaluations(trainer.state.log_history)
+    record = {
+        "task": config.task, "method": config.method, "model": config.model, "main_metric": pipeline.main_metric,
+        "label_names": pipeline.label_names,
+        "best": best_evaluation(history, pipeline.main_metric), "final": final, "evaluations": history,
+        "trainable_parameters": prepared.trainable_parameters().trainable,
+        "total_parameters": prepared.trainable_parameters().total,
+        "train_examples": len(features), "optimizer_steps": trainer.state.global_step,
+        "train_loss": outcome.training_loss, "resumed_from": checkpoint,
+        "wall_time_seconds": time.perf_counter() - started, "seed": config.seed, "versions": versions(),
+        "device": str(next(prepared.model.parameters()).device), "config": config.to_dict(),
+    }
+    write_atomically(output_dir / METRICS_FILE, json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    return RunResult(output_dir, record)
+
+
+def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path | None = None) -> Metrics:
+    """Evaluate the trained model in ``adapter_dir`` (or, with ``None``, the untrained model) on ``config.task``.
+
+    The base model is built as for training (same seed, so a new classification head is the same); prediction
+    files go to ``output_dir`` when given.
+    """
+    set_seed(config.seed)
+    pipeline = build_pipeline(config)
+    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
+    if adapter_dir is not None:
+        model = load_trained(model, adapter_dir, config.method)
+    return pipeline.evaluate(model, tokenizer, output_dir)
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """The ``metrics.json`` of a finished run."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no finished run ({METRICS_FILE} is missing): pass the --output-dir "
+                                "of a run that completed, or finish it with `kasa-peft train ... --resume`")
+    return json.loads(path.read_text())
+
+
+def check_output_dir(output_dir: Path, config: RunConfig) -> None:
+    """Refuse to overwrite a finished run, or to mix a new run into an unfinished one without ``--resume``."""
+    if (output_dir / METRICS_FILE).exists():
+        raise FileExistsError(f"{output_dir} already holds a finished run ({METRICS_FILE}): choose another "
+                              "--output-dir, or delete that one")
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return
+    recorded = output_dir / RUN_CONFIG_FILE
+    if not config.resume:
+        raise FileExistsError(f"{output_dir} is not empty: pass --resume to continue the unfinished run in it, or "
+                              "choose another --output-dir")
+    if not recorded.is_file():
+        raise FileNotFoundError(f"{output_dir} holds no {RUN_CONFIG_FILE}, so it is not a run to resume: "
+                                "choose another --output-dir")
+
+
+def start_run_dir(output_dir: Path, config: RunConfig) -> None:
+    """Create the run directory with ``run_config.json``; a resumed run must have the same settings."""
+    recorded = output_dir / RUN_CONFIG_FILE
+    if recorded.is_file():
+        before = json.loads(recorded.read_text())
+        changed = sorted(k for k, v in config.to_dict().items() if k != "resume" and before.get(k) != v)
+        if changed:
+            raise ValueError(f"--resume: {output_dir} was started with different settings ({', '.join(changed)}); "
+                             "resume with the original settings or choose another --output-dir")
+        return
+    write_atomically(recorded, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def finalise(config: RunConfig, model: nn.Module, tokenizer, pipeline: TaskPipeline) -> RunConfig:
+    """The config with the model-dependent defaults filled in (target modules, chat template)."""
+    changes: dict[str, Any] = {}
+    if config.target_modules is None:
+        changes["target_modules"] = default_target_modules(model, config.family)
+    if isinstance(pipeline, PromptTargetPipeline):
+        changes["use_chat_template"] = pipeline.decoding.chat_template(tokenizer)
+    return config.replace(**changes)
+
+
+def method_spec(config: RunConfig, steps: int) -> MethodSpec:
+    targets = config.target_modules
+    return MethodSpec(method=config.method, r=config.r, alpha=config.alpha, dropout=config.dropout,
+                      target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets),
+                      beta=config.beta, gamma=config.gamma, regularizer=config.regularizer,
+                      reduction=config.reduction, total_steps=steps)
+
+
+def total_steps(config: RunConfig, num_examples: int) -> int:
+    """The number of optimizer steps the Trainer will take."""
+    if config.max_steps:
+        return config.max_steps
+    per_epoch = max(math.ceil(math.ceil(num_examples / config.batch_size) / config.gradient_accumulation_steps), 1)
+    return math.ceil(config.epochs * per_epoch)
+
+
+def training_arguments(config: RunConfig, checkpoints: Path, steps: int) -> TrainingArguments:
+    """AdamW, linear schedule with ``warmup_ratio`` warm-up, checkpoints every ``save_steps`` (default: every epoch)."""
+    return TrainingArguments(
+        output_dir=str(checkpoints), learning_rate=config.lr, weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the total steps
+        lr_scheduler_type="linear", num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        seed=config.seed, save_strategy="steps" if config.save_steps else "epoch", save_steps=config.save_steps or 500,
+        save_total_limit=2, logging_steps=max(1, min(50, steps // 10)), report_to="none", eval_strategy="no",
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=False,
+        remove_unused_columns=False,
+    )
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of what produced the numbers."""
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+    return {"kasa-peft": __version__, "torch": torch.__version__, "transformers": installed("transformers"),
+            "peft": installed("peft"), "python": platform.python_version()}

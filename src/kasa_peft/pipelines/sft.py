@@ -1,0 +1,56 @@
+"""Instruction following: supervised fine-tuning on prompt/response pairs, held-out ROUGE-L and exact match.
+
+Training data is ``--train-file`` (Alpaca ``instruction``/``input``/``output`` or ``prompt``/``completion``
+records) or, by default, the T0 subset under ``--data-dir``; the loss is on the response only and prompts go
+through the tokenizer's chat template when it has one. Evaluation generates a response for each held-out
+prompt (``--eval-file``, or the Self-Instruct sets named by ``--instruct-eval-sets``: ``user_oriented``,
+``seed``) and reports Super-NaturalInstructions' ROUGE-L and exact match (0-100) per set. The prompts,
+references and generations go to ``sft_generations.jsonl`` for people to read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..tasks.instruct import exact_match, load_instruct_eval, load_sft_file, load_t0_train, rouge_l
+from .base import Metrics, fixed_subset, write_jsonl
+from .config import RunConfig
+from .generation import Decoding, PromptTargetPipeline
+
+GENERATIONS_FILE = "sft_generations.jsonl"
+
+
+@dataclass
+class SFTPipeline(PromptTargetPipeline):
+    eval_sets: dict[str, list[tuple[str, str]]]
+
+    @property
+    def main_metric(self) -> str:
+        return f"{next(iter(self.eval_sets))}/rouge_l"
+
+    def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
+        metrics: Metrics = {}
+        records = []
+        for name, pairs in self.eval_sets.items():
+            prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
+            generations = self.decoding.generate(model, tokenizer, prompts)
+            metrics[f"{name}/rouge_l"] = rouge_l(generations, references)
+            metrics[f"{name}/exact_match"] = exact_match(generations, references)
+            records.extend({"set": name, "prompt": p, "reference": r, "generation": g}
+                           for p, r, g in zip(prompts, references, generations))
+        if output_dir is not None:
+            write_jsonl(output_dir / GENERATIONS_FILE, records)
+        return metrics
+
+
+def sft_pipeline(config: RunConfig) -> SFTPipeline:
+    train = load_sft_file(config.train_file) if config.train_file else load_t0_train(config.data_dir)
+    if config.eval_file:
+        eval_sets = {"eval": load_sft_file(config.eval_file)}
+    else:
+        eval_sets = {name: load_instruct_eval(config.data_dir, name) for name in config.instruct_eval_sets}
+    return SFTPipeline(fixed_subset(train, config.max_train_samples), config.max_length, Decoding.from_config(config),
+                       {name: fixed_subset(pairs, config.max_eval_samples) for name, pairs in eval_sets.items()})
