@@ -103,11 +103,18 @@ def test_corrupt_weights_fail_cleanly(saved, corrupt):
     assert is_untouched(model)
 
 
-def test_corrupt_config_fails_cleanly(saved):
+@pytest.mark.parametrize("text, message", [
+    ('{"format": "kasa-peft", "config": {', "is corrupt"),
+    ("[1, 2]", "is corrupt"),
+    ('{"format": "kasa-peft", "adapter_name": "default", "config": {}}', r"is incomplete \(no \['layers'"),
+], ids=["cut", "not-an-object", "incomplete"])
+def test_corrupt_config_fails_cleanly(saved, text, message):
     _, path = saved
-    (path / "adapter_config.json").write_text('{"format": "kasa-peft", "config": {')
-    with pytest.raises(ValueError, match=r"adapter_config\.json is corrupt"):
-        load_adapter(tiny_bert(), path)
+    (path / "adapter_config.json").write_text(text)
+    model = tiny_bert()
+    with pytest.raises(ValueError, match=r"adapter_config\.json " + message):
+        load_adapter(model, path)
+    assert is_untouched(model)
 
 
 def test_incomplete_weights_are_named(saved):

@@ -30,6 +30,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "kasa-peft"
 FORMAT_VERSION = 1
+REQUIRED_KEYS = ("adapter_name", "config", "layers", "modules_to_save")
 # A base whose weights differ from the fingerprinted ones by more than this (relative to ||W||_F) is another
 # model. Loose enough for a dtype change of the base (bf16 rounding is ~4e-3), tight enough for any other model.
 FINGERPRINT_TOLERANCE = 1e-2
@@ -132,12 +133,17 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
         metadata = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{config_file} is corrupt ({err}); save the adapter again") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{config_file} is corrupt (not a JSON object); save the adapter again")
     if metadata.get("format") != FORMAT:
         hint = (" It looks like a PEFT adapter: convert it with `kasa-peft import` "
                 "(kasa_peft.interop.import_peft_kasa)." if "peft_type" in metadata else "")
         raise ValueError(f"{config_file} is not a kasa-peft adapter config.{hint}")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer kasa-peft (format {metadata['format_version']}); upgrade kasa-peft")
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise ValueError(f"{config_file} is incomplete (no {missing}); save the adapter again")
     try:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as err:
