@@ -17,17 +17,17 @@ from kasa_peft import (
 
 from .helpers import matching_linears, outputs, randomize_updates, rel_err, train_steps, truncated_copy
 
-CASES = {
-    "bert": (tiny_bert, ("query", "value")),
-    "llama": (tiny_llama, ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")),
-    "gpt2": (tiny_gpt2, ("c_attn", "c_fc", "c_proj")),
+CASES = {  # factory, targets, modules_to_save
+    "bert": (tiny_bert, ("query", "value"), ("classifier",)),
+    "llama": (tiny_llama, ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj"), ()),
+    "gpt2": (tiny_gpt2, ("c_attn", "c_fc", "c_proj"), ()),
 }
 
 
 @pytest.fixture(params=list(CASES))
-def case(request):
-    factory, targets = CASES[request.param]
-    return factory(), targets
+def case(request) -> tuple[nn.Module, KasaConfig]:
+    factory, targets, modules_to_save = CASES[request.param]
+    return factory(), KasaConfig(r=4, target_modules=targets, modules_to_save=modules_to_save)
 
 
 def module_types(model: nn.Module) -> list[tuple[str, type]]:
@@ -35,9 +35,9 @@ def module_types(model: nn.Module) -> list[tuple[str, type]]:
 
 
 def test_step_zero_equals_the_truncated_base(case):
-    model, targets = case
-    expected = outputs(truncated_copy(model, targets, r=4), token_batch())
-    inject(model, KasaConfig(r=4, target_modules=targets))
+    model, config = case
+    expected = outputs(truncated_copy(model, config.target_modules, r=config.r), token_batch())
+    inject(model, config)
     assert rel_err(outputs(model, token_batch()), expected) <= 1e-5
 
 
@@ -52,10 +52,10 @@ def test_only_adapter_and_saved_module_parameters_get_gradients():
 
 
 def test_disable_adapters_gives_the_original_outputs_also_when_merged(case):
-    model, targets = case
+    model, config = case
     batch = token_batch()
     original = outputs(model, batch)
-    inject(model, KasaConfig(r=4, target_modules=targets))
+    inject(model, config)
     train_steps(model, batch)
     adapted = outputs(model, batch)
     assert rel_err(adapted, original) > 1e-3
@@ -69,9 +69,9 @@ def test_disable_adapters_gives_the_original_outputs_also_when_merged(case):
 
 @pytest.mark.parametrize("merged", [False, True])
 def test_unload_gives_back_the_original_weights_and_modules(case, merged):
-    model, targets = case
+    model, config = case
     original = copy.deepcopy(model)
-    inject(model, KasaConfig(r=4, target_modules=targets, modules_to_save=()))
+    inject(model, config)
     train_steps(model, token_batch())
     if merged:
         merge(model)
@@ -89,9 +89,9 @@ def test_unload_gives_back_the_original_weights_and_modules(case, merged):
 
 
 def test_merge_equals_the_unmerged_adapter_and_unmerge_restores(case):
-    model, targets = case
+    model, config = case
     batch = token_batch()
-    inject(model, KasaConfig(r=4, target_modules=targets))
+    inject(model, config)
     train_steps(model, batch)
     assert all(layer.adapters["default"].B.abs().max() > 0 for _, layer in kasa_layers(model))
     weights = {n: layer.base_layer.weight.detach().clone() for n, layer in kasa_layers(model)}
