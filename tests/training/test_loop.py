@@ -70,7 +70,8 @@ def test_an_own_loop_step_trains_on_the_regularized_loss():
     optimizer = torch.optim.SGD(param_groups(model, lr=0.1, head_lr=0.0))
     sigma = model.bert.encoder.layer[0].attention.self.query.adapters["default"].sigma
     before = sigma.detach().clone()
-    task_loss = model.eval()(input_ids=token_batch(), labels=torch.tensor([0, 1, 1])).loss  # B = 0: no gradient on sigma
+    # B = 0, so the task loss has no gradient on sigma
+    task_loss = model.eval()(input_ids=token_batch(), labels=torch.tensor([0, 1, 1])).loss
     kasa_loss(model, task_loss).backward()
     optimizer.step()
     layers = 4  # mean over the adapted layers: d(beta * mean sum sigma^2)/d sigma = 2 beta sigma / layers

@@ -119,15 +119,15 @@ def test_round_trip_on_a_causal_lm(method, tmp_path):
     torch.testing.assert_close(logits(load_trained(tiny_llama(), tmp_path), x), expected, rtol=0, atol=1e-5)
 
 
-def test_load_checkpoint_restores_in_place(tmp_path):
-    for method in ("kasa", "milora", "fft"):
-        trained = prepare_model(tiny_bert(), spec(method))
-        perturb_trainable(trained.model)
-        trained.save(tmp_path / method)
-        fresh = prepare_model(tiny_bert(), spec(method))
-        fresh.load_checkpoint(tmp_path / method)
-        x = token_batch()
-        torch.testing.assert_close(logits(fresh.model, x), logits(trained.model, x), rtol=0, atol=1e-6)
+@pytest.mark.parametrize("method", ["kasa", "milora", "peft-kasa", "fft"])
+def test_load_checkpoint_restores_in_place(method, tmp_path):
+    trained = prepare_model(tiny_bert(), spec(method))
+    perturb_trainable(trained.model)
+    trained.save(tmp_path)
+    fresh = prepare_model(tiny_bert(), spec(method))
+    fresh.load_checkpoint(tmp_path)
+    x = token_batch()
+    torch.testing.assert_close(logits(fresh.model, x), logits(trained.model, x), rtol=0, atol=1e-6)
 
 
 def test_load_trained_checks_the_recorded_method(tmp_path):
@@ -169,8 +169,9 @@ def test_milora_factors_are_the_minor_singular_components():
         torch.testing.assert_close(a @ vh[-R:].T @ vh[-R:], a, rtol=0, atol=1e-5)
         torch.testing.assert_close(u[:, -R:] @ u[:, -R:].T @ b, b, rtol=0, atol=1e-5)
         # and they split each singular value evenly: A A^T = B^T B = diag(S_d / s)
-        torch.testing.assert_close(torch.linalg.eigvalsh(a @ a.T), (s[-R:] / scaling).sort().values, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(torch.linalg.eigvalsh(b.T @ b), (s[-R:] / scaling).sort().values, rtol=1e-4, atol=1e-6)
+        halves = (s[-R:] / scaling).sort().values
+        torch.testing.assert_close(torch.linalg.eigvalsh(a @ a.T), halves, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(torch.linalg.eigvalsh(b.T @ b), halves, rtol=1e-4, atol=1e-6)
         residual = layer.get_base_layer().weight.detach().double()
         torch.testing.assert_close(residual, w - minor, rtol=0, atol=1e-5)
 

@@ -42,7 +42,7 @@ def make_trainer(output_dir, method: str = "kasa", head_lr: float | None = None,
 
 def batch(n: int = 4) -> dict[str, torch.Tensor]:
     data = examples(n)
-    return {"input_ids": torch.stack([d["input_ids"] for d in data]), "labels": torch.stack([d["labels"] for d in data])}
+    return {key: torch.stack([d[key] for d in data]) for key in ("input_ids", "labels")}
 
 
 def adapter_state(trainer: KasaTrainer) -> dict[str, torch.Tensor]:
@@ -100,7 +100,7 @@ def test_gradient_accumulation_matches_the_full_batch(causal, tmp_path):
     accumulated.train()
     for name, value in adapter_state(full).items():
         torch.testing.assert_close(adapter_state(accumulated)[name], value, rtol=0, atol=1e-5)
-    for a, b in zip(training_logs(full), training_logs(accumulated)):
+    for a, b in zip(training_logs(full), training_logs(accumulated), strict=True):
         for key in ("loss", "task_loss", "reg_l2", "reg_l3"):
             assert b[key] == pytest.approx(a[key], rel=1e-4)
 
@@ -111,7 +111,8 @@ def test_head_and_adapter_param_groups(method, head_suffix, tmp_path):
     trainer = make_trainer(tmp_path, method, head_lr=3e-2, learning_rate=1e-3, weight_decay=0.1)
     optimizer = trainer.create_optimizer()
     named = {id(p): n for n, p in trainer.model.named_parameters()}
-    grouped = [(g["name"], g["lr"], g["weight_decay"], named[id(p)]) for g in optimizer.param_groups for p in g["params"]]
+    grouped = [(g["name"], g["lr"], g["weight_decay"], named[id(p)])
+               for g in optimizer.param_groups for p in g["params"]]
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert sorted(n for *_, n in grouped) == sorted(trainable)  # each trainable parameter exactly once
     for part, lr, decay, name in grouped:

@@ -42,7 +42,6 @@ from ..core.layer import weight_matrix
 from .distributed import inject_distributed
 
 METHODS = ("kasa", "lora", "pissa", "milora", "dora", "adalora", "peft-kasa", "fft")
-PEFT_METHODS = ("lora", "pissa", "milora", "dora", "adalora", "peft-kasa")
 HEAD_NAMES = ("classifier", "score")  # what transformers calls a sequence classifier's head
 METHOD_FILE = "kasa_peft_method.json"
 ADALORA_INIT_RANK_FACTOR = 1.5

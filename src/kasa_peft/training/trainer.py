@@ -6,7 +6,8 @@
   ``loss = task_loss + reg_l2 + reg_l3``. Evaluation losses are task losses only, comparable across methods;
 * the optimizer trains the head (``modules_to_save``) at ``head_lr`` and the rest at ``learning_rate``;
 * checkpoints hold what `PreparedModel.save` writes (an adapter, not the base model) plus Trainer's
-  optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back;
+  optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back (a resumed
+  AdaLoRA run is not bit-identical: PEFT keeps the allocator's importance averages in memory only);
 * AdaLoRA's rank allocator runs after every optimizer step;
 * gradient accumulation averages a sequence classifier's loss over micro-batches (Trainer would sum them).
 """
@@ -83,7 +84,7 @@ class KasaTrainer(transformers.Trainer):
         if "loss" in logs and self._term_steps:
             sums = nested_gather(self._term_sums.to(self.args.device), self.args.parallel_mode)
             means = sums.reshape(-1, len(LOGGED_TERMS)).mean(dim=0) / len(self._term_steps)
-            logs.update({name: value.item() for name, value in zip(LOGGED_TERMS, means)})
+            logs.update({name: value.item() for name, value in zip(LOGGED_TERMS, means, strict=True)})
             self._term_sums.zero_()
             self._term_steps.clear()
         super().log(logs, start_time)
