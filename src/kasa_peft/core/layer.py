@@ -72,7 +72,10 @@ class KasaAdapter(nn.Module):
         self.scale = config.scale
         self.A = nn.Parameter(torch.empty(r, in_features, dtype=dtype, device=device))
         self.B = nn.Parameter(torch.zeros(out_features, r, dtype=dtype, device=device))
-        self.sigma = nn.Parameter(torch.randn(r, dtype=dtype, device=device))
+        if config.learn_sigma:
+            self.sigma = nn.Parameter(torch.randn(r, dtype=dtype, device=device))
+        else:
+            self.register_buffer("sigma", torch.ones(r, dtype=dtype, device=device))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.register_buffer("dropped_us", dropped.us.to(device=device, dtype=dtype))
         self.register_buffer("dropped_vt", dropped.vt.to(device=device, dtype=dtype))
