@@ -26,7 +26,7 @@ def train_like(model: torch.nn.Module, adapter_name: str, seed: int) -> None:
                 adapter = layer.adapters[adapter_name]
                 adapter.B.copy_(0.3 * torch.randn(adapter.B.shape, generator=generator))
                 adapter.sigma.copy_(torch.randn(adapter.sigma.shape, generator=generator))
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, kp.ModulesToSave) and adapter_name in module.copies:
                 for param in module.copies[adapter_name].parameters():
                     param.add_(0.5 * torch.randn(param.shape, generator=generator))

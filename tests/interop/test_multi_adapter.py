@@ -32,7 +32,8 @@ BERT_TASKS = {  # different ranks, different targets, one with its own classifie
     "a": kp.KasaConfig(r=2, target_modules=("query",), modules_to_save=("classifier",)),
     "b": kp.KasaConfig(r=4, target_modules=("value", "intermediate.dense")),
 }
-GPT2_TASKS = {"a": kp.KasaConfig(r=2, target_modules=("c_attn",)), "b": kp.KasaConfig(r=3, target_modules=("c_fc", "attn.c_proj"))}
+GPT2_TASKS = {"a": kp.KasaConfig(r=2, target_modules=("c_attn",)),
+              "b": kp.KasaConfig(r=3, target_modules=("c_fc", "attn.c_proj"))}
 
 
 def alone(setup, adapter_dir, x: torch.Tensor) -> torch.Tensor:
@@ -139,9 +140,10 @@ def test_run_by_adapter_groups_and_keeps_input_order(setups, tmp_path):
 
     results = run_by_adapter(model, inputs, classify)
     assert calls == [["b", "b"], [None, None], ["a"]]
-    for item, result in zip(inputs, results):
+    for item, result in zip(inputs, results, strict=True):
         row = item.fields["row"]
-        torch.testing.assert_close(result[None], alone(setup, dirs.get(item.adapter), x[row:row + 1]), rtol=0, atol=1e-5)
+        expected = alone(setup, dirs.get(item.adapter), x[row:row + 1])
+        torch.testing.assert_close(result[None], expected, rtol=0, atol=1e-5)
     assert kp.kasa_state(model).active == "a"  # restored
 
 
@@ -159,7 +161,7 @@ def test_grouped_generation_with_beam_search(setups, tmp_path):
         return list(model.generate(rows, attention_mask=torch.ones_like(rows), **settings))
 
     outputs = run_by_adapter(model, inputs, generate)
-    for item, output in zip(inputs, outputs):
+    for item, output in zip(inputs, outputs, strict=True):
         reference = setup.base() if item.adapter is None else kp.load_adapter(setup.base(), dirs[item.adapter])
         row = prompts[item.fields["row"]][None]
         assert torch.equal(output, reference.generate(row, attention_mask=torch.ones_like(row), **settings)[0])

@@ -44,13 +44,13 @@ def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_nam
     if with_modules:
         raise ValueError(f"adapters {with_modules} have modules_to_save, whose full copies have no weighted "
                          "low-rank combination; combine adapters without modules_to_save")
-    ranks = [state.configs[n].r for n in names]
-    rank = sum(ranks)
-    layers = [(n, layer) for n, layer in kasa_layers(model) if any(a in layer.adapters for a in names)]
+    ranks = {n: state.configs[n].r for n in names}
+    rank = sum(ranks.values())
+    layers = [(n, layer) for n, layer in kasa_layers(model) if any(a in layer.adapters for a in (*names, truncation_from))]
     too_small = [n for n, layer in layers if rank >= min(layer.out_features, layer.in_features)]
     if too_small:
-        raise ValueError(f"the combined adapter has rank {rank} (the sum of {dict(zip(names, ranks))}), which layer "
-                         f"{too_small[0]} cannot hold (KaSA needs rank < min(out, in)); combine fewer adapters")
+        raise ValueError(f"the combined adapter has rank {rank} (the sum of {ranks}), which layer {too_small[0]} "
+                         "cannot hold (KaSA needs rank < min(out, in)); combine fewer adapters")
     config = state.configs[truncation_from].replace(r=rank, alpha=float(rank), use_rslora=False, learn_sigma=True,
                                                     target_modules=tuple(n for n, _ in layers),
                                                     exclude_modules=(), modules_to_save=())
@@ -59,7 +59,7 @@ def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_nam
     with torch.no_grad():
         for _, layer in layers:
             combined = layer.adapters[adapter_name]
-            for block, name in zip(_blocks(ranks), names):
+            for name, block in _blocks(ranks).items():
                 if name in layer.adapters:
                     source = layer.adapters[name]
                     combined.A[block] = source.A
@@ -70,9 +70,13 @@ def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_nam
     return model
 
 
-def _blocks(ranks: list[int]) -> list[slice]:
-    starts = [sum(ranks[:i]) for i in range(len(ranks))]
-    return [slice(start, start + r) for start, r in zip(starts, ranks)]
+def _blocks(ranks: dict[str, int]) -> dict[str, slice]:
+    """Each adapter's rows of ``A_c`` (columns of ``B_c``), in order."""
+    blocks, start = {}, 0
+    for name, r in ranks.items():
+        blocks[name] = slice(start, start + r)
+        start += r
+    return blocks
 
 
 def padded_truncation(layer: nn.Module, adapter_name: str, rank: int) -> DroppedComponents:

@@ -58,14 +58,15 @@ def inspect_adapter(path: str | os.PathLike) -> dict[str, Any]:
 def format_inspection(info: dict[str, Any]) -> str:
     """``inspect_adapter``'s summary as text for a terminal."""
     config, params = info["config"], info["trainable_parameters"]
+    modules = ", ".join(info["modules_to_save"])
+    saved = f"; {params['modules_to_save']:,} in {modules}" if modules else ""
     lines = [
         f"adapter     {info['path']} (name {info['adapter_name']!r}, kasa-peft {info['kasa_peft_version']})",
         f"base model  {info['base_model']}",
         f"targets     {', '.join(info['targets'])} ({len(info['layers'])} layers)",
         f"r = {config['r']}, alpha = {config['alpha']:g} (scale {info['scale']:g}), dropout = {config['dropout']:g}, "
         f"beta = {config['beta']:g}, gamma = {config['gamma']:g}",
-        f"trainable   {params['total']:,} parameters ({params['adapter']:,} in A, B, sigma"
-        + (f"; {params['modules_to_save']:,} in {', '.join(info['modules_to_save'])})" if info["modules_to_save"] else ")"),
+        f"trainable   {params['total']:,} parameters ({params['adapter']:,} in A, B, sigma{saved})",
         "",
     ]
     width = max(len(name) for name in info["layers"])
@@ -86,7 +87,8 @@ def sigma_grid(info: dict[str, Any], key: str) -> tuple[torch.Tensor, list[str],
     Returns the grid, the row labels, the module labels and ``width``.
     """
     positions = {name: _position(name) for name in info["layers"]}
-    rows = sorted({row for row, _ in positions.values()}, key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0, r))
+    rows = sorted({row for row, _ in positions.values()},
+                  key=lambda row: (not row.isdigit(), int(row) if row.isdigit() else 0, row))
     modules = list(dict.fromkeys(module for _, module in positions.values()))
     width = max(len(layer[key]) for layer in info["layers"].values())
     grid = torch.full((len(rows), len(modules) * width), float("nan"))
@@ -129,7 +131,7 @@ def plot_sigma(path: str | os.PathLike, png_path: str | os.PathLike, size: tuple
     figure, axes = plt.subplots(2, 1, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi, layout="constrained")
     panels = (("sigma", "|sigma|", "|sigma|: learned singular values", "viridis"),
               ("dropped_singular_values", "S_d", "S_d: dropped singular values (truncated spectrum tail)", "magma"))
-    for axis, (key, label, title, colormap) in zip(axes, panels):
+    for axis, (key, label, title, colormap) in zip(axes, panels, strict=True):
         grid, rows, modules, width = sigma_grid(info, key)
         cmap = matplotlib.colormaps[colormap].copy()
         cmap.set_bad("#dddddd")

@@ -64,7 +64,7 @@ def kasa_config_from_peft(peft_config: dict[str, Any], module_names: list[str]) 
     ``modules_to_save`` keeps the entries that name a module of the base (PEFT's sequence-classification
     task type lists both ``classifier`` and ``score``).
     """
-    used = {k: peft_config[k] for k, default in UNSUPPORTED_OPTIONS.items() if peft_config.get(k) not in (default, None)}
+    used = {k: peft_config[k] for k, unused in UNSUPPORTED_OPTIONS.items() if peft_config.get(k) not in (unused, None)}
     if used:
         raise ValueError(f"the PEFT adapter uses options that KaSA in kasa-peft does not support: {used}")
     target_modules = peft_config.get("target_modules")

@@ -134,6 +134,6 @@ def run_by_adapter(model: nn.Module, inputs: Sequence[TaggedInput],
             outputs = run([inputs[i] for i in indices])
         if len(outputs) != len(indices):
             raise ValueError(f"run returned {len(outputs)} results for {len(indices)} inputs of adapter {adapter!r}")
-        for index, output in zip(indices, outputs):
+        for index, output in zip(indices, outputs, strict=True):
             results[index] = output
     return results
