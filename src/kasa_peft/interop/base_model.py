@@ -45,10 +45,15 @@ def resolve_base_model(base_model: nn.Module | str | os.PathLike | None, recorde
 
 
 def local_tokenizer_dir(model: nn.Module) -> Path | None:
-    """The local directory the model was loaded from, if it holds tokenizer files."""
-    path = Path(getattr(getattr(model, "config", None), "name_or_path", "") or "")
-    has_tokenizer = (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
-    return path if str(path) not in ("", ".") and has_tokenizer else None
+    """The local directory the model was loaded from, if it holds tokenizer files.
+
+    (Checked by file, because transformers 5 builds an empty tokenizer for a directory that has none.)
+    """
+    name = getattr(getattr(model, "config", None), "name_or_path", "") or ""
+    if not name:
+        return None
+    path = Path(name)
+    return path if any((path / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")) else None
 
 
 def adapter_names(model: nn.Module) -> set[str]:

@@ -46,7 +46,8 @@ def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_nam
                          "low-rank combination; combine adapters without modules_to_save")
     ranks = {n: state.configs[n].r for n in names}
     rank = sum(ranks.values())
-    layers = [(n, layer) for n, layer in kasa_layers(model) if any(a in layer.adapters for a in (*names, truncation_from))]
+    involved = (*names, truncation_from)
+    layers = [(n, layer) for n, layer in kasa_layers(model) if any(a in layer.adapters for a in involved)]
     too_small = [n for n, layer in layers if rank >= min(layer.out_features, layer.in_features)]
     if too_small:
         raise ValueError(f"the combined adapter has rank {rank} (the sum of {ranks}), which layer {too_small[0]} "
