@@ -63,7 +63,7 @@ class ClassificationPipeline:
             prefix = f"{name}/" if len(self.eval_sets) > 1 else ""
             metrics.update({prefix + key: value for key, value in self.score(predictions, examples.labels).items()})
             if output_dir is not None:
-                lines = [examples.label_names[p] if examples.label_names else f"{p:.6g}" for p in predictions]
+                lines = [examples.label_names[p] if examples.label_names else repr(p) for p in predictions]
                 write_atomically(output_dir / f"predictions_{name}.txt", "\n".join(lines) + "\n")
         return metrics
 

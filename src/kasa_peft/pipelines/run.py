@@ -148,6 +148,10 @@ def start_run_dir(output_dir: Path, config: RunConfig) -> None:
 
 def finalise(config: RunConfig, model: nn.Module, tokenizer, pipeline: TaskPipeline) -> RunConfig:
     """The config with the model-dependent defaults filled in (target modules, chat template)."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and config.max_length > positions:
+        raise ValueError(f"--max-length {config.max_length} exceeds the {positions} positions of {config.model}: "
+                         f"pass --max-length {positions} or less")
     changes: dict[str, Any] = {}
     if config.target_modules is None:
         changes["target_modules"] = default_target_modules(model, config.family)

@@ -35,9 +35,11 @@ def task_choices() -> list[str]:
 
 def parse_task(name: str) -> TaskName:
     """Split and check a task name; an unknown one raises ``ValueError`` listing the valid names."""
-    family, _, member = name.partition(":")
-    valid = (family in _MEMBERS and member in _MEMBERS[family]) or (family in FAMILIES and family not in _MEMBERS
-                                                                    and not member)
+    family, separator, member = name.partition(":")
+    if family in _MEMBERS:
+        valid = member in _MEMBERS[family]
+    else:
+        valid = family in FAMILIES and not separator
     if not valid:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(task_choices())}")
     return TaskName(family, member or None)

@@ -1,0 +1,56 @@
+"""Tiny random models saved with a tiny BPE tokenizer, and the CLI run in-process, for end-to-end tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from kasa_peft.cli import main
+from tiny_models import VOCAB
+
+CORPUS = [
+    "name[The Eagle], eatType[coffee shop], food[French], priceRange[moderate], area[riverside]",
+    "The Eagle is a moderately priced coffee shop serving French food by the riverside.",
+    "Please answer the following question with true or false. Answer format: true/false",
+    "the correct answer is answer1 answer2 solution1 option1 ending1",
+    "The movie was good, the plot was bad, and the acting was fine.",
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+]
+
+
+def save_tokenizer(directory: Path) -> None:
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>",
+                                                                                               "<unk>"]))
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(directory)
+
+
+def save_model(directory: Path, model) -> str:
+    model.save_pretrained(directory)
+    save_tokenizer(directory)
+    return str(directory)
+
+
+def write_classification_files(directory: Path, rows: int = 24) -> tuple[Path, Path]:
+    """``train.csv`` and ``eval.csv`` with columns ``review,label`` and three labels (neg, neutral, pos)."""
+    labels = ["neg", "neutral", "pos"]
+    words = ["bad", "fine", "good"]
+    paths = []
+    for name, count in (("train.csv", rows), ("eval.csv", rows // 2)):
+        lines = ["review,label"] + [f"the movie was {words[i % 3]} and the plot {i},{labels[i % 3]}" for i in range(count)]
+        (directory / name).write_text("\n".join(lines) + "\n")
+        paths.append(directory / name)
+    return paths[0], paths[1]
+
+
+def run_cli(capsys, *args) -> SimpleNamespace:
+    """``kasa-peft ARGS`` in this process: its exit code and what it printed."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return SimpleNamespace(code=code, out=out, err=err)

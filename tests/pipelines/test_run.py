@@ -1,0 +1,77 @@
+"""The runner: resume equals an uninterrupted run, output-directory rules, nothing passed off after a failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from kasa_peft.pipelines.config import resolve_config
+from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_CONFIG_FILE, train
+
+from .helpers import write_classification_files
+
+
+class Interrupt(TrainerCallback):
+    """Stops training with an exception at the end of step ``at_step`` (after the checkpoint before it)."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def config(bert_dir, tmp_path):
+    train_file, eval_file = write_classification_files(tmp_path, rows=30)
+
+    def make(out: str, **changes):
+        return resolve_config({}, {"task": "classify", "model": bert_dir, "output_dir": str(tmp_path / out),
+                                   "train_file": str(train_file), "eval_file": str(eval_file),
+                                   "text_columns": "review", "label_column": "label", "max_length": 64,
+                                   "batch_size": 4, "max_steps": 5, "save_steps": 2, "eval_steps": 1,
+                                   "dropout": 0.1, "seed": 3, **changes})
+    return make
+
+
+def test_resumed_run_equals_uninterrupted_run(config):
+    uninterrupted = train(config("a"))
+    interrupted = config("b")
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, callbacks=[Interrupt(at_step=3)])
+    assert (Path(interrupted.output_dir) / CHECKPOINTS_DIR / "checkpoint-2").is_dir()
+    assert not (Path(interrupted.output_dir) / METRICS_FILE).exists()
+    resumed = train(interrupted.replace(resume=True))
+
+    assert resumed.record["resumed_from"].endswith("checkpoint-2")
+    expected, actual = (load_file(r.output_dir / "adapter_model.safetensors") for r in (uninterrupted, resumed))
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert (expected[key] - actual[key]).abs().max() <= 1e-6, key
+    # evaluations made before the interruption are kept (saved with the checkpoint), the others redone
+    assert [e["step"] for e in resumed.record["evaluations"]] == [1, 2, 3, 4, 5]
+    assert resumed.record["evaluations"] == pytest.approx(uninterrupted.record["evaluations"])
+    assert not (resumed.output_dir / CHECKPOINTS_DIR).exists()
+
+
+def test_output_directory_rules(config):
+    first = train(config("run", max_steps=1))
+    with pytest.raises(FileExistsError, match="already holds a finished run"):
+        train(config("run", max_steps=1))
+    with pytest.raises(FileExistsError, match="not empty: pass --resume"):
+        (first.output_dir.parent / "other").mkdir()
+        (first.output_dir.parent / "other" / "notes.txt").write_text("mine")
+        train(config("other", max_steps=1))
+    unfinished = config("unfinished")
+    with pytest.raises(KeyboardInterrupt):
+        train(unfinished, callbacks=[Interrupt(at_step=3)])
+    with pytest.raises(ValueError, match="different settings \\(lr\\)"):
+        train(unfinished.replace(resume=True, lr=1e-3))
+    run_dir = Path(unfinished.output_dir)
+    assert json.loads((run_dir / RUN_CONFIG_FILE).read_text())["lr"] == unfinished.lr
+    assert not (run_dir / METRICS_FILE).exists()
