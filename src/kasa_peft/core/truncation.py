@@ -2,8 +2,10 @@
 
 For ``W`` (out x in) with thin SVD ``W = U S V^T`` (singular values descending) and ``k = min(out, in)``,
 the dropped part is ``U_d S_d V_d^T`` with ``U_d = U[:, k-r:]`` etc., and ``W_world = W - U_d S_d V_d^T``.
-It is kept as two factors, ``us = U_d S_d`` (out x r) and ``vt = V_d^T`` (r x in). Their product does not
-depend on the sign ambiguity of singular vectors (it equals ``W V_d V_d^T``), so it is reproducible.
+It is kept as two factors ``us`` (out x r) and ``vt`` (r x in) whose product is ``U_d S_d V_d^T``; only the
+product is defined (the SVD and tall-Gram routes give ``us = U_d S_d, vt = V_d^T`` up to a rotation, the wide
+Gram route ``us = U_d, vt = S_d V_d^T``). The product does not depend on the sign ambiguity of singular
+vectors (it equals ``W V_d V_d^T``), so it is reproducible.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ EIGH_SUBSPACE_TOLERANCE = 1e-7
 
 
 class DroppedComponents(NamedTuple):
-    """The ``r`` smallest singular components of a weight, ``us @ vt``, in float32."""
+    """The ``r`` smallest singular components of a weight as ``us @ vt`` (see the module docstring), in float32."""
 
     us: torch.Tensor
     vt: torch.Tensor
