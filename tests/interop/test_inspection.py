@@ -58,3 +58,9 @@ def test_inspect_command_prints_and_plots(setups, tmp_path):
     text = inspect_command(setups["gpt2"].adapter_dir, plot=tmp_path / "s.png")
     assert "transformer.h.0.attn.c_attn" in text and text.endswith(f"written to {tmp_path / 's.png'}")
     assert (tmp_path / "s.png").is_file()
+
+
+def test_fixed_sigma_is_not_counted_as_trainable(setups, tmp_path):
+    model = kp.inject(setups["llama"].base(), kp.KasaConfig(r=2, target_modules=("q_proj",), learn_sigma=False))
+    info = inspect_adapter(kp.save_adapter(model, tmp_path / "fixed"))
+    assert info["trainable_parameters"]["total"] == kp.trainable_parameters(model).trainable

@@ -34,7 +34,7 @@ def inspect_adapter(path: str | os.PathLike) -> dict[str, Any]:
         us, vt = tensors[f"{name}.dropped_us"].double(), tensors[f"{name}.dropped_vt"].double()
         weight_norm = float(tensors[f"{name}.base_fingerprint"][0])
         dropped_norm = product_norm(us, vt)
-        adapter_parameters += A.numel() + B.numel() + sigma.numel()
+        adapter_parameters += A.numel() + B.numel() + (sigma.numel() if config.learn_sigma else 0)
         layers[name] = {
             "shape": list(metadata["layers"][name]),
             "update_norm": product_norm(*update_factors(A, B, sigma, config.scale)),
