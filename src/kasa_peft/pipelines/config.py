@@ -36,6 +36,7 @@ class RunConfig:
     gamma: float = 1e-3
     regularizer: str = "paper"
     reduction: str = "mean"
+    learn_sigma: bool = True
     target_modules: list[str] | None = None
     # optimisation
     lr: float | None = None

@@ -165,7 +165,8 @@ def method_spec(config: RunConfig, steps: int) -> MethodSpec:
     return MethodSpec(method=config.method, r=config.r, alpha=config.alpha, dropout=config.dropout,
                       target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets),
                       beta=config.beta, gamma=config.gamma, regularizer=config.regularizer,
-                      reduction=config.reduction, total_steps=steps)
+                      reduction=config.reduction, learn_sigma=config.learn_sigma,
+                      total_steps=steps)
 
 
 def total_steps(config: RunConfig, num_examples: int) -> int:

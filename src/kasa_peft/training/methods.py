@@ -53,9 +53,9 @@ ADALORA_TFINAL_FRACTION = 0.5
 class MethodSpec:
     """What to train. The same fields for every method, so that only the adapter differs between runs.
 
-    ``beta``, ``gamma`` weight KaSA's penalties (``kasa`` and ``peft-kasa``); ``regularizer`` and
-    ``reduction`` are those of `kasa_peft.KasaConfig` (``kasa`` only); ``total_steps`` is the number of
-    optimizer steps, needed by AdaLoRA's rank schedule.
+    ``beta``, ``gamma`` weight KaSA's penalties (``kasa`` and ``peft-kasa``); ``regularizer``,
+    ``reduction`` and ``learn_sigma`` are those of `kasa_peft.KasaConfig` (``kasa`` only); ``total_steps``
+    is the number of optimizer steps, needed by AdaLoRA's rank schedule.
     """
 
     method: str = "kasa"
@@ -68,6 +68,7 @@ class MethodSpec:
     gamma: float = 1e-3
     regularizer: str = "paper"
     reduction: str = "mean"
+    learn_sigma: bool = True
     total_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -203,7 +204,7 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:
     return KasaConfig(r=spec.r, alpha=spec.alpha, dropout=spec.dropout, target_modules=spec.target_modules,
                       modules_to_save=head_modules, beta=spec.beta, gamma=spec.gamma,
-                      regularizer=spec.regularizer, reduction=spec.reduction)
+                      regularizer=spec.regularizer, reduction=spec.reduction, learn_sigma=spec.learn_sigma)
 
 
 def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...]):
