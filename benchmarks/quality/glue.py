@@ -1,0 +1,98 @@
+"""Table 1: GLUE at small scale with the pretrained MiniLM-L6, every method, r = 8 on query/value, 3 seeds.
+
+    python benchmarks/quality/glue.py [--jobs 2 --threads 1]
+
+Sized for 2 shared CPU cores: every method sees the same fixed training subset (``TRAIN_SAMPLES``
+examples, drawn once with the pipeline's subset seed), the same dev examples (at most ``DEV_SAMPLES``: full
+MRPC and RTE, fixed subsets of CoLA, SST-2 and STS-B), the same schedule (``EPOCHS`` epochs, batch 32, 6%
+warm-up, linear decay, max length 128, dev evaluation after every epoch) and the same seeds. The learning
+rate of a task is the paper's RoBERTa-base one (tuned for 100 epochs) times ``LR_SCALE`` for the ~50x
+shorter schedule, the same for every adapter method, fixed before any run; ``fft`` uses ``FFT_LR`` (an
+adapter's learning rate makes full fine-tuning diverge). beta and gamma are the paper's per task (they
+matter to kasa and peft-kasa only). Reported: the best dev epoch (the GLUE
+protocol the paper follows), x100: MCC for CoLA, accuracy for SST-2, MRPC, RTE, Pearson for STS-B.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
+
+from quality.harness import Record, Run, main  # noqa: E402
+from quality.summary import (  # noqa: E402
+    bar_plot, beaten_by, cells, group, machine_line, metric, row_average, stat_table,
+)
+
+TABLE = "glue"
+MODEL = "minilm"
+DATA_DIR = "/work/shared/data"
+TASKS = ("cola", "sst2", "mrpc", "rte", "stsb")  # cheapest first, so an interrupted table has whole tasks
+METHODS = ("kasa", "peft-kasa", "lora", "pissa", "milora", "dora", "adalora", "fft")
+SEEDS = (0, 1, 2)
+TRAIN_SAMPLES = 512
+DEV_SAMPLES = 500
+EPOCHS = 2
+LR_SCALE = 2.5
+FFT_LR = 1e-4
+# The paper's per-task settings for RoBERTa-base (KASA_METHOD.md, section 5; RTE: the second pair).
+PAPER = {"cola": (4e-4, 1e-4, 1e-3), "sst2": (5e-4, 1e-4, 1e-3), "mrpc": (4e-4, 0.1, 1e-3),
+         "rte": (4e-4, 0.01, 1e-5), "stsb": (3e-4, 1e-4, 1e-5)}  # task: (lr, beta, gamma)
+METRIC_NAMES = {"cola": "MCC", "sst2": "acc", "mrpc": "acc", "rte": "acc", "stsb": "Pearson"}
+
+
+def settings(task: str, method: str, seed: int, **changes) -> dict:
+    """The `RunConfig` settings of one GLUE run of this suite (shared by the ablation and rank sweep)."""
+    lr, beta, gamma = PAPER[task]
+    return {"task": f"glue:{task}", "model": MODEL, "method": method, "data_dir": DATA_DIR, "r": 8, "alpha": 16.0,
+            "target_modules": ["query", "value"], "lr": FFT_LR if method == "fft" else LR_SCALE * lr, "beta": beta,
+            "gamma": gamma, "epochs": EPOCHS, "batch_size": 32, "max_length": 128, "eval_every_epoch": True,
+            "eval_batch_size": 64, "max_train_samples": TRAIN_SAMPLES, "max_eval_samples": DEV_SAMPLES,
+            "seed": seed, **changes}
+
+
+def runs() -> list[Run]:
+    return [Run(f"{task}-{method}-s{seed}", settings(task, method, seed),
+                {"task": task, "method": method, "seed": seed})
+            for task in TASKS for seed in SEEDS for method in METHODS]
+
+
+def summarise(records: list[Record], out: Path) -> None:
+    stats = cells(records, "method", "task", metric)
+    average = row_average(records, "method", "task", TASKS, "seed", metric)
+    tasks = [t for t in TASKS if any((m, t) in stats for m in METHODS)]
+    by_method = group(records, ("method",))
+    params = {m: _distinct(r["run"]["trainable_parameters"] for r in by_method[(m,)]) for m in METHODS
+              if (m,) in by_method}
+    wall = {m: f"{statistics.fmean(r['run']['wall_time_seconds'] for r in by_method[(m,)]):.0f}"
+            for m in METHODS if (m,) in by_method}
+    table = stat_table(stats, METHODS, tasks, "method", lambda t: f"{t} ({METRIC_NAMES[t]})",
+                       extra={"avg": {m: s.format() for m, s in average.items()}, "trainable params": params,
+                              "wall s / run": wall})
+    final = stat_table(cells(records, "method", "task", lambda r: metric(r, "final")), METHODS, tasks, "method")
+    losses = beaten_by(stats, "kasa", METHODS, tasks)
+    verdict = "\n".join(f"- {t}: " + (f"KaSA's mean is below {', '.join(losses[t])}." if losses[t]
+                                       else "KaSA has the highest mean.") for t in tasks)
+    (out / "summary.md").write_text(
+        f"# GLUE, MiniLM-L6 (`{MODEL}`), r = 8 on query/value\n\n"
+        f"Best dev epoch (x100), mean ± std over seeds {', '.join(map(str, SEEDS))} "
+        f"(n per cell: {_distinct(s.n for s in stats.values())}); bold: best mean per task. "
+        f"Train: a fixed {TRAIN_SAMPLES}-example subset of each task; dev: at most {DEV_SAMPLES} fixed examples "
+        "(full MRPC and RTE). {EPOCHS} epochs, batch 32, max length 128, lr per task: the paper's x {LR_SCALE:g} "
+        f"({', '.join(f'{t} {LR_SCALE * PAPER[t][0]:g}' for t in TASKS)}), fft lr {FFT_LR:g}. "
+        "avg: mean over the tasks per seed, then mean ± std over seeds (only seeds with every task).\n\n"
+        f"{table}\nKaSA against the others (means):\n\n{verdict}\n\n"
+        f"## Final epoch instead of best\n\n{final}\n"
+        f"Machine: {machine_line(records)}.\nCommand: `{records[0]['command']}`\n")
+    bar_plot(stats, METHODS, tasks, out / "glue.png", f"GLUE dev, MiniLM-L6, r=8 ({len(SEEDS)} seeds)",
+             "best dev epoch (x100)")
+
+
+def _distinct(values) -> str:
+    return " / ".join(str(v) for v in sorted(set(values)))
+
+
+if __name__ == "__main__":
+    sys.exit(main(TABLE, runs(), summarise))

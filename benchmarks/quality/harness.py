@@ -1,0 +1,126 @@
+"""The quality benchmarks' runner: a grid of training runs, each in a fresh process, resumable.
+
+A table is a list of `Run` (an id, the `RunConfig` settings, and the labels the summary groups by). A run
+whose record ``<results>/<table>/runs/<id>.json`` exists is finished and skipped; the others are trained one
+per subprocess (``worker.py``: same starting state for every run, whatever ran before), ``jobs`` at a time,
+with their adapters and logs under ``<work>/<table>/<id>/``. An interrupted run resumes from its last
+epoch checkpoint. The record is ``metrics.json`` of the run plus the table's labels, the machine and the
+command, so the summary markdown and plots can be regenerated from the records alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results" / "quality"
+WORK = REPO / "runs" / "quality"  # adapters and logs; git ignores /runs/
+WORKER = Path(__file__).with_name("worker.py")
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a table: ``settings`` are `RunConfig` fields (without ``output_dir``)."""
+
+    id: str
+    settings: dict[str, Any]
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+def record_path(results: Path, table: str, run_id: str) -> Path:
+    return results / table / "runs" / f"{run_id}.json"
+
+
+def pending(runs: Sequence[Run], results: Path, table: str) -> list[Run]:
+    """The runs without a record, in the given order (a finished run is never trained again)."""
+    ids = [run.id for run in runs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"table {table!r} names runs more than once: {', '.join(duplicates)}")
+    return [run for run in runs if not record_path(results, table, run.id).is_file()]
+
+
+def load_records(results: Path, table: str) -> list[Record]:
+    """Every finished run's record of ``table``, sorted by run id."""
+    return [json.loads(path.read_text()) for path in sorted((results / table / "runs").glob("*.json"))]
+
+
+def worker_command(run: Run, run_dir: Path, record: Path, table: str) -> list[str]:
+    """The subprocess that trains ``run`` into ``run_dir`` and writes ``record`` (continuing an interrupted run)."""
+    resume = (run_dir / "run_config.json").is_file()
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # died before training started: nothing to keep
+    job = {"table": table, "id": run.id, "labels": run.labels, "record": str(record), "command": _command(),
+           "settings": {**run.settings, "output_dir": str(run_dir / "output"), "resume": resume}}
+    return [sys.executable, str(WORKER), json.dumps(job)]
+
+
+def execute(runs: Sequence[Run], table: str, results: Path, work: Path, jobs: int, threads: int) -> list[str]:
+    """Train the pending runs of ``table``, ``jobs`` processes at a time; returns the ids of failed runs."""
+    queue = pending(runs, results, table)
+    print(f"{table}: {len(runs) - len(queue)} of {len(runs)} runs finished, {len(queue)} to train", flush=True)
+    active: dict[str, tuple[subprocess.Popen, float]] = {}
+    failed: list[str] = []
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    while queue or active:
+        while queue and len(active) < jobs:
+            run = queue.pop(0)
+            run_dir = work / table / run.id
+            command = worker_command(run, run_dir, record_path(results, table, run.id), table)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "log.txt", "a") as log:
+                active[run.id] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env),
+                                  time.perf_counter())
+        time.sleep(1)
+        for run_id, (process, started) in list(active.items()):
+            if process.poll() is None:
+                continue
+            del active[run_id]
+            status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+            print(f"  {run_id}: {status} in {time.perf_counter() - started:.0f} s", flush=True)
+            if process.returncode:
+                failed.append(run_id)
+    if failed:
+        print(f"{table}: {len(failed)} runs failed; see {work / table}/<id>/log.txt: {', '.join(failed)}")
+    return failed
+
+
+def _command() -> str:
+    """The table's command line, as recorded with each run."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
+    return " ".join(["python", str(shown), *sys.argv[1:]])
+
+
+def main(table: str, runs: Sequence[Run], summarise: Callable[[list[Record], Path], None],
+         argv: Sequence[str] | None = None) -> int:
+    """The command line of one table: train what is missing, then rewrite the summary from all records."""
+    parser = argparse.ArgumentParser(description=f"Quality benchmark table '{table}' (resumable).")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"records and summaries (default {RESULTS})")
+    parser.add_argument("--work", type=Path, default=WORK, help=f"adapters and logs (default {WORK})")
+    parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary from the records")
+    parser.add_argument("--list", action="store_true", help="print the runs still to train and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for run in pending(runs, args.results, table):
+            print(run.id, json.dumps(run.settings))
+        return 0
+    failed = [] if args.summary_only else execute(runs, table, args.results, args.work, args.jobs, args.threads)
+    records = load_records(args.results, table)
+    if records:
+        summarise(records, args.results / table)
+        print(f"{table}: summary of {len(records)} runs in {args.results / table}")
+    return 1 if failed else 0

@@ -1,0 +1,172 @@
+"""From run records to tables: the metric of a run, mean ± std over seeds, markdown, plots.
+
+A cell of a table aggregates the runs that share its row and column labels (the seeds): the mean and the
+sample standard deviation (``n - 1`` in the denominator; 0 for a single run) of the metric, in percent.
+GLUE reports the best dev evaluation of a run (``best``, the paper's protocol); ``final`` is the last one.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation of ``n`` values."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Stat":
+        if not values:
+            raise ValueError("Stat.of needs at least one value")
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+    def format(self, digits: int = 1) -> str:
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def metric(record: Record, which: str = "best", name: str | None = None) -> float:
+    """The run's ``name`` metric (default: its task's main metric) at its ``best`` or ``final`` evaluation, x100."""
+    run = record["run"]
+    return 100.0 * float(run[which]["metrics"][name or run["main_metric"]])
+
+
+def label(record: Record, key: str) -> Any:
+    return record["labels"][key]
+
+
+def group(records: Sequence[Record], keys: Sequence[str]) -> dict[tuple, list[Record]]:
+    """Records grouped by the values of their ``keys`` labels, in first-seen order."""
+    groups: dict[tuple, list[Record]] = defaultdict(list)
+    for record in records:
+        groups[tuple(label(record, key) for key in keys)].append(record)
+    return dict(groups)
+
+
+def cells(records: Sequence[Record], row: str, column: str, value: Callable[[Record], float]) -> dict[tuple, Stat]:
+    """``{(row label, column label): Stat}`` of ``value`` over the runs of each cell."""
+    return {key: Stat.of([value(r) for r in runs]) for key, runs in group(records, (row, column)).items()}
+
+
+def row_average(records: Sequence[Record], row: str, column: str, columns: Sequence[Any], by: str,
+                value: Callable[[Record], float]) -> dict[Any, Stat]:
+    """Per row, the mean over ``columns`` of ``value``, computed per ``by`` (the seed), then mean ± std over those.
+
+    A row is averaged only over the ``by`` values that have a run in every column (an unfinished seed is left
+    out rather than averaged over fewer tasks).
+    """
+    averages: dict[Any, Stat] = {}
+    for (row_value,), runs in group(records, (row,)).items():
+        per_seed = group(runs, (by,))
+        complete = [[value(next(r for r in seed_runs if label(r, column) == c)) for c in columns]
+                    for seed_runs in per_seed.values()
+                    if {label(r, column) for r in seed_runs} >= set(columns)]
+        if complete:
+            averages[row_value] = Stat.of([statistics.fmean(values) for values in complete])
+    return averages
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def stat_table(stats: dict[tuple, Stat], rows: Sequence[Any], columns: Sequence[Any], row_title: str,
+               column_names: Callable[[Any], str] = str, extra: dict[str, dict[Any, str]] | None = None,
+               bold_best: bool = True) -> str:
+    """A markdown table of ``mean ± std`` cells (``—`` where no run finished), the best mean of each column in
+    bold, then the ``extra`` columns (``{title: {row: text}}``)."""
+    extra = extra or {}
+    best = {c: max((stats[(r, c)].mean for r in rows if (r, c) in stats), default=None) for c in columns}
+    body = []
+    for r in rows:
+        line = [str(r)]
+        for c in columns:
+            stat = stats.get((r, c))
+            text = "—" if stat is None else stat.format()
+            line.append(f"**{text}**" if bold_best and stat is not None and stat.mean == best[c] else text)
+        line += [values.get(r, "—") for values in extra.values()]
+        body.append(line)
+    return markdown_table([row_title, *map(column_names, columns), *extra], body)
+
+
+def beaten_by(stats: dict[tuple, Stat], reference: Any, rows: Sequence[Any], columns: Sequence[Any]
+              ) -> dict[Any, list[Any]]:
+    """Per column, the rows whose mean is higher than the ``reference`` row's (where both have runs)."""
+    return {c: [r for r in rows if r != reference and (r, c) in stats and (reference, c) in stats
+                and stats[(r, c)].mean > stats[(reference, c)].mean] for c in columns}
+
+
+def bar_plot(stats: dict[tuple, Stat], rows: Sequence[Any], columns: Sequence[Any], path: Path, title: str,
+             ylabel: str) -> Path:
+    """Grouped bars (one group per column, one bar per row) with ±std error bars."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.6 * len(columns) + 2), 4.5), layout="constrained")
+    width = 0.8 / max(len(rows), 1)
+    for i, r in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j, c in enumerate(columns) if (r, c) in stats]
+        present = [c for c in columns if (r, c) in stats]
+        axis.bar(xs, [stats[(r, c)].mean for c in present], width, yerr=[stats[(r, c)].std for c in present],
+                 label=str(r), capsize=2)
+    axis.set_xticks(range(len(columns)), [str(c) for c in columns])
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend(fontsize="small", ncols=min(len(rows), 4))
+    return _save(figure, path)
+
+
+def line_plot(stats: dict[tuple, Stat], rows: Sequence[Any], xs: Sequence[Any], path: Path, title: str,
+              xlabel: str, ylabel: str) -> Path:
+    """One line per row over ``xs`` (log2 axis), mean with a ±std band."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
+    for r in rows:
+        present = [x for x in xs if (r, x) in stats]
+        means = [stats[(r, x)].mean for x in present]
+        stds = [stats[(r, x)].std for x in present]
+        axis.plot(present, means, marker="o", label=str(r))
+        axis.fill_between(present, [m - s for m, s in zip(means, stds, strict=True)],
+                          [m + s for m, s in zip(means, stds, strict=True)], alpha=0.15)
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(list(xs), [str(x) for x in xs])
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def _save(figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    _pyplot().close(figure)
+    return path
+
+
+def machine_line(records: Sequence[Record]) -> str:
+    """Where and with what the runs ran (from the latest record)."""
+    latest = max(records, key=lambda r: r["machine"]["date"])
+    machine, versions = latest["machine"], latest["machine"]["versions"]
+    packages = ", ".join(f"{name} {v}" for name, v in versions.items() if v)
+    return (f"{machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads per run, "
+            f"shared with other work), Python {machine['python']}, {packages}; device {latest['run']['device']}")

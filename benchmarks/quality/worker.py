@@ -1,0 +1,38 @@
+"""Train one benchmark run in this (fresh) process and write its record: ``worker.py '<job json>'``.
+
+The job (written by ``harness.worker_command``) holds the table, the run's id and labels, the `RunConfig`
+settings and where the record goes. The record is written only once training and evaluation have finished,
+through a temporary file and a rename, so a record on disk is always a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+
+from common import machine_info  # noqa: E402
+from kasa_peft.pipelines.base import write_atomically  # noqa: E402
+from kasa_peft.pipelines.config import RunConfig  # noqa: E402
+from kasa_peft.pipelines.run import read_run, train  # noqa: E402
+
+
+def run_job(job: dict) -> dict:
+    """Train (or, when its ``metrics.json`` already exists, just read) the run and return its record."""
+    config = RunConfig(**job["settings"])
+    output = Path(config.output_dir)
+    run = read_run(output) if (output / "metrics.json").is_file() else train(config).record
+    return {"table": job["table"], "id": job["id"], "labels": job["labels"], "command": job["command"], "run": run,
+            "machine": machine_info(), "output_dir": str(output)}
+
+
+def main() -> None:
+    job = json.loads(sys.argv[1])
+    record = run_job(job)
+    write_atomically(Path(job["record"]), json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The quality benchmarks' harness on fake run records: resumability, mean/std, averages, table rendering."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from quality import harness, summary  # noqa: E402
+from quality.harness import Run  # noqa: E402
+from quality.summary import Stat  # noqa: E402
+
+
+def fake_record(task: str, method: str, seed: int, best: float, final: float | None = None) -> dict:
+    metrics = lambda v: {"metrics": {"accuracy": v, "f1": v / 2}}  # noqa: E731
+    return {"table": "t", "id": f"{task}-{method}-s{seed}", "labels": {"task": task, "method": method, "seed": seed},
+            "command": "python benchmarks/quality/t.py",
+            "run": {"main_metric": "accuracy", "best": metrics(best), "final": metrics(final or best),
+                    "trainable_parameters": 10, "wall_time_seconds": 1.0, "device": "cpu"},
+            "machine": {"date": f"2025-01-0{seed + 1} 00:00:00", "cpu": "x", "cores": 2, "torch_threads": 1,
+                        "python": "3.11", "versions": {"torch": "2"}}}
+
+
+def write_record(results: Path, record: dict) -> None:
+    path = harness.record_path(results, "t", record["id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_pending_skips_finished_runs_and_keeps_order(tmp_path):
+    runs = [Run(f"r{i}", {"seed": i}) for i in range(4)]
+    write_record(tmp_path, {**fake_record("a", "m", 0, 0.5), "id": "r1"})
+    write_record(tmp_path, {**fake_record("a", "m", 0, 0.5), "id": "r3"})
+    assert [run.id for run in harness.pending(runs, tmp_path, "t")] == ["r0", "r2"]
+
+
+def test_pending_refuses_duplicate_ids(tmp_path):
+    with pytest.raises(ValueError, match="more than once: r0"):
+        harness.pending([Run("r0", {}), Run("r0", {"seed": 1})], tmp_path, "t")
+
+
+def test_worker_command_resumes_a_started_run_and_clears_one_that_never_started(tmp_path):
+    started, stillborn = tmp_path / "started", tmp_path / "stillborn"
+    started.mkdir()
+    (started / "run_config.json").write_text("{}")
+    stillborn.mkdir()
+    (stillborn / "log.txt").write_text("crashed while loading")
+    job = lambda d: json.loads(harness.worker_command(Run("x", {"seed": 3}), d, tmp_path / "x.json", "t")[-1])  # noqa: E731
+    assert job(started)["settings"] == {"seed": 3, "output_dir": str(started / "output"), "resume": True}
+    assert job(stillborn)["settings"]["resume"] is False and not stillborn.exists()
+
+
+def test_execute_trains_only_missing_runs_and_reports_failures(tmp_path, monkeypatch):
+    worker = tmp_path / "worker.py"
+    worker.write_text("import json, sys, pathlib\njob = json.loads(sys.argv[1])\n"
+                      "sys.exit(3) if job['settings']['seed'] == 2 else "
+                      "pathlib.Path(job['record']).write_text(json.dumps({'id': job['id']}))\n")
+    monkeypatch.setattr(harness, "WORKER", worker)
+    runs = [Run(f"r{i}", {"seed": i}) for i in range(3)]
+    write_record(tmp_path, {**fake_record("a", "m", 0, 0.5), "id": "r0"})
+    harness.record_path(tmp_path, "t", "r1").parent.mkdir(parents=True, exist_ok=True)
+    failed = harness.execute(runs, "t", tmp_path, tmp_path / "work", jobs=2, threads=1)
+    assert failed == ["r2"]
+    assert [r["id"] for r in harness.load_records(tmp_path, "t")] == ["r0", "r1"]
+    assert harness.load_records(tmp_path, "t")[0]["labels"]["task"] == "a"  # the finished run was not redone
+
+
+def test_stat_is_mean_and_sample_std():
+    values = [0.2, 0.5, 0.9]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+    stat = Stat.of(values)
+    assert (stat.mean, stat.n) == (pytest.approx(mean), 3) and stat.std == pytest.approx(std)
+    assert Stat.of([4.0]) == Stat(4.0, 0.0, 1)
+    assert Stat(71.234, 1.25, 3).format() == "71.2 ± 1.2"
+
+
+def test_cells_aggregate_seeds_per_row_and_column_in_percent():
+    records = [fake_record("a", "kasa", s, v) for s, v in enumerate([0.6, 0.7, 0.8])]
+    records += [fake_record("b", "kasa", 0, 0.3, final=0.1), fake_record("a", "lora", 0, 0.65)]
+    stats = summary.cells(records, "method", "task", summary.metric)
+    assert stats[("kasa", "a")].mean == pytest.approx(70.0)
+    assert stats[("kasa", "a")].std == pytest.approx(10.0)
+    assert stats[("kasa", "b")] == Stat(30.0, 0.0, 1)
+    final = summary.cells(records, "method", "task", lambda r: summary.metric(r, "final", "f1"))
+    assert final[("kasa", "b")].mean == pytest.approx(5.0)
+
+
+def test_row_average_uses_only_seeds_with_every_column():
+    records = [fake_record("a", "kasa", 0, 0.6), fake_record("b", "kasa", 0, 0.8),
+               fake_record("a", "kasa", 1, 0.7), fake_record("b", "kasa", 1, 0.9),
+               fake_record("a", "kasa", 2, 0.1),  # seed 2 lacks task b: left out
+               fake_record("a", "lora", 0, 0.5)]  # lora has no complete seed: no average
+    averages = summary.row_average(records, "method", "task", ["a", "b"], "seed", summary.metric)
+    assert set(averages) == {"kasa"}
+    assert averages["kasa"].mean == pytest.approx(statistics.fmean([70.0, 80.0]))
+    assert averages["kasa"].std == pytest.approx(statistics.stdev([70.0, 80.0]))
+
+
+def test_stat_table_marks_missing_cells_and_best_means():
+    stats = {("kasa", "a"): Stat(70.0, 1.0, 3), ("lora", "a"): Stat(72.0, 0.5, 3), ("kasa", "b"): Stat(50.0, 0.0, 1)}
+    text = summary.stat_table(stats, ["kasa", "lora"], ["a", "b"], "method", extra={"params": {"kasa": "10"}})
+    assert text.splitlines() == [
+        "| method | a | b | params |",
+        "|---|---|---|---|",
+        "| kasa | 70.0 ± 1.0 | **50.0 ± 0.0** | 10 |",
+        "| lora | **72.0 ± 0.5** | — | — |",
+    ]
+
+
+def test_beaten_by_names_the_rows_above_the_reference():
+    stats = {("kasa", "a"): Stat(70.0, 0, 1), ("lora", "a"): Stat(72.0, 0, 1), ("pissa", "a"): Stat(69.0, 0, 1),
+             ("lora", "b"): Stat(1.0, 0, 1)}
+    assert summary.beaten_by(stats, "kasa", ["kasa", "lora", "pissa"], ["a", "b"]) == {"a": ["lora"], "b": []}
+
+
+def test_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    stats = {(m, x): Stat(60.0 + i + x, 1.0, 3) for i, m in enumerate(["kasa", "lora"]) for x in (1, 2, 4)}
+    assert summary.bar_plot(stats, ["kasa", "lora"], [1, 2, 4], tmp_path / "bar.png", "t", "y").stat().st_size > 0
+    assert summary.line_plot(stats, ["kasa", "lora"], [1, 2, 4], tmp_path / "l.png", "t", "r", "y").stat().st_size > 0
