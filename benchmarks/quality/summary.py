@@ -35,10 +35,11 @@ class Stat:
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
 
-def metric(record: Record, which: str = "best", name: str | None = None) -> float:
-    """The run's ``name`` metric (default: its task's main metric) at its ``best`` or ``final`` evaluation, x100."""
+def metric(record: Record, which: str = "best", name: str | None = None, scale: float = 100.0) -> float:
+    """The run's ``name`` metric (default: its task's main metric) at its ``best`` or ``final`` evaluation,
+    times ``scale`` (percent by default)."""
     run = record["run"]
-    return 100.0 * float(run[which]["metrics"][name or run["main_metric"]])
+    return scale * float(run[which]["metrics"][name or run["main_metric"]])
 
 
 def label(record: Record, key: str) -> Any:
@@ -84,7 +85,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def stat_table(stats: dict[tuple, Stat], rows: Sequence[Any], columns: Sequence[Any], row_title: str,
                column_names: Callable[[Any], str] = str, extra: dict[str, dict[Any, str]] | None = None,
-               bold_best: bool = True) -> str:
+               bold_best: bool = True, digits: int = 1) -> str:
     """A markdown table of ``mean ± std`` cells (``—`` where no run finished), the best mean of each column in
     bold, then the ``extra`` columns (``{title: {row: text}}``)."""
     extra = extra or {}
@@ -94,7 +95,7 @@ def stat_table(stats: dict[tuple, Stat], rows: Sequence[Any], columns: Sequence[
         line = [str(r)]
         for c in columns:
             stat = stats.get((r, c))
-            text = "—" if stat is None else stat.format()
+            text = "—" if stat is None else stat.format(digits)
             line.append(f"**{text}**" if bold_best and stat is not None and stat.mean == best[c] else text)
         line += [values.get(r, "—") for values in extra.values()]
         body.append(line)

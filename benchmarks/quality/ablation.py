@@ -1,0 +1,66 @@
+"""Table 4 (the paper's Figure 3): what each part of KaSA adds, on MRPC, CoLA and RTE, 3 seeds.
+
+    python benchmarks/quality/ablation.py [--jobs 2 --threads 1]
+
+Steps, each adding one part (same data, schedule and seeds as the GLUE table, `glue.settings`):
+truncation + LoRA (``learn_sigma=False``: sigma fixed at 1, beta = gamma = 0), + learned sigma
+(beta = gamma = 0), + L2 (gamma = 0), + L3 (full KaSA: the GLUE table's ``kasa`` runs, reused, not retrained).
+Also full KaSA with the authors' ``reference`` regulariser (``A^T A`` / ``B B^T`` Grams) next to the
+``paper`` form (r x r Grams), the library's default.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
+
+from quality import glue  # noqa: E402
+from quality.harness import Record, Run, load_records, main  # noqa: E402
+from quality.summary import bar_plot, cells, machine_line, metric, stat_table  # noqa: E402
+
+TABLE = "ablation"
+TASKS = ("mrpc", "cola", "rte")
+FULL = "+ L3 (KaSA)"
+STEPS = {"truncation + LoRA": {"learn_sigma": False, "beta": 0.0, "gamma": 0.0},
+         "+ learned sigma": {"beta": 0.0, "gamma": 0.0},
+         "+ L2": {"gamma": 0.0}}
+REFERENCE = "KaSA, reference regulariser"
+VARIANTS = (*STEPS, FULL, REFERENCE)
+
+
+def runs() -> list[Run]:
+    changes = {**STEPS, REFERENCE: {"regularizer": "reference"}}
+    return [Run(f"{task}-{_slug(variant)}-s{seed}", glue.settings(task, "kasa", seed, **change),
+                {"task": task, "variant": variant, "seed": seed})
+            for task in TASKS for seed in glue.SEEDS for variant, change in changes.items()]
+
+
+def full_kasa_records(results: Path) -> list[Record]:
+    """The GLUE table's ``kasa`` runs of the ablation's tasks, labelled as the ablation's last step."""
+    return [{**record, "labels": {**record["labels"], "variant": FULL}}
+            for record in load_records(results, glue.TABLE)
+            if record["labels"]["method"] == "kasa" and record["labels"]["task"] in TASKS]
+
+
+def summarise(records: list[Record], out: Path) -> None:
+    records = records + full_kasa_records(out.parent)
+    stats = cells(records, "variant", "task", metric)
+    table = stat_table(stats, VARIANTS, TASKS, "variant", lambda t: f"{t} ({glue.METRIC_NAMES[t]})")
+    (out / "summary.md").write_text(
+        "# Ablation (Figure 3): truncation + LoRA, + learned sigma, + L2, + L3; regulariser forms\n\n"
+        f"Best dev epoch (x100), mean ± std over seeds {', '.join(map(str, glue.SEEDS))}; settings of the GLUE "
+        f"table (MiniLM-L6, r = 8 on query/value, {glue.TRAIN_SAMPLES} training examples, {glue.EPOCHS} epochs). "
+        f"'{FULL}' is the GLUE table's kasa runs (paper-form regulariser).\n\n{table}\n"
+        f"Machine: {machine_line(records)}.\nCommand: `python benchmarks/quality/ablation.py`\n")
+    bar_plot(stats, VARIANTS, TASKS, out / "ablation.png", "KaSA ablation, MiniLM-L6, r=8", "best dev epoch (x100)")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+if __name__ == "__main__":
+    sys.exit(main(TABLE, runs(), summarise))

@@ -1,0 +1,56 @@
+"""Table 3: commonsense reasoning with SmolLM2-135M, kasa against lora, pissa and milora, 8 test sets.
+
+    python benchmarks/quality/commonsense.py [--jobs 1 --threads 2]
+
+Sized for 2 CPU cores: every method trains on the same fixed ``TRAIN_SAMPLES`` examples of the available
+commonsense training files (``commonsense:all``: boolq, ARC-Easy, ARC-Challenge, openbookqa here) for one
+epoch (batch 16, lr 3e-4, cutoff 256, r = 8 on q_proj/v_proj) and is scored on the same fixed
+``TEST_SAMPLES`` examples of each of the 8 test sets, two ways: option log-likelihood (the main metric,
+reliable for a small model) and greedy generation with answer extraction (LLM-Adapters' protocol).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
+
+from quality import glue  # noqa: E402
+from quality.harness import Record, Run, main  # noqa: E402
+from quality.summary import cells, machine_line, metric, stat_table  # noqa: E402
+
+TABLE = "commonsense"
+METHODS = ("kasa", "lora", "pissa", "milora")
+SETS = ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa",
+        "average")
+MODES = {"option_accuracy": "option log-likelihood", "generation_accuracy": "generation + answer extraction"}
+SEEDS = (0,)
+TRAIN_SAMPLES = 1600
+TEST_SAMPLES = 100
+
+
+def runs() -> list[Run]:
+    settings = {"task": "commonsense:all", "model": "smollm2", "data_dir": glue.DATA_DIR, "r": 8, "alpha": 16.0,
+                "lr": 3e-4, "epochs": 1.0, "batch_size": 16, "max_length": 256, "max_train_samples": TRAIN_SAMPLES,
+                "max_eval_samples": TEST_SAMPLES, "num_beams": 1}
+    return [Run(f"commonsense-{method}-s{seed}", {**settings, "method": method, "seed": seed},
+                {"method": method, "seed": seed}) for seed in SEEDS for method in METHODS]
+
+
+def summarise(records: list[Record], out: Path) -> None:
+    sections = []
+    for mode, title in MODES.items():
+        per_set = [{**r, "labels": {**r["labels"], "set": name}} for r in records for name in SETS]
+        stats = cells(per_set, "method", "set", lambda r, m=mode: metric(r, "final", f"{r['labels']['set']}/{m}"))
+        sections.append(f"## Accuracy by {title} (`{mode}`)\n\n{stat_table(stats, METHODS, SETS, 'method')}")
+    (out / "summary.md").write_text(
+        "# Commonsense reasoning, SmolLM2-135M (`smollm2`), r = 8 on q_proj/v_proj\n\n"
+        f"Accuracy x100 on a fixed {TEST_SAMPLES}-example subset of each test set, mean ± std over seeds "
+        f"{', '.join(map(str, SEEDS))}; trained on {TRAIN_SAMPLES} fixed examples of the available training "
+        "files, 1 epoch.\n\n" + "\n".join(sections)
+        + f"\nMachine: {machine_line(records)}.\nCommand: `python benchmarks/quality/commonsense.py`\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main(TABLE, runs(), summarise))
