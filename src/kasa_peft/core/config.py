@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,10 +68,11 @@ class KasaConfig:
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
         _check(self.beta >= 0, f"beta must be >= 0 (it weights a penalty), got {self.beta!r}")
         _check(self.gamma >= 0, f"gamma must be >= 0 (it weights a penalty), got {self.gamma!r}")
-        _check(self.regularizer in ("paper", "reference"), f"regularizer must be 'paper' or 'reference', got {self.regularizer!r}")
-        _check(self.reduction in ("mean", "sum"), f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
-        _check(self.truncation in ("eigh", "svd"), f"truncation must be 'eigh' or 'svd', got {self.truncation!r}")
-        _check(bool(self.target_modules), "target_modules is empty: name the layers to adapt, e.g. ('query', 'value') or 'all-linear'")
+        for name, kind in (("regularizer", Regularizer), ("reduction", Reduction), ("truncation", TruncationMethod)):
+            choices, value = typing.get_args(kind), getattr(self, name)
+            _check(value in choices, f"{name} must be one of {choices}, got {value!r}")
+        _check(bool(self.target_modules),
+               "target_modules is empty: name the layers to adapt, e.g. ('query', 'value') or 'all-linear'")
         for name in ("target_modules", "exclude_modules"):
             pattern = getattr(self, name)
             if isinstance(pattern, str) and pattern != ALL_LINEAR:

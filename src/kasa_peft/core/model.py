@@ -129,7 +129,10 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
     save_names = _modules_to_save_names(model, config)
     for name in names:
         base = _base_layer(model, name)
-        parts = dropped[name] if dropped is not None else truncate_smallest(weight_matrix(base), config.r, config.truncation)
+        if dropped is None:
+            parts = truncate_smallest(weight_matrix(base), config.r, config.truncation)
+        else:
+            parts = dropped[name]
         layer = model.get_submodule(name)
         if not isinstance(layer, KasaLayer):
             layer = KasaLayer(base)
