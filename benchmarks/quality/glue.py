@@ -29,7 +29,9 @@ from quality.summary import (  # noqa: E402
 TABLE = "glue"
 MODEL = "minilm"
 DATA_DIR = "/work/shared/data"
-TASKS = ("cola", "sst2", "mrpc", "rte", "stsb")  # cheapest first, so an interrupted table has whole tasks
+# Run in this order, so an interrupted table has whole tasks: the ones MiniLM learns in this short schedule
+# first (CoLA's MCC stayed 0 for kasa and peft-kasa at seed 0: every dev sentence predicted acceptable).
+TASKS = ("sst2", "stsb", "mrpc", "rte", "cola")
 METHODS = ("kasa", "peft-kasa", "lora", "pissa", "milora", "dora", "adalora", "fft")
 SEEDS = (0, 1, 2)
 TRAIN_SAMPLES = 512
@@ -61,8 +63,8 @@ def runs() -> list[Run]:
 
 def summarise(records: list[Record], out: Path) -> None:
     stats = cells(records, "method", "task", metric)
-    average = row_average(records, "method", "task", TASKS, "seed", metric)
     tasks = [t for t in TASKS if any((m, t) in stats for m in METHODS)]
+    average = row_average(records, "method", "task", tasks, "seed", metric)
     by_method = group(records, ("method",))
     params = {m: _distinct(r["run"]["trainable_parameters"] for r in by_method[(m,)]) for m in METHODS
               if (m,) in by_method}
@@ -74,15 +76,15 @@ def summarise(records: list[Record], out: Path) -> None:
     final = stat_table(cells(records, "method", "task", lambda r: metric(r, "final")), METHODS, tasks, "method")
     losses = beaten_by(stats, "kasa", METHODS, tasks)
     verdict = "\n".join(f"- {t}: " + (f"KaSA's mean is below {', '.join(losses[t])}." if losses[t]
-                                       else "KaSA has the highest mean.") for t in tasks)
+                                       else "no method's mean is above KaSA's.") for t in tasks)
     (out / "summary.md").write_text(
         f"# GLUE, MiniLM-L6 (`{MODEL}`), r = 8 on query/value\n\n"
         f"Best dev epoch (x100), mean ± std over seeds {', '.join(map(str, SEEDS))} "
         f"(n per cell: {_distinct(s.n for s in stats.values())}); bold: best mean per task. "
         f"Train: a fixed {TRAIN_SAMPLES}-example subset of each task; dev: at most {DEV_SAMPLES} fixed examples "
-        "(full MRPC and RTE). {EPOCHS} epochs, batch 32, max length 128, lr per task: the paper's x {LR_SCALE:g} "
+        f"(full MRPC and RTE). {EPOCHS} epochs, batch 32, max length 128, lr per task: the paper's x {LR_SCALE:g} "
         f"({', '.join(f'{t} {LR_SCALE * PAPER[t][0]:g}' for t in TASKS)}), fft lr {FFT_LR:g}. "
-        "avg: mean over the tasks per seed, then mean ± std over seeds (only seeds with every task).\n\n"
+        "avg: mean over the tasks shown, per seed, then mean ± std over the seeds that have every task.\n\n"
         f"{table}\nKaSA against the others (means):\n\n{verdict}\n\n"
         f"## Final epoch instead of best\n\n{final}\n"
         f"Machine: {machine_line(records)}.\nCommand: `{records[0]['command']}`\n")

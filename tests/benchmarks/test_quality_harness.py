@@ -125,3 +125,32 @@ def test_plots_are_written(tmp_path):
     stats = {(m, x): Stat(60.0 + i + x, 1.0, 3) for i, m in enumerate(["kasa", "lora"]) for x in (1, 2, 4)}
     assert summary.bar_plot(stats, ["kasa", "lora"], [1, 2, 4], tmp_path / "bar.png", "t", "y").stat().st_size > 0
     assert summary.line_plot(stats, ["kasa", "lora"], [1, 2, 4], tmp_path / "l.png", "t", "r", "y").stat().st_size > 0
+
+
+def test_ablation_steps_change_only_their_part_of_the_glue_kasa_run():
+    from quality import ablation, glue
+
+    runs = {run.labels["variant"]: run.settings for run in ablation.runs()
+            if run.labels["task"] == "mrpc" and run.labels["seed"] == 1}
+    full = glue.settings("mrpc", "kasa", 1)
+    changed = {variant: {k: v for k, v in settings.items() if full.get(k) != v} for variant, settings in runs.items()}
+    assert changed == {"truncation + LoRA": {"learn_sigma": False, "beta": 0.0, "gamma": 0.0},
+                       "+ learned sigma": {"beta": 0.0, "gamma": 0.0}, "+ L2": {"gamma": 0.0},
+                       ablation.REFERENCE: {"regularizer": "reference"}}
+    assert full["beta"] > 0 and full["gamma"] > 0
+
+
+def test_reused_runs_are_the_glue_runs_with_the_same_settings(tmp_path):
+    from quality import ablation, glue, rank_sweep
+
+    r = rank_sweep.REUSED_RANK
+    assert glue.settings(rank_sweep.TASK, "lora", 0, r=r, alpha=2.0 * r) == glue.settings(rank_sweep.TASK, "lora", 0)
+    for task, method in [("mrpc", "kasa"), ("mrpc", "lora"), ("sst2", "kasa")]:
+        record = {**fake_record(task, method, 0, 0.5), "id": f"{task}-{method}-s0"}
+        path = harness.record_path(tmp_path, glue.TABLE, record["id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    assert [(r["id"], r["labels"]["variant"]) for r in ablation.full_kasa_records(tmp_path)] == [
+        ("mrpc-kasa-s0", ablation.FULL)]
+    assert sorted((r["id"], r["labels"]["r"]) for r in rank_sweep.glue_records(tmp_path)) == [
+        ("mrpc-kasa-s0", 8), ("mrpc-lora-s0", 8)]
