@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .models import ModelLoadError
 from .pipelines.config import RunConfig
 
 EXIT_ERROR = 1
@@ -80,12 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kasa-peft: interrupted (an unfinished training run continues with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, OSError, ImportError, ModelLoadError) as err:
-        if args.traceback:
+    except Exception as err:
+        if args.traceback or not _is_user_error(err):
             raise
         print(f"kasa-peft: error: {_message(err)}", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Errors the library raises for input the user can fix; anything else is a bug and keeps its traceback."""
+    from .models import ModelLoadError
+
+    return isinstance(err, (ValueError, OSError, ImportError, ModelLoadError))
 
 
 def _message(err: BaseException) -> str:
@@ -149,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="fine-tune MiniLM on tweet sentiment with KaSA (minutes, CPU)")
     demo.add_argument("--output-dir", dest="demo_dir", default="kasa-peft-demo",
                       help="where the runs go (default ./kasa-peft-demo)")
-    _add_run_options(demo, ("max_train_samples", "max_eval_samples", "epochs", "max_steps", "batch_size", "lr", "seed"))
+    _add_run_options(demo, ("model", "max_train_samples", "max_eval_samples", "max_length", "epochs", "max_steps",
+                            "batch_size", "lr", "seed"))
     demo.set_defaults(handler=_demo)
 
     export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA or a merged model")

@@ -152,3 +152,7 @@ def test_generate_with_a_trained_adapter(capsys, llama_dir, tmp_path):
     model = kasa_peft.load_adapter(AutoModelForCausalLM.from_pretrained(llama_dir), out)
     tokenizer = AutoTokenizer.from_pretrained(llama_dir)
     assert [row["output"]] == generate_texts(model, tokenizer, ["Say hello."], max_new_tokens=4, progress=False)
+
+    exported = run_cli(capsys, "export", out, "--format", "lora", "--out", tmp_path / "lora")
+    assert exported.code == 0, exported.err
+    assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["r"] == 16  # a LoRA of rank 2r

@@ -1,10 +1,19 @@
-"""Task pipelines: data, encoding and evaluation per task family, and the runner that trains and records a run."""
+"""Task pipelines: data, encoding and evaluation per task family, and the runner that trains and records a run.
 
-from .config import TASK_DEFAULTS, RunConfig, read_config_file, resolve_config
-from .demo import run_demo
-from .registry import build_pipeline
-from .run import RunResult, evaluate, read_run, train
-from .scoring import score
+The names below are imported on first use, so that importing the package (``kasa-peft --help``) stays fast.
+"""
 
-__all__ = ["TASK_DEFAULTS", "RunConfig", "RunResult", "build_pipeline", "evaluate", "read_config_file", "read_run",
-           "resolve_config", "run_demo", "score", "train"]
+import importlib
+
+_EXPORTS = {
+    "TASK_DEFAULTS": "config", "RunConfig": "config", "read_config_file": "config", "resolve_config": "config",
+    "build_pipeline": "registry", "RunResult": "run", "evaluate": "run", "read_run": "run", "train": "run",
+    "run_demo": "demo", "score": "scoring",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from ..training.methods import METHODS
 from .task_names import parse_task
 
 
@@ -87,6 +86,8 @@ class RunConfig:
             raise ValueError(f"--dropout and --warmup-ratio must be in [0, 1), got {self.dropout!r} and "
                              f"{self.warmup_ratio!r}")
         parse_task(self.task)  # an unknown task or method fails here, before anything is loaded
+        from ..training.methods import METHODS  # here, so that `kasa-peft --help` does not load the Trainer
+
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
 

@@ -7,6 +7,7 @@ saved with every checkpoint and a resumed run keeps the evaluations made before 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,8 @@ class PeriodicEvaluation(TrainerCallback):
             return previous[-1]
         entry = {"step": state.global_step, "epoch": state.epoch, "metrics": self.evaluate(model)}
         state.log_history.append({EVALUATION_KEY: entry, "step": state.global_step})
-        tqdm.write(f"step {state.global_step}: {self.main_metric} = {format_value(entry['metrics'][self.main_metric])}")
+        tqdm.write(f"step {state.global_step}: {self.main_metric} = {format_value(entry['metrics'][self.main_metric])}",
+                   file=sys.stderr)
         return entry
 
 

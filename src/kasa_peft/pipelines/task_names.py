@@ -5,23 +5,24 @@ A task name is a family, optionally followed by ``:`` and a member of that famil
 
 from __future__ import annotations
 
+from functools import cache
 from typing import NamedTuple
 
-from ..tasks.commonsense import COMMONSENSE_SETS
-from ..tasks.glue import GLUE_TASKS
-
 FAMILIES = ("glue", "classify", "sentiment", "e2e", "commonsense", "sft")
-_MEMBERS = {"glue": tuple(GLUE_TASKS), "commonsense": (*COMMONSENSE_SETS, "all")}
-CLASSIFICATION_FAMILIES = ("glue", "classify", "sentiment")
+
+
+@cache
+def _members() -> dict[str, tuple[str, ...]]:
+    """The members of the families that have them (imported on first use: the GLUE module loads scipy)."""
+    from ..tasks.commonsense import COMMONSENSE_SETS
+    from ..tasks.glue import GLUE_TASKS
+
+    return {"glue": tuple(GLUE_TASKS), "commonsense": (*COMMONSENSE_SETS, "all")}
 
 
 class TaskName(NamedTuple):
     family: str
     member: str | None
-
-    @property
-    def is_classification(self) -> bool:
-        return self.family in CLASSIFICATION_FAMILIES
 
     def __str__(self) -> str:
         return self.family if self.member is None else f"{self.family}:{self.member}"
@@ -29,15 +30,17 @@ class TaskName(NamedTuple):
 
 def task_choices() -> list[str]:
     """Every valid task name, for help texts and errors."""
-    return [f"{family}:{member}" if family in _MEMBERS else family
-            for family in FAMILIES for member in _MEMBERS.get(family, (None,))]
+    members = _members()
+    return [f"{family}:{member}" if family in members else family
+            for family in FAMILIES for member in members.get(family, (None,))]
 
 
 def parse_task(name: str) -> TaskName:
     """Split and check a task name; an unknown one raises ``ValueError`` listing the valid names."""
     family, separator, member = name.partition(":")
-    if family in _MEMBERS:
-        valid = member in _MEMBERS[family]
+    members = _members()
+    if family in members:
+        valid = member in members[family]
     else:
         valid = family in FAMILIES and not separator
     if not valid:

@@ -1,0 +1,177 @@
+"""The `kasa-peft` command: subcommands, config files, scoring, inference wiring, and every bad-input case
+ending in one clear error line, exit code 1 and no run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import pytest
+
+from kasa_peft.cli import EXIT_ERROR
+from pipelines.helpers import run_cli, save_model, write_classification_files
+from tiny_models import tiny_bert
+
+SUBCOMMANDS = ("train", "eval", "generate", "predict", "score", "demo", "export", "import", "inspect")
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> str:
+    return save_model(tmp_path_factory.mktemp("bert"), tiny_bert().bert)
+
+
+@pytest.fixture
+def cli(capsys):
+    return lambda *args: run_cli(capsys, *args)
+
+
+@pytest.fixture
+def files(tmp_path):
+    return write_classification_files(tmp_path)
+
+
+def classify_args(model, files, out, *extra) -> list:
+    train_file, eval_file = files
+    return ["train", "--task", "classify", "--model", model, "--train-file", train_file, "--eval-file", eval_file,
+            "--text-columns", "review", "--label-column", "label", "--output-dir", out, "--max-steps", 2,
+            "--batch-size", 4, "--max-length", 64, *extra]
+
+
+def test_console_script_lists_the_subcommands():
+    script = shutil.which("kasa-peft")
+    if script is None:
+        pytest.skip("the kasa-peft console script is not installed (pip install -e .)")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
+    for command in SUBCOMMANDS:
+        assert command in result.stdout
+
+
+def test_config_file_with_command_line_overrides(cli, bert_dir, files, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: classify\nmodel: {bert_dir}\ntrain_file: {files[0]}\neval_file: {files[1]}\n"
+                      "text-columns: review\nlabel-column: label\nlr: 5e-4\nr: 4\nmax_steps: 3\nbatch_size: 4\n"
+                      "max_length: 64\n")
+    out = tmp_path / "run"
+    result = cli("train", "--config", config, "--output-dir", out, "--max-steps", 1, "--alpha", 8)
+    assert result.code == 0, result.err
+    recorded = json.loads((out / "metrics.json").read_text())["config"]
+    assert (recorded["lr"], recorded["r"], recorded["max_steps"], recorded["alpha"]) == (5e-4, 4, 1, 8.0)
+
+
+def one_error_line(result) -> str:
+    """The run failed with exactly one `kasa-peft: error:` line, last on stderr, and no traceback."""
+    assert result.code == EXIT_ERROR
+    assert "Traceback" not in result.err and result.err.count("kasa-peft: error:") == 1
+    last = result.err.strip().splitlines()[-1]
+    assert last.startswith("kasa-peft: error: ")
+    return last
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("missing data file", "glue/RTE/dev.tsv not found: pass --data-dir"),
+    ("wrong column", "no column 'sentiment'; available columns: 'review', 'label'"),
+    ("unknown label", "label 'maybe' is not one of 'neg', 'neutral', 'pos'"),
+    ("missing model", "does not exist"),
+    ("gguf without the gguf package", "needs the gguf package: run `pip install gguf`"),
+    ("unknown task", "unknown task 'glue:colaa'; choose one of: glue:cola"),
+    ("unknown method", "unknown method 'qlora'; choose one of: kasa, lora"),
+    ("rank too large", "r=32 is too large for layer"),
+    ("missing classify option", "--task classify needs --eval-file"),
+    ("unknown config key", "unknown setting 'learning_rate' in the config file"),
+    ("max length beyond the model", "--max-length 128 exceeds the 64 positions"),
+])
+def test_bad_input_ends_with_one_clear_error(case, expected, cli, bert_dir, files, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    args = classify_args(bert_dir, files, out)
+    if case == "missing data file":
+        args = ["train", "--task", "glue:rte", "--model", bert_dir, "--data-dir", tmp_path, "--output-dir", out]
+    elif case == "wrong column":
+        args[args.index("label")] = "sentiment"
+    elif case == "unknown label":
+        files[1].write_text(files[1].read_text() + "the plot was odd,maybe\n")
+    elif case == "missing model":
+        args[args.index(bert_dir)] = str(tmp_path / "no-such-model")
+    elif case == "gguf without the gguf package":
+        (tmp_path / "model.gguf").write_bytes(b"GGUF")
+        args[args.index(bert_dir)] = str(tmp_path / "model.gguf")
+        monkeypatch.setenv("KASA_PEFT_CACHE", str(tmp_path / "cache"))
+        hide_package(monkeypatch, "gguf")
+    elif case == "unknown task":
+        args[args.index("classify")] = "glue:colaa"
+    elif case == "unknown method":
+        args += ["--method", "qlora"]
+    elif case == "rank too large":
+        args += ["--r", 32]
+    elif case == "missing classify option":
+        args = [a for a in args if a not in ("--eval-file", files[1])]
+    elif case == "unknown config key":
+        (tmp_path / "bad.yaml").write_text("learning_rate: 0.1\n")
+        args += ["--config", tmp_path / "bad.yaml"]
+    elif case == "max length beyond the model":
+        args = [a for a in args if a not in ("--max-length", 64)]
+    assert expected in one_error_line(cli(*args))
+    assert not out.exists()
+
+
+def hide_package(monkeypatch, name: str) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == name else real_find_spec(n, *a))
+
+
+def test_other_commands_fail_cleanly(cli, tmp_path):
+    assert "holds no finished run" in one_error_line(cli("eval", "--run", tmp_path))
+    assert "needs --run DIR" in one_error_line(cli("eval"))
+    (tmp_path / "p.txt").write_text("a\n")
+    assert "--references" in one_error_line(cli("score", "classify", "--predictions", tmp_path / "p.txt"))
+    assert "not found" in one_error_line(cli("score", "glue:cola", "--predictions", tmp_path / "missing.txt"))
+
+
+def test_score_glue_and_classify_against_known_values(cli, tmp_path):
+    predictions, references = tmp_path / "p.txt", tmp_path / "r.txt"
+    predictions.write_text("acceptable\nunacceptable\n1\nacceptable\n")  # names or ids
+    references.write_text("1\n0\n0\n1\n")
+    result = cli("score", "glue:cola", "--predictions", predictions, "--references", references)
+    assert result.code == 0, result.err
+    tp, tn, fp, fn = 2, 1, 1, 0
+    mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert json.loads(result.out) == pytest.approx({"matthews_correlation": mcc})
+
+    predictions.write_text("pos\nneg\npos\npos\n")
+    references.write_text("pos\nneg\nneg\npos\n")
+    result = cli("score", "classify", "--predictions", predictions, "--references", references)
+    f1_neg, f1_pos = 2 * 1 / (2 * 1 + 1), 2 * 2 / (2 * 2 + 1)  # 2 TP / (2 TP + FP + FN) per class
+    assert json.loads(result.out) == pytest.approx({"accuracy": 0.75, "macro_f1": (f1_neg + f1_pos) / 2})
+
+
+def test_trained_classifier_serves_predict_and_inspect(cli, bert_dir, files, tmp_path):
+    out = tmp_path / "run"
+    assert cli(*classify_args(bert_dir, files, out)).code == 0
+    texts = [line.rsplit(",", 1)[0] for line in files[1].read_text().splitlines()[1:]]
+    (tmp_path / "inputs.txt").write_text("\n".join(texts) + "\n")
+    predicted = cli("predict", "--model", bert_dir, "--adapter", f"reviews={out}", "--input", tmp_path / "inputs.txt",
+                    "--max-length", 64)
+    assert predicted.code == 0, predicted.err
+    labels = [json.loads(line)["label"] for line in predicted.out.splitlines()]
+    assert labels == (out / "predictions_eval.txt").read_text().splitlines()  # as the run's own evaluation
+
+    inspected = cli("inspect", out)
+    assert inspected.code == 0 and "sigma" in inspected.out and "classifier" in inspected.out
+
+
+def test_demo_compares_untrained_kasa_and_lora(cli, bert_dir, tmp_path):
+    result = cli("demo", "--output-dir", tmp_path / "demo", "--model", bert_dir, "--max-train-samples", 24,
+                 "--max-eval-samples", 30, "--max-steps", 2, "--batch-size", 8)
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("model ")) + 1:]
+    rows = {line.split()[0]: line.split() for line in table}
+    assert set(rows) == {"untrained", "kasa", "lora"}
+    for method in ("kasa", "lora"):
+        record = json.loads((tmp_path / "demo" / method / "metrics.json").read_text())
+        assert float(rows[method][1]) == pytest.approx(record["final"]["metrics"]["accuracy"], abs=1e-4)
+        assert record["config"]["max_train_samples"] == 24 and record["label_names"] == ["negative", "neutral",
+                                                                                          "positive"]
