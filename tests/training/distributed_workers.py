@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 import kasa_peft.training.distributed as distributed
-from kasa_peft import KasaConfig, dropped_components, inject, load_adapter, regularization_loss
+from kasa_peft import KasaConfig, dropped_components, inject, kasa_state, load_adapter, regularization_loss
 from kasa_peft.training.distributed import inject_distributed, save_adapter_distributed
 from tiny_models import tiny_llama, token_batch
 
@@ -27,6 +27,7 @@ WORLD_SIZE = 2
 GLOBAL_BATCH = 4
 # large penalty weights, so that a wrong regulariser gradient shows in the trained adapter
 CONFIG = KasaConfig(r=4, target_modules="all-linear", beta=0.05, gamma=0.05)
+WITHOUT_REGULARIZER = CONFIG.replace(beta=0.0, gamma=0.0)
 INIT_SEED = 100  # rank i seeds INIT_SEED + i before injecting: only rank 0's adapter init may survive
 LEARNING_RATE = 1e-2
 
@@ -76,19 +77,19 @@ def optimizer_for(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
 
 
-def single_process_model(steps: int) -> nn.Module:
+def single_process_model(steps: int, config: KasaConfig = CONFIG) -> nn.Module:
     """The reference: one process, the whole global batch, rank 0's seed."""
     model = tiny_llama()
     torch.manual_seed(INIT_SEED)
-    inject(model, CONFIG)
+    inject(model, config)
     train_steps(model, model, optimizer_for(model), range(steps))
     return model
 
 
-def injected_on_rank(rank: int) -> nn.Module:
+def injected_on_rank(rank: int, config: KasaConfig = CONFIG) -> nn.Module:
     model = tiny_llama()
     torch.manual_seed(INIT_SEED + rank)
-    return inject_distributed(model, CONFIG)
+    return inject_distributed(model, config)
 
 
 def gathered(value: object) -> list[object]:
@@ -149,6 +150,29 @@ def fsdp_worker(rank: int, out: Path, steps: int) -> None:
     local_rows = {name: p.to_local().shape[0] for name, p in model.named_parameters() if p.requires_grad}
     if rank == 0:
         torch.save({"regularizer_at_start": regularizer, "local_rows": local_rows}, out / "fsdp.pt")
+
+
+def zero3_worker(rank: int, out: Path, steps: int) -> None:
+    """DeepSpeed ZeRO-3 (adapter and base partitioned after injection), trained without the regulariser."""
+    import deepspeed
+
+    os.environ["LOCAL_RANK"] = str(rank)  # what a launcher sets; this process is forked
+    model = injected_on_rank(rank, WITHOUT_REGULARIZER)
+    ds_config = {"train_micro_batch_size_per_gpu": GLOBAL_BATCH // WORLD_SIZE, "gradient_accumulation_steps": 1,
+                 "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},  # partition all
+                 "zero_allow_untested_optimizer": True}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer_for(model), config=ds_config)
+    kasa_state(model).configs["default"] = CONFIG
+    try:
+        regularization_loss(model)
+    except ValueError as err:
+        (out / f"refusal-{rank}.txt").write_text(str(err))
+    kasa_state(model).configs["default"] = WITHOUT_REGULARIZER
+    for step in range(steps):
+        rows = rank_rows(step_batch(step), rank, WORLD_SIZE)
+        engine.backward(engine(input_ids=rows, labels=rows).loss)
+        engine.step()
+    save_adapter_distributed(engine, out / "zero3")
 
 
 def checkpointed_ddp_worker(rank: int, out: Path, steps: int, checkpoint_at: int, crash_at: int | None) -> None:

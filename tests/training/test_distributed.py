@@ -9,14 +9,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from kasa_peft import dropped_components, load_adapter, read_adapter, truncate_smallest
+from kasa_peft import (
+    dropped_components, kasa_layers, kasa_state, load_adapter, read_adapter, regularization_loss, truncate_smallest,
+)
 from kasa_peft.core.io import adapter_contents
 from kasa_peft.core.layer import weight_matrix
 from kasa_peft.training.distributed import check_not_sharded, inject_distributed, layer_owners, truncation_cost
 from tiny_models import tiny_llama, token_batch
 from training.distributed_workers import (
-    CONFIG, INIT_SEED, WORLD_SIZE, checkpointed_ddp_worker, ddp_worker, failing_truncation_worker, fsdp_worker,
-    launch, single_process_model, truncation_worker,
+    CONFIG, INIT_SEED, WITHOUT_REGULARIZER, WORLD_SIZE, checkpointed_ddp_worker, ddp_worker,
+    failing_truncation_worker, fsdp_worker, launch, single_process_model, truncation_worker, zero3_worker,
 )
 
 STEPS = 3
@@ -105,8 +107,6 @@ def test_ddp_training_gives_the_single_process_adapter(tmp_path, reference) -> N
 
 
 def test_fsdp2_training_gives_the_single_process_adapter_and_regulariser(tmp_path, reference) -> None:
-    from kasa_peft import regularization_loss
-
     launch(fsdp_worker, tmp_path, STEPS)
     record = torch.load(tmp_path / "fsdp.pt")
     assert record["local_rows"]["model.layers.0.self_attn.q_proj.adapters.default.A"] == CONFIG.r // WORLD_SIZE
@@ -119,10 +119,32 @@ def test_fsdp2_training_gives_the_single_process_adapter_and_regulariser(tmp_pat
         torch.testing.assert_close(loaded(batch).logits, reference[STEPS](batch).logits, rtol=0, atol=1e-4)
 
 
+def test_deepspeed_zero3_training_gives_the_single_process_adapter(tmp_path) -> None:
+    """ZeRO-3 partitions the adapter after injection; saving gathers it layer by layer; the regulariser,
+    which would need whole parameters outside forward, is refused rather than computed on empty shards."""
+    pytest.importorskip("deepspeed")
+    launch(zero3_worker, tmp_path, STEPS)
+    assert "partitioned outside forward (DeepSpeed ZeRO-3)" in (tmp_path / "refusal-0.txt").read_text()
+    assert_same_adapter(tmp_path / "zero3", single_process_model(STEPS, WITHOUT_REGULARIZER))
+
+
 def test_a_crash_keeps_the_last_checkpoint_and_resuming_finishes_the_same_run(tmp_path, reference) -> None:
-    with pytest.raises(mp.ProcessRaisedException, match="simulated crash of rank 1 at step 3"):
+    crashed = "simulated crash of rank 1 at step 3|Connection (closed|reset) by peer"  # whichever rank failed first
+    with pytest.raises(mp.ProcessRaisedException, match=crashed):
         launch(checkpointed_ddp_worker, tmp_path, 4, 2, 3)
     assert not (tmp_path / "final").exists()
     assert_same_adapter(tmp_path / "checkpoint" / "adapter", reference[2])
     launch(checkpointed_ddp_worker, tmp_path, 4, 2, None)
     assert_same_adapter(tmp_path / "final", reference[4])
+
+
+def test_the_regulariser_refuses_partitioned_parameters_unless_it_is_off() -> None:
+    """What ZeRO-3 leaves outside forward (empty local tensors) must not pass for a zero penalty."""
+    model = single_process_model(0)
+    for layer in dict(kasa_layers(model)).values():
+        for param in layer.adapters["default"].parameters():
+            param.data = torch.empty(0)
+    with pytest.raises(ValueError, match="partitioned outside forward.*FSDP2"):
+        regularization_loss(model)
+    kasa_state(model).configs["default"] = WITHOUT_REGULARIZER
+    assert regularization_loss(model).item() == 0.0

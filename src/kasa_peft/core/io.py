@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -56,10 +58,14 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     return write_adapter(path, metadata, tensors)
 
 
-def adapter_contents(model: nn.Module, adapter_name: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+def adapter_contents(model: nn.Module, adapter_name: str | None = None,
+                     gathered: Callable[[nn.Module], AbstractContextManager] = lambda module: nullcontext(),
+                     ) -> tuple[dict, dict[str, torch.Tensor]]:
     """What ``save_adapter`` writes: the metadata and the complete tensors, on the CPU.
 
-    Tensors sharded by FSDP2 are gathered one at a time (so under FSDP2 every rank must call this).
+    Tensors sharded by FSDP2 are gathered one at a time (so under FSDP2 every rank must call this); each
+    adapted layer and saved module is read inside ``gathered(module)``, a context in which its parameters are
+    whole (e.g. DeepSpeed ZeRO-3's ``GatheredParameters``).
     """
     state = kasa_state(model)
     name = adapter_name or state.active
@@ -71,17 +77,19 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None) -> tuple
         if name not in layer.adapters:
             continue
         adapter = layer.adapters[name]
-        for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
-                           ("dropped_us", adapter.dropped_us), ("dropped_vt", adapter.dropped_vt)):
-            tensors[f"{layer_name}.{key}"] = full_tensor(value.detach())
-        tensors[f"{layer_name}.base_fingerprint"] = weight_fingerprint(full_tensor(original_weight(layer)))
-        layers[layer_name] = [layer.out_features, layer.in_features]
+        with gathered(layer):
+            for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
+                               ("dropped_us", adapter.dropped_us), ("dropped_vt", adapter.dropped_vt)):
+                tensors[f"{layer_name}.{key}"] = full_tensor(value.detach()).clone()
+            tensors[f"{layer_name}.base_fingerprint"] = weight_fingerprint(full_tensor(original_weight(layer)))
+            layers[layer_name] = [layer.out_features, layer.in_features]
     saved = []
     for module_name, wrapper in saved_modules(model):
         if name in wrapper.copies:
             saved.append(module_name)
-            for key, value in wrapper.copies[name].state_dict().items():
-                tensors[f"modules_to_save.{module_name}.{key}"] = full_tensor(value.detach())
+            with gathered(wrapper.copies[name]):
+                for key, value in wrapper.copies[name].state_dict().items():
+                    tensors[f"modules_to_save.{module_name}.{key}"] = full_tensor(value.detach()).clone()
     metadata = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kasa_peft_version": __version__,
         "adapter_name": name, "base_model": base_model_name(model), "config": state.configs[name].to_dict(),

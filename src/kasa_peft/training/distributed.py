@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -174,11 +175,13 @@ def save_adapter_distributed(model: nn.Module, path: str | os.PathLike, adapter_
                              group: Group = None) -> Path:
     """Write one complete adapter from rank 0; a collective: call it on every rank.
 
-    FSDP2 shards are gathered tensor by tensor on all ranks (core ``adapter_contents``); rank 0 writes
-    atomically, and no rank returns before the files are in place. ``model`` may be DDP-wrapped.
+    FSDP2 shards are gathered tensor by tensor, DeepSpeed ZeRO-3 partitions layer by layer, on all ranks
+    (core ``adapter_contents``); rank 0 writes atomically, and no rank returns before the files are in place.
+    ``model`` may be wrapped in DDP or a DeepSpeed engine.
     """
-    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    metadata, tensors = adapter_contents(model, adapter_name)
+    while isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
+        model = model.module
+    metadata, tensors = adapter_contents(model, adapter_name, gathered=zero3_gathered)
     if not is_distributed(group):
         return write_adapter(path, metadata, tensors)
     error = None
@@ -189,3 +192,13 @@ def save_adapter_distributed(model: nn.Module, path: str | os.PathLike, adapter_
             error = err
     raise_if_any_rank_failed(error, f"saving the adapter to {path}", group)
     return Path(path)
+
+
+def zero3_gathered(module: nn.Module) -> AbstractContextManager:
+    """A context in which ``module``'s DeepSpeed ZeRO-3 partitioned parameters are whole (a collective)."""
+    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
