@@ -41,7 +41,7 @@ def runs() -> list[Run]:
 def full_kasa_records(results: Path) -> list[Record]:
     """The GLUE table's ``kasa`` runs of the ablation's tasks, labelled as the ablation's last step."""
     return [{**record, "labels": {**record["labels"], "variant": FULL}}
-            for record in load_records(results, glue.TABLE)
+            for record in load_records(results, glue.TABLE, glue.runs())
             if record["labels"]["method"] == "kasa" and record["labels"]["task"] in TASKS]
 
 

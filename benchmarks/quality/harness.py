@@ -1,7 +1,8 @@
 """The quality benchmarks' runner: a grid of training runs, each in a fresh process, resumable.
 
 A table is a list of `Run` (an id, the `RunConfig` settings, and the labels the summary groups by). A run
-whose record ``<results>/<table>/runs/<id>.json`` exists is finished and skipped; the others are trained one
+whose record ``<results>/<table>/runs/<id>.json`` exists with the same settings is finished and skipped (a
+record or run directory left by different settings is stale: replaced); the others are trained one
 per subprocess (``worker.py``: same starting state for every run, whatever ran before), ``jobs`` at a time,
 with their adapters and logs under ``<work>/<table>/<id>/``. An interrupted run resumes from its last
 epoch checkpoint. The record is ``metrics.json`` of the run plus the table's labels, the machine and the
@@ -42,25 +43,38 @@ def record_path(results: Path, table: str, run_id: str) -> Path:
     return results / table / "runs" / f"{run_id}.json"
 
 
+def matches(settings: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a run's resolved ``config`` has every one of ``settings``."""
+    return all(key in config and config[key] == value for key, value in settings.items())
+
+
+def finished(run: Run, results: Path, table: str) -> bool:
+    path = record_path(results, table, run.id)
+    return path.is_file() and matches(run.settings, json.loads(path.read_text())["run"]["config"])
+
+
 def pending(runs: Sequence[Run], results: Path, table: str) -> list[Run]:
-    """The runs without a record, in the given order (a finished run is never trained again)."""
+    """The runs without a record of their settings, in the given order (a finished run is never trained again)."""
     ids = [run.id for run in runs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"table {table!r} names runs more than once: {', '.join(duplicates)}")
-    return [run for run in runs if not record_path(results, table, run.id).is_file()]
+    return [run for run in runs if not finished(run, results, table)]
 
 
-def load_records(results: Path, table: str) -> list[Record]:
-    """Every finished run's record of ``table``, sorted by run id."""
-    return [json.loads(path.read_text()) for path in sorted((results / table / "runs").glob("*.json"))]
+def load_records(results: Path, table: str, runs: Sequence[Run]) -> list[Record]:
+    """The records of ``runs`` that are finished with their settings (stale records are left out), in run order."""
+    return [json.loads(record_path(results, table, run.id).read_text()) for run in runs
+            if finished(run, results, table)]
 
 
 def worker_command(run: Run, run_dir: Path, record: Path, table: str) -> list[str]:
-    """The subprocess that trains ``run`` into ``run_dir`` and writes ``record`` (continuing an interrupted run)."""
-    resume = (run_dir / "run_config.json").is_file()
+    """The subprocess that trains ``run`` into ``run_dir`` and writes ``record``, continuing an interrupted run
+    of the same settings; a run directory that never started training, or holds other settings, is cleared."""
+    started = run_dir / "output" / "run_config.json"
+    resume = started.is_file() and matches(run.settings, json.loads(started.read_text()))
     if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # died before training started: nothing to keep
+        shutil.rmtree(run_dir)
     job = {"table": table, "id": run.id, "labels": run.labels, "record": str(record), "command": _command(),
            "settings": {**run.settings, "output_dir": str(run_dir / "output"), "resume": resume}}
     return [sys.executable, str(WORKER), json.dumps(job)]
@@ -119,7 +133,7 @@ def main(table: str, runs: Sequence[Run], summarise: Callable[[list[Record], Pat
             print(run.id, json.dumps(run.settings))
         return 0
     failed = [] if args.summary_only else execute(runs, table, args.results, args.work, args.jobs, args.threads)
-    records = load_records(args.results, table)
+    records = load_records(args.results, table, runs)
     if records:
         summarise(records, args.results / table)
         print(f"{table}: summary of {len(records)} runs in {args.results / table}")

@@ -34,7 +34,7 @@ def runs() -> list[Run]:
 def glue_records(results: Path) -> list[Record]:
     """The GLUE table's runs of ``TASK`` and ``METHODS``, labelled with their rank."""
     return [{**record, "labels": {**record["labels"], "r": REUSED_RANK}}
-            for record in load_records(results, glue.TABLE)
+            for record in load_records(results, glue.TABLE, glue.runs())
             if record["labels"]["task"] == TASK and record["labels"]["method"] in METHODS]
 
 

@@ -22,7 +22,8 @@ def fake_record(task: str, method: str, seed: int, best: float, final: float | N
     return {"table": "t", "id": f"{task}-{method}-s{seed}", "labels": {"task": task, "method": method, "seed": seed},
             "command": "python benchmarks/quality/t.py",
             "run": {"main_metric": "accuracy", "best": metrics(best), "final": metrics(final or best),
-                    "trainable_parameters": 10, "wall_time_seconds": 1.0, "device": "cpu"},
+                    "trainable_parameters": 10, "wall_time_seconds": 1.0, "device": "cpu",
+                    "config": {"seed": seed, "lr": 0.1}},
             "machine": {"date": f"2025-01-0{seed + 1} 00:00:00", "cpu": "x", "cores": 2, "torch_threads": 1,
                         "python": "3.11", "versions": {"torch": "2"}}}
 
@@ -35,9 +36,16 @@ def write_record(results: Path, record: dict) -> None:
 
 def test_pending_skips_finished_runs_and_keeps_order(tmp_path):
     runs = [Run(f"r{i}", {"seed": i}) for i in range(4)]
-    write_record(tmp_path, {**fake_record("a", "m", 0, 0.5), "id": "r1"})
-    write_record(tmp_path, {**fake_record("a", "m", 0, 0.5), "id": "r3"})
+    write_record(tmp_path, {**fake_record("a", "m", 1, 0.5), "id": "r1"})
+    write_record(tmp_path, {**fake_record("a", "m", 3, 0.5), "id": "r3"})
     assert [run.id for run in harness.pending(runs, tmp_path, "t")] == ["r0", "r2"]
+
+
+def test_a_record_of_other_settings_is_stale(tmp_path):
+    write_record(tmp_path, {**fake_record("a", "m", 0, 0.5), "id": "r0"})  # trained with lr 0.1
+    assert harness.pending([Run("r0", {"seed": 0, "lr": 0.1})], tmp_path, "t") == []
+    assert [r.id for r in harness.pending([Run("r0", {"seed": 0, "lr": 0.2})], tmp_path, "t")] == ["r0"]
+    assert [r.id for r in harness.pending([Run("r0", {"seed": 0, "r": 4})], tmp_path, "t")] == ["r0"]
 
 
 def test_pending_refuses_duplicate_ids(tmp_path):
@@ -45,30 +53,34 @@ def test_pending_refuses_duplicate_ids(tmp_path):
         harness.pending([Run("r0", {}), Run("r0", {"seed": 1})], tmp_path, "t")
 
 
-def test_worker_command_resumes_a_started_run_and_clears_one_that_never_started(tmp_path):
-    started, stillborn = tmp_path / "started", tmp_path / "stillborn"
-    started.mkdir()
-    (started / "run_config.json").write_text("{}")
-    stillborn.mkdir()
-    (stillborn / "log.txt").write_text("crashed while loading")
+def test_worker_command_resumes_a_started_run_and_clears_others(tmp_path):
+    dirs = {name: tmp_path / name for name in ("started", "stillborn", "other_settings")}
+    for name, config in [("started", {"seed": 3, "lr": 0.1}), ("other_settings", {"seed": 4})]:
+        (dirs[name] / "output").mkdir(parents=True)
+        (dirs[name] / "output" / "run_config.json").write_text(json.dumps(config))
+    dirs["stillborn"].mkdir()
+    (dirs["stillborn"] / "log.txt").write_text("crashed while loading")
     job = lambda d: json.loads(harness.worker_command(Run("x", {"seed": 3}), d, tmp_path / "x.json", "t")[-1])  # noqa: E731
-    assert job(started)["settings"] == {"seed": 3, "output_dir": str(started / "output"), "resume": True}
-    assert job(stillborn)["settings"]["resume"] is False and not stillborn.exists()
+    assert job(dirs["started"])["settings"] == {"seed": 3, "output_dir": str(dirs["started"] / "output"),
+                                                "resume": True}
+    for name in ("stillborn", "other_settings"):
+        assert job(dirs[name])["settings"]["resume"] is False and not dirs[name].exists()
 
 
 def test_execute_trains_only_missing_runs_and_reports_failures(tmp_path, monkeypatch):
     worker = tmp_path / "worker.py"
     worker.write_text("import json, sys, pathlib\njob = json.loads(sys.argv[1])\n"
+                      "record = {'id': job['id'], 'run': {'config': job['settings']}}\n"
                       "sys.exit(3) if job['settings']['seed'] == 2 else "
-                      "pathlib.Path(job['record']).write_text(json.dumps({'id': job['id']}))\n")
+                      "pathlib.Path(job['record']).write_text(json.dumps(record))\n")
     monkeypatch.setattr(harness, "WORKER", worker)
     runs = [Run(f"r{i}", {"seed": i}) for i in range(3)]
     write_record(tmp_path, {**fake_record("a", "m", 0, 0.5), "id": "r0"})
-    harness.record_path(tmp_path, "t", "r1").parent.mkdir(parents=True, exist_ok=True)
     failed = harness.execute(runs, "t", tmp_path, tmp_path / "work", jobs=2, threads=1)
     assert failed == ["r2"]
-    assert [r["id"] for r in harness.load_records(tmp_path, "t")] == ["r0", "r1"]
-    assert harness.load_records(tmp_path, "t")[0]["labels"]["task"] == "a"  # the finished run was not redone
+    records = harness.load_records(tmp_path, "t", runs)
+    assert [r["id"] for r in records] == ["r0", "r1"]
+    assert records[0]["labels"]["task"] == "a"  # the finished run was not redone
 
 
 def test_stat_is_mean_and_sample_std():
@@ -145,8 +157,10 @@ def test_reused_runs_are_the_glue_runs_with_the_same_settings(tmp_path):
 
     r = rank_sweep.REUSED_RANK
     assert glue.settings(rank_sweep.TASK, "lora", 0, r=r, alpha=2.0 * r) == glue.settings(rank_sweep.TASK, "lora", 0)
-    for task, method in [("mrpc", "kasa"), ("mrpc", "lora"), ("sst2", "kasa")]:
+    for task, method in [("mrpc", "kasa"), ("mrpc", "lora"), ("sst2", "kasa"), ("rte", "kasa")]:
         record = {**fake_record(task, method, 0, 0.5), "id": f"{task}-{method}-s0"}
+        stale = {"lr": 1.0} if task == "rte" else {}  # trained with settings the table no longer has
+        record["run"]["config"] = glue.settings(task, method, 0, **stale)
         path = harness.record_path(tmp_path, glue.TABLE, record["id"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
