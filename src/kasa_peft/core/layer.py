@@ -83,9 +83,13 @@ class KasaAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``scale * B diag(sigma) A dropout(x) - us vt x`` for ``x`` of any leading shape."""
+        # one rank-2r product [B diag(scale sigma), -us] [A; vt] x, so x and y are read and written once
         x = x.to(self.A.dtype)
-        update = (self.dropout(x) @ self.A.T * (self.scale * self.sigma)) @ self.B.T
-        return update - (x @ self.dropped_vt.T) @ self.dropped_us.T
+        if isinstance(self.dropout, nn.Identity):
+            down = x @ torch.cat([self.A, self.dropped_vt]).T
+        else:
+            down = torch.cat([self.dropout(x) @ self.A.T, x @ self.dropped_vt.T], dim=-1)
+        return down @ torch.cat([self.B * (self.scale * self.sigma), -self.dropped_us], dim=1).T
 
     def delta_weight(self) -> torch.Tensor:
         """The (out, in) matrix this adapter adds to the original weight, in float32 or wider."""
