@@ -10,7 +10,8 @@ For a base layer ``y = W x + b`` and an active adapter, the forward pass is
 The base weight ``W`` is never modified (until ``merge``): the truncation is a frozen rank-``r`` correction.
 That keeps the original model exactly recoverable, lets several adapters each drop their own components
 from the same untouched ``W`` (and mix per example in one batch), and is already the shape of a rank-``2r``
-LoRA on the original base. Its cost is one more rank-``r`` product per layer (see benchmarks/core_speed.py).
+LoRA on the original base. Both terms run as one rank-``2r`` product, so a training step costs what a
+rank-``2r`` LoRA's does (benchmarks/core_speed.py compares it with PEFT's rank-``r`` LoRA).
 """
 
 from __future__ import annotations
