@@ -32,6 +32,9 @@ class Stat:
         return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
 
     def format(self, digits: int = 1) -> str:
+        """``mean ± std``; a single run has no spread to show, just its value."""
+        if self.n == 1:
+            return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
 

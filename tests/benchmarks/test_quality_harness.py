@@ -91,6 +91,7 @@ def test_stat_is_mean_and_sample_std():
     assert (stat.mean, stat.n) == (pytest.approx(mean), 3) and stat.std == pytest.approx(std)
     assert Stat.of([4.0]) == Stat(4.0, 0.0, 1)
     assert Stat(71.234, 1.25, 3).format() == "71.2 ± 1.2"
+    assert Stat(71.234, 0.0, 1).format(2) == "71.23"
 
 
 def test_cells_aggregate_seeds_per_row_and_column_in_percent():
@@ -121,7 +122,7 @@ def test_stat_table_marks_missing_cells_and_best_means():
     assert text.splitlines() == [
         "| method | a | b | params |",
         "|---|---|---|---|",
-        "| kasa | 70.0 ± 1.0 | **50.0 ± 0.0** | 10 |",
+        "| kasa | 70.0 ± 1.0 | **50.0** | 10 |",
         "| lora | **72.0 ± 0.5** | — | — |",
     ]
 
