@@ -45,6 +45,7 @@ HELP = {
     "eval_batch_size": "evaluation batch size (default: --batch-size)",
     "gradient_accumulation_steps": "micro-batches per optimizer step; default 1",
     "max_length": "maximum tokens per training example (task default)",
+    "group_by_length": "batch training examples of similar length together (less padding, faster)",
     "seed": "random seed of the model's new weights, the data order and dropout; default 0",
     "eval_steps": "also evaluate every N optimizer steps",
     "eval_every_epoch": "evaluate at the end of every epoch (default for classification)",

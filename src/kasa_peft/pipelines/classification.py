@@ -20,7 +20,7 @@ from transformers import DataCollatorWithPadding
 from ..tasks.glue import ClassificationExamples, get_glue_task, glue_metrics, load_classification_file, load_glue
 from ..tasks.metrics import accuracy
 from .base import SUBSET_SEED, Metrics, fixed_subset, write_atomically
-from .causal_lm import evaluating
+from .causal_lm import evaluating, length_sorted_batches
 from .config import RunConfig
 
 Scorer = Callable[[Sequence[Any], Sequence[Any]], dict[str, float]]
@@ -77,15 +77,20 @@ def encode(tokenizer, examples: ClassificationExamples, max_length: int) -> list
 
 def predict(model: nn.Module, tokenizer, examples: ClassificationExamples, max_length: int, batch_size: int,
             description: str = "predict") -> list[int] | list[float]:
-    """The predicted label id (or, for a one-output head, the score) of every example."""
+    """The predicted label id (or, for a one-output head, the score) of every example, in order.
+
+    Examples are batched by length, so little of each batch is padding.
+    """
     features = [{k: v for k, v in f.items() if k != "labels"} for f in encode(tokenizer, examples, max_length)]
     collate = DataCollatorWithPadding(tokenizer)
-    predictions: list = []
+    predictions: list = [None] * len(features)
     with evaluating(model):
-        for start in tqdm(range(0, len(features), batch_size), desc=description, unit="batch"):
-            batch = collate(features[start:start + batch_size]).to(model.device)
-            logits = model(**batch).logits.float()
-            predictions.extend(logits[:, 0].tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist())
+        for batch in tqdm(length_sorted_batches([len(f["input_ids"]) for f in features], batch_size),
+                          desc=description, unit="batch"):
+            logits = model(**collate([features[i] for i in batch]).to(model.device)).logits.float()
+            values = logits[:, 0].tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
+            for index, value in zip(batch, values):
+                predictions[index] = value
     return predictions
 
 

@@ -48,6 +48,7 @@ class RunConfig:
     eval_batch_size: int | None = None
     gradient_accumulation_steps: int = 1
     max_length: int | None = None
+    group_by_length: bool = False
     seed: int = 0
     # evaluation and checkpoints
     eval_steps: int | None = None

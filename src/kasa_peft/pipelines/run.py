@@ -184,6 +184,7 @@ def training_arguments(config: RunConfig, checkpoints: Path, steps: int) -> Trai
         warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the total steps
         lr_scheduler_type="linear", num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         seed=config.seed, save_strategy="steps" if config.save_steps else "epoch", save_steps=config.save_steps or 500,
         save_total_limit=2, logging_steps=max(1, min(50, steps // 10)), report_to="none", eval_strategy="no",
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=False,
