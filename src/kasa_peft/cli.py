@@ -33,6 +33,8 @@ HELP = {
     "gamma": "weight of KaSA's orthogonality penalty; default 1e-3",
     "regularizer": "'paper' (r x r Grams, default) or 'reference' (the authors' script)",
     "reduction": "'mean' (default) or 'sum' of the penalties over layers",
+    "learn_sigma": "train KaSA's singular values sigma (default); --no-learn-sigma fixes sigma = 1 (truncation + LoRA, "
+                   "the paper's ablation)",
     "target_modules": "comma-separated layer names to adapt, or all-linear (default: per architecture, "
                       "e.g. query,value for BERT, q_proj,v_proj for Llama)",
     "lr": "learning rate of the adapter (task default)",
@@ -65,9 +67,9 @@ HELP = {
     "use_chat_template": "wrap prompts in the tokenizer's chat template (sft default: when it has one)",
     "resume": "continue the unfinished run in --output-dir from its last checkpoint",
 }
-EVAL_OVERRIDES = ("data_dir", "eval_file", "max_eval_samples", "eval_batch_size", "max_length", "num_beams",
-                  "length_penalty", "no_repeat_ngram_size", "max_new_tokens", "use_chat_template",
-                  "instruct_eval_sets")
+EVAL_OVERRIDES = ("data_dir", "train_file", "eval_file", "text_columns", "label_column", "max_eval_samples",
+                  "eval_batch_size", "max_length", "num_beams", "length_penalty", "no_repeat_ngram_size",
+                  "max_new_tokens", "use_chat_template", "instruct_eval_sets")
 DECODING_OPTIONS = ("eval_batch_size", "max_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size",
                     "use_chat_template")
 

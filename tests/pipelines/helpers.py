@@ -43,7 +43,8 @@ def write_classification_files(directory: Path, rows: int = 24) -> tuple[Path, P
     words = ["bad", "fine", "good"]
     paths = []
     for name, count in (("train.csv", rows), ("eval.csv", rows // 2)):
-        lines = ["review,label"] + [f"the movie was {words[i % 3]} and the plot {i},{labels[i % 3]}" for i in range(count)]
+        rows_text = [f"the movie was {words[i % 3]} and the plot {i},{labels[i % 3]}" for i in range(count)]
+        lines = ["review,label", *rows_text]
         (directory / name).write_text("\n".join(lines) + "\n")
         paths.append(directory / name)
     return paths[0], paths[1]

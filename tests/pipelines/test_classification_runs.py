@@ -100,3 +100,23 @@ def test_classify_user_csv(cli, bert_dir, tmp_path):
     golds = [row["label"] for row in csv.DictReader(eval_file.open())]
     assert record["final"]["metrics"] == pytest.approx({"accuracy": accuracy_score(golds, predictions),
                                                         "macro_f1": f1_score(golds, predictions, average="macro")})
+
+
+def test_mnli_scores_matched_and_mismatched_dev_sets(cli, bert_dir, tmp_path):
+    """MNLI files are not in the shared data: a few synthetic rows in GLUE's layout."""
+    glue = tmp_path / "glue" / "MNLI"
+    glue.mkdir(parents=True)
+    labels = ["entailment", "neutral", "contradiction"]
+    for split, rows in (("train", 12), ("dev_matched", 6), ("dev_mismatched", 5)):
+        lines = ["sentence1\tsentence2\tgold_label"] + [f"the plot {i}\tthe movie {i % 2}\t{labels[i % 3]}"
+                                                         for i in range(rows)]
+        (glue / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "mnli"
+    result = cli(*train_args("glue:mnli", bert_dir, out, "--data-dir", tmp_path))
+    assert result.code == 0, result.err
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["main_metric"] == "dev_matched/accuracy"
+    for split in ("dev_matched", "dev_mismatched"):
+        predictions = read_lines(out / f"predictions_{split}.txt")
+        golds = tsv_column(glue / f"{split}.tsv", 2)
+        assert record["final"]["metrics"][f"{split}/accuracy"] == pytest.approx(accuracy_score(golds, predictions))

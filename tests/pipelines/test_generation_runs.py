@@ -156,3 +156,16 @@ def test_generate_with_a_trained_adapter(capsys, llama_dir, tmp_path):
     exported = run_cli(capsys, "export", out, "--format", "lora", "--out", tmp_path / "lora")
     assert exported.code == 0, exported.err
     assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["r"] == 16  # a LoRA of rank 2r
+
+
+def test_gpt2_conv1d_layers_train_with_their_default_target(cli, gpt2_dir, tmp_path):
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text(json.dumps({"prompt": "Say hello.\n", "completion": "Hello!"}) + "\n")
+    out = tmp_path / "gpt2"
+    result = cli("train", "--task", "sft", "--model", gpt2_dir, "--train-file", train_file, "--eval-file", train_file,
+                 "--output-dir", out, *COMMON)
+    assert result.code == 0, result.err
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["config"]["target_modules"] == ["c_attn"]
+    layers, hidden, r = 2, 32, 8
+    assert record["trainable_parameters"] == layers * (r * (hidden + 3 * hidden) + r)  # c_attn: 32 -> 96

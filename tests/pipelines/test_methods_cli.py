@@ -44,3 +44,8 @@ def test_method_runs_through_the_cli(method, cli, bert_dir, tmp_path):
     again = cli("eval", "--run", out)  # each method's saved result loads back onto a fresh base
     assert again.code == 0, again.err
     assert json.loads(again.out) == pytest.approx(record["final"]["metrics"])
+    by_adapter = cli("eval", "--adapter", out, "--model", bert_dir, "--task", "classify", "--train-file", train_file,
+                     "--eval-file", eval_file, "--text-columns", "review", "--label-column", "label",
+                     "--max-length", 64)  # the method is read from the directory
+    assert by_adapter.code == 0, by_adapter.err
+    assert json.loads(by_adapter.out) == pytest.approx(record["final"]["metrics"])

@@ -60,7 +60,8 @@ def test_resumed_run_equals_uninterrupted_run(config):
 
 
 def test_output_directory_rules(config):
-    first = train(config("run", max_steps=1))
+    first = train(config("run", max_steps=1, resume=True))  # nothing to resume: starts from the beginning
+    assert first.record["resumed_from"] is None
     with pytest.raises(FileExistsError, match="already holds a finished run"):
         train(config("run", max_steps=1))
     with pytest.raises(FileExistsError, match="not empty: pass --resume"):

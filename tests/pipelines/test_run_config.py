@@ -12,7 +12,8 @@ from kasa_peft.pipelines.task_names import parse_task, task_choices
 
 def test_task_defaults_then_file_then_command_line(tmp_path):
     path = tmp_path / "cola.yaml"
-    path.write_text("task: glue:cola\nmodel: minilm\nlr: 4e-4\nbatch-size: 16\nepochs: 5\ntarget_modules: [query, value]\n")
+    path.write_text("task: glue:cola\nmodel: minilm\nlr: 4e-4\nbatch-size: 16\nepochs: 5\n"
+                    "target_modules: [query, value]\n")
     config = resolve_config(read_config_file(path), {"batch_size": 8, "model": "other"})
     assert config.lr == 4e-4 and isinstance(config.lr, float)  # YAML 1.1 reads 4e-4 as a string
     assert (config.batch_size, config.epochs, config.model) == (8, 5.0, "other")

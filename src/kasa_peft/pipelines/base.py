@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
+import torch
 from torch import nn
 
 ModelTask = Literal["sequence_classification", "causal_lm"]
@@ -40,6 +41,11 @@ class TaskPipeline(Protocol):
 
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         """Metrics on the evaluation data; prediction files go to ``output_dir`` when it is given."""
+
+
+def best_device() -> torch.device:
+    """Where evaluation and inference run: the GPU when there is one (training goes where the Trainer puts it)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def fixed_subset(items: Sequence[T], limit: int | None) -> list[T]:

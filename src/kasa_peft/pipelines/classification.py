@@ -89,7 +89,7 @@ def predict(model: nn.Module, tokenizer, examples: ClassificationExamples, max_l
                           desc=description, unit="batch"):
             logits = model(**collate([features[i] for i in batch]).to(model.device)).logits.float()
             values = logits[:, 0].tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
-            for index, value in zip(batch, values):
+            for index, value in zip(batch, values, strict=True):
                 predictions[index] = value
     return predictions
 

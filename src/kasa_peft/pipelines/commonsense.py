@@ -64,11 +64,12 @@ class CommonsensePipeline(PromptTargetPipeline):
         generations = self.decoding.generate(model, tokenizer, prompts)
         extracted = [extract_answer(name, text) for text in generations]
         options = [answer_options(name, example) for example in examples]
-        logliks = self.decoding.option_logliks(model, tokenizer, prompts, [[answer_target(o) for o in row] for row in options])
-        chosen = [row[i] for row, i in zip(options, choose_option(logliks))]
+        targets = [[answer_target(option) for option in row] for row in options]
+        logliks = self.decoding.option_logliks(model, tokenizer, prompts, targets)
+        chosen = [row[i] for row, i in zip(options, choose_option(logliks), strict=True)]
         scores = {"generation_accuracy": accuracy(extracted, golds), "option_accuracy": accuracy(chosen, golds)}
         answers = [{"set": name, "answer": gold, "generation": text, "extracted": found, "option_choice": choice}
-                   for gold, text, found, choice in zip(golds, generations, extracted, chosen)]
+                   for gold, text, found, choice in zip(golds, generations, extracted, chosen, strict=True)]
         return scores, answers
 
 

@@ -31,7 +31,8 @@ class E2EPipeline(PromptTargetPipeline):
     main_metric = "BLEU"
 
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
-        outputs = [" ".join(text.split()) for text in self.decoding.generate(model, tokenizer, [format_mr(m) for m in self.mrs])]
+        generations = self.decoding.generate(model, tokenizer, [format_mr(mr) for mr in self.mrs])
+        outputs = [" ".join(text.split()) for text in generations]  # one line per MR
         if output_dir is not None:
             write_atomically(output_dir / PREDICTIONS_FILE, "".join(line + "\n" for line in outputs))
             write_atomically(output_dir / REFERENCES_FILE, references_csv(self.mrs, self.references))
@@ -43,7 +44,7 @@ def references_csv(mrs: list[str], references: list[list[str]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
     writer.writerow(["mr", "ref"])
-    writer.writerows((mr, ref) for mr, refs in zip(mrs, references) for ref in refs)
+    writer.writerows((mr, ref) for mr, refs in zip(mrs, references, strict=True) for ref in refs)
     return buffer.getvalue()
 
 

@@ -26,7 +26,8 @@ class PeriodicEvaluation(TrainerCallback):
 
     def __init__(self, evaluate: Callable[[nn.Module], Metrics], every_steps: int | None, every_epoch: bool,
                  main_metric: str) -> None:
-        self.evaluate, self.every_steps, self.every_epoch, self.main_metric = evaluate, every_steps, every_epoch, main_metric
+        self.evaluate, self.main_metric = evaluate, main_metric
+        self.every_steps, self.every_epoch = every_steps, every_epoch
 
     def on_step_end(self, args, state, control, model=None, **kwargs) -> None:
         if self.every_steps and state.global_step % self.every_steps == 0:

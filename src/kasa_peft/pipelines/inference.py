@@ -15,6 +15,7 @@ from typing import Any
 from ..interop import load_adapters, read_tagged_inputs, run_by_adapter
 from ..models import load_model
 from ..tasks.glue import ClassificationExamples
+from .base import best_device
 from .classification import predict
 from .generation import Decoding
 from .run import METRICS_FILE
@@ -25,9 +26,10 @@ def generate_outputs(model_spec: str, adapters: Mapping[str, str], lines: Iterab
     """``{"adapter", "prompt", "output"}`` for every input line (``prompt`` or ``text`` field)."""
     model, tokenizer = load_model(model_spec, "causal_lm")
     inputs = read_tagged_inputs(lines, list(adapters), next(iter(adapters), None))
-    load_adapters(model, adapters)
+    load_adapters(model, adapters).to(best_device())
     outputs = run_by_adapter(model, inputs, lambda items: decoding.generate(model, tokenizer, [i.text for i in items]))
-    return [{"adapter": item.adapter, "prompt": item.text, "output": output} for item, output in zip(inputs, outputs)]
+    return [{"adapter": item.adapter, "prompt": item.text, "output": output}
+            for item, output in zip(inputs, outputs, strict=True)]
 
 
 def predict_labels(model_spec: str, adapters: Mapping[str, str], lines: Iterable[str], max_length: int = 512,
@@ -40,7 +42,7 @@ def predict_labels(model_spec: str, adapters: Mapping[str, str], lines: Iterable
     label_names = recorded_label_names(next(iter(adapters.values()), None))
     model, tokenizer = load_model(model_spec, "sequence_classification", len(label_names) if label_names else None)
     inputs = read_tagged_inputs(lines, list(adapters), next(iter(adapters), None))
-    load_adapters(model, adapters)
+    load_adapters(model, adapters).to(best_device())
 
     def run(items: list) -> list:
         pairs = [item.fields.get("text_pair") for item in items]
@@ -51,7 +53,7 @@ def predict_labels(model_spec: str, adapters: Mapping[str, str], lines: Iterable
     predictions = run_by_adapter(model, inputs, run)
     return [{"adapter": item.adapter, "text": item.text,
              "label": label_names[p] if label_names and isinstance(p, int) else p}
-            for item, p in zip(inputs, predictions)]
+            for item, p in zip(inputs, predictions, strict=True)]
 
 
 def recorded_label_names(run_dir: str | Path | None) -> list[str] | None:

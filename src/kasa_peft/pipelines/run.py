@@ -28,8 +28,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..core.config import ALL_LINEAR
 from ..models import load_model
 from ..training import KasaTrainer, MethodSpec, load_trained, prepare_model
+from ..training.methods import METHOD_FILE
 from ..version import __version__
-from .base import Metrics, TaskPipeline, write_atomically
+from .base import Metrics, TaskPipeline, best_device, write_atomically
 from .config import RunConfig
 from .evaluation import PeriodicEvaluation, best_evaluation, evaluations
 from .generation import PromptTargetPipeline
@@ -72,7 +73,7 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     trainer = KasaTrainer(model=prepared.model, args=training_arguments(config, output_dir / CHECKPOINTS_DIR, steps),
                           train_dataset=features, data_collator=pipeline.data_collator(tokenizer),
                           prepared=prepared, head_lr=config.head_lr, callbacks=[evaluation, *callbacks])
-    checkpoint = get_last_checkpoint(str(output_dir / CHECKPOINTS_DIR)) if config.resume else None
+    checkpoint = latest_checkpoint(output_dir) if config.resume else None
     outcome = trainer.train(resume_from_checkpoint=checkpoint)
     final = evaluation.run(trainer.state, prepared.model)
 
@@ -86,8 +87,9 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
         "total_parameters": prepared.trainable_parameters().total,
         "train_examples": len(features), "optimizer_steps": trainer.state.global_step,
         "train_loss": outcome.training_loss, "resumed_from": checkpoint,
-        "wall_time_seconds": time.perf_counter() - started, "seed": config.seed, "versions": versions(),
-        "device": str(next(prepared.model.parameters()).device), "config": config.to_dict(),
+        "wall_time_seconds": time.perf_counter() - started,  # of this invocation (a resumed run: since resuming)
+        "seed": config.seed, "versions": versions(), "device": str(next(prepared.model.parameters()).device),
+        "config": config.to_dict(),
     }
     write_atomically(output_dir / METRICS_FILE, json.dumps(record, indent=2) + "\n")
     shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
@@ -104,8 +106,15 @@ def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path
     pipeline = build_pipeline(config)
     model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
     if adapter_dir is not None:
-        model = load_trained(model, adapter_dir, config.method)
-    return pipeline.evaluate(model, tokenizer, output_dir)
+        recorded = (Path(adapter_dir) / METHOD_FILE).is_file()  # the method saved with a run wins over the default
+        model = load_trained(model, adapter_dir, None if recorded else config.method)
+    return pipeline.evaluate(model.to(best_device()), tokenizer, output_dir)
+
+
+def latest_checkpoint(output_dir: Path) -> str | None:
+    """The last Trainer checkpoint of an unfinished run (``None``: start from the beginning)."""
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:

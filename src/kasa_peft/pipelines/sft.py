@@ -40,7 +40,7 @@ class SFTPipeline(PromptTargetPipeline):
             metrics[f"{name}/rouge_l"] = rouge_l(generations, references)
             metrics[f"{name}/exact_match"] = exact_match(generations, references)
             records.extend({"set": name, "prompt": p, "reference": r, "generation": g}
-                           for p, r, g in zip(prompts, references, generations))
+                           for p, r, g in zip(prompts, references, generations, strict=True))
         if output_dir is not None:
             write_jsonl(output_dir / GENERATIONS_FILE, records)
         return metrics
