@@ -127,12 +127,16 @@ def main(table: str, runs: Sequence[Run], summarise: Callable[[list[Record], Pat
     parser.add_argument("--work", type=Path, default=WORK, help=f"adapters and logs (default {WORK})")
     parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary from the records")
     parser.add_argument("--list", action="store_true", help="print the runs still to train and exit")
+    parser.add_argument("--only", nargs="+", metavar="PREFIX",
+                        help="train only the runs whose id starts with one of these (e.g. mrpc-); the summary "
+                             "still covers every finished run")
     args = parser.parse_args(argv)
+    selected = [run for run in runs if not args.only or run.id.startswith(tuple(args.only))]
     if args.list:
-        for run in pending(runs, args.results, table):
+        for run in pending(selected, args.results, table):
             print(run.id, json.dumps(run.settings))
         return 0
-    failed = [] if args.summary_only else execute(runs, table, args.results, args.work, args.jobs, args.threads)
+    failed = [] if args.summary_only else execute(selected, table, args.results, args.work, args.jobs, args.threads)
     records = load_records(args.results, table, runs)
     if records:
         summarise(records, args.results / table)

@@ -4,7 +4,7 @@
 
 kasa, lora, pissa and milora with the GLUE table's settings (`glue.settings`) and ``alpha = 2 r``, so the
 update's scale ``alpha / r`` stays 2 as at r = 8; the r = 8 points are the GLUE table's runs, reused.
-Seeds run seed-major, so a partial sweep has whole curves.
+Seeds run seed-major, so a partial sweep has whole curves (``--only mrpc-s0-``: seed 0 alone).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ REUSED_RANK = 8  # the GLUE table's rank
 
 
 def runs() -> list[Run]:
-    return [Run(f"{TASK}-{method}-r{r}-s{seed}", glue.settings(TASK, method, seed, r=r, alpha=2.0 * r),
+    return [Run(f"{TASK}-s{seed}-r{r}-{method}", glue.settings(TASK, method, seed, r=r, alpha=2.0 * r),
                 {"method": method, "r": r, "seed": seed})
             for seed in glue.SEEDS for r in RANKS if r != REUSED_RANK for method in METHODS]
 

@@ -20,7 +20,7 @@ from quality.harness import RESULTS, WORK  # noqa: E402
 from quality.summary import markdown_table  # noqa: E402
 
 TABLE = "sigma"
-TASKS = ("cola", "mrpc")
+TASKS = ("sst2", "mrpc")
 
 
 def adapter_dir(work: Path, task: str) -> Path:
