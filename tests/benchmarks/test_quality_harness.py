@@ -169,3 +169,11 @@ def test_reused_runs_are_the_glue_runs_with_the_same_settings(tmp_path):
         ("mrpc-kasa-s0", ablation.FULL)]
     assert sorted((r["id"], r["labels"]["r"]) for r in rank_sweep.glue_records(tmp_path)) == [
         ("mrpc-kasa-s0", 8), ("mrpc-lora-s0", 8)]
+
+
+def test_main_only_selects_runs_by_id_prefix(tmp_path, capsys):
+    runs = [Run(i, {"seed": n}) for n, i in enumerate(["a-1", "a-2", "b-1"])]
+    write_record(tmp_path, {**fake_record("a", "m", 1, 0.5), "id": "a-2"})
+    argv = ["--list", "--only", "a-", "--results", str(tmp_path)]
+    assert harness.main("t", runs, lambda records, out: None, argv) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["a-1"]
