@@ -84,7 +84,9 @@ def summarise(records: list[Record], out: Path) -> None:
         f"Train: a fixed {TRAIN_SAMPLES}-example subset of each task; dev: at most {DEV_SAMPLES} fixed examples "
         f"(full MRPC and RTE). {EPOCHS} epochs, batch 16, max length 128, lr {ADAPTER_LR:g} "
         f"for every adapter method (chosen on LoRA alone: lr_sweep.py), fft lr {FFT_LR:g}. "
-        "avg: mean over the tasks shown, per seed, then mean ± std over the seeds that have every task.\n\n"
+        "avg: mean over the tasks shown, per seed, then mean ± std over the seeds that have every task. "
+        "Wall time: mean per run, 3 runs at a time on 2 CPU cores shared with other work (load varied), so only "
+        "large differences mean anything.\n\n"
         f"{table}\nKaSA against the others (means):\n\n{verdict}\n\n"
         f"## Final epoch instead of best\n\n{final}\n"
         f"Machine: {machine_line(records)}.\nCommand: `{records[0]['command']}`\n")
