@@ -12,8 +12,8 @@ inject KaSA into it are timed, in alternating order (A B C, C B A, ...), each in
 Reported: medians, ratios, each rank's truncation time (balance), the bytes broadcast (counted by wrapping
 ``torch.distributed.broadcast``), the machine and its load.
 
-    python benchmarks/distributed.py                       # 4 blocks of 2048 / 5632 (Llama-1B-like shapes)
-    python benchmarks/distributed.py --blocks 1 --repeats 2  # what fits in ~5 minutes on 2 busy CPU cores
+    python benchmarks/distributed.py              # 1 block of 2048 / 5632 (7 weights of TinyLlama-1.1B's shapes)
+    python benchmarks/distributed.py --blocks 4   # the 4-block stack: 4x the work, ~15 minutes on 2 quiet cores
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def report(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--intermediate", type=int, default=5632)
     parser.add_argument("--r", type=int, default=16)

@@ -19,9 +19,11 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 import kasa_peft.training.distributed as distributed
+from accelerate.state import AcceleratorState
 from kasa_peft import KasaConfig, dropped_components, inject, kasa_state, load_adapter, regularization_loss
 from kasa_peft.training.distributed import inject_distributed, save_adapter_distributed
 from tiny_models import tiny_llama, token_batch
+from training import kasa_trainer_script
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 4
@@ -32,16 +34,20 @@ INIT_SEED = 100  # rank i seeds INIT_SEED + i before injecting: only rank 0's ad
 LEARNING_RATE = 1e-2
 
 
-def launch(worker: Callable, out: Path, *args) -> None:
-    """Run ``worker(rank, out, *args)`` on 2 forked processes joined in a gloo group (a file store in ``out``)."""
+def launch(worker: Callable, out: Path, *args, world_size: int = WORLD_SIZE) -> None:
+    """Run ``worker(rank, out, *args)`` on forked processes joined in a gloo group (a file store in ``out``);
+    with ``world_size=1``, in one forked process without a group."""
     out.mkdir(parents=True, exist_ok=True)
     store = out / f"store-{worker.__name__}-{len(list(out.glob('store-*')))}"
-    mp.start_processes(_entry, args=(worker, str(store), out, args), nprocs=WORLD_SIZE, start_method="fork")
+    mp.start_processes(_entry, args=(worker, str(store), out, args, world_size), nprocs=world_size,
+                       start_method="fork")
 
 
-def _entry(rank: int, worker: Callable, store: str, out: Path, args: tuple) -> None:
+def _entry(rank: int, worker: Callable, store: str, out: Path, args: tuple, world_size: int) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE)
+    if world_size == 1:
+        return worker(rank, out, *args)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         worker(rank, out, *args)
     finally:
@@ -173,6 +179,16 @@ def zero3_worker(rank: int, out: Path, steps: int) -> None:
         engine.backward(engine(input_ids=rows, labels=rows).loss)
         engine.step()
     save_adapter_distributed(engine, out / "zero3")
+
+
+def trainer_script_worker(rank: int, out: Path) -> None:
+    """tests/training/kasa_trainer_script.py on this rank, with the environment torchrun gives it."""
+    if dist.is_initialized():
+        size = str(dist.get_world_size())
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=size, LOCAL_WORLD_SIZE=size,
+                          ACCELERATE_USE_CPU="true")  # what a CPU launch sets; Trainer then runs DDP on gloo
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked: forget the parent's single-process state
+    kasa_trainer_script.main(out)
 
 
 def checkpointed_ddp_worker(rank: int, out: Path, steps: int, checkpoint_at: int, crash_at: int | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 
 import pytest
@@ -18,7 +19,8 @@ from kasa_peft.training.distributed import check_not_sharded, inject_distributed
 from tiny_models import tiny_llama, token_batch
 from training.distributed_workers import (
     CONFIG, INIT_SEED, WITHOUT_REGULARIZER, WORLD_SIZE, checkpointed_ddp_worker, ddp_worker,
-    failing_truncation_worker, fsdp_worker, launch, single_process_model, truncation_worker, zero3_worker,
+    failing_truncation_worker, fsdp_worker, launch, single_process_model, trainer_script_worker, truncation_worker,
+    zero3_worker,
 )
 
 STEPS = 3
@@ -117,6 +119,19 @@ def test_fsdp2_training_gives_the_single_process_adapter_and_regulariser(tmp_pat
     batch = token_batch(2, 6, seed=7)
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch).logits, reference[STEPS](batch).logits, rtol=0, atol=1e-4)
+
+
+def test_a_kasa_trainer_script_under_ddp_gives_the_single_process_adapter(tmp_path) -> None:
+    """A user's Trainer script: prepare_model shares the truncation, KasaTrainer trains under DDP (global batch
+    split over 2 ranks, sequential order), checkpoints and the final adapter are written once, by rank 0."""
+    launch(trainer_script_worker, tmp_path / "single", world_size=1)
+    launch(trainer_script_worker, tmp_path / "ddp")
+    assert json.loads((tmp_path / "ddp" / "launch.json").read_text()) == {"world_size": 2, "fsdp": False,
+                                                                       "sharded": False}
+    single = load_adapter(tiny_llama(), tmp_path / "single" / "final")
+    assert_same_adapter(tmp_path / "ddp" / "final", single)
+    assert_same_adapter(tmp_path / "ddp" / "checkpoints" / "checkpoint-2",
+                        load_adapter(tiny_llama(), tmp_path / "single" / "checkpoints" / "checkpoint-2"))
 
 
 def test_deepspeed_zero3_training_gives_the_single_process_adapter(tmp_path) -> None:

@@ -49,7 +49,8 @@ def is_distributed(group: Group = None) -> bool:
     if not dist.is_available():
         return False
     if group is None and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        PartialState()
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" or not torch.accelerator.is_available()
+        PartialState(cpu=cpu)  # gloo on CPU, NCCL (or the accelerator's backend) otherwise
     return dist.is_initialized() and dist.get_world_size(group) > 1
 
 
