@@ -175,3 +175,19 @@ def test_demo_compares_untrained_kasa_and_lora(cli, bert_dir, tmp_path):
         assert float(rows[method][1]) == pytest.approx(record["final"]["metrics"]["accuracy"], abs=1e-4)
         assert record["config"]["max_train_samples"] == 24 and record["label_names"] == ["negative", "neutral",
                                                                                           "positive"]
+
+
+def test_score_commonsense_and_sft(cli, data_dir, tmp_path):
+    answers = [r["answer"] for r in json.loads((data_dir / "commonsense/boolq/test.json").read_text())]
+    predictions = tmp_path / "boolq.txt"
+    predictions.write_text("the correct answer is true\n" * len(answers))
+    result = cli("score", "commonsense:boolq", "--predictions", predictions, "--data-dir", data_dir)
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == pytest.approx({"generation_accuracy": answers.count("true") / len(answers)})
+
+    outputs, references = tmp_path / "out.jsonl", tmp_path / "refs.txt"
+    outputs.write_text(json.dumps({"generation": "The cat sat."}) + "\n" + json.dumps("a dog") + "\n")
+    references.write_text("the cat sat\nthe dog barked\n")
+    result = cli("score", "sft", "--predictions", outputs, "--references", references)
+    # exact match after lowercasing and dropping punctuation: 1 of 2; ROUGE-L F1: 1 and 2*(1/2*1/3)/(1/2+1/3) = 0.4
+    assert json.loads(result.out) == pytest.approx({"exact_match": 50.0, "rouge_l": 100 * (1 + 0.4) / 2})
