@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from tiny_models import tiny_llama
@@ -104,3 +106,20 @@ def test_r_not_below_k_raises_naming_the_layer_before_any_change():
         inject(model, KasaConfig(r=16, target_modules=("q_proj", "k_proj")))
     assert not hasattr(model, "_kasa_state")
     assert all(type(m).__module__.startswith(("torch", "transformers")) for m in model.modules())
+
+
+def test_subset_eigensolver_matches_the_full_torch_decomposition(monkeypatch):
+    """SciPy's subset solver (used when installed) and torch's full ``eigh`` give the same smallest pairs."""
+    pytest.importorskip("scipy")
+    generator = torch.Generator().manual_seed(3)
+    w = torch.randn(40, 24, generator=generator, dtype=torch.float64)
+    gram = w.T @ w
+    values, vectors = truncation.smallest_eigenpairs(gram, 5)
+    full_values, full_vectors = torch.linalg.eigh(gram)
+    torch.testing.assert_close(values, full_values[:5], rtol=1e-12, atol=1e-12)
+    # eigenvectors up to sign: compare the projectors
+    torch.testing.assert_close(vectors @ vectors.T, full_vectors[:, :5] @ full_vectors[:, :5].T, rtol=0, atol=1e-10)
+
+    monkeypatch.setitem(sys.modules, "scipy.linalg", None)  # as if SciPy were absent
+    torch_values, _ = truncation.smallest_eigenpairs(gram, 5)
+    torch.testing.assert_close(torch_values, full_values[:5], rtol=0, atol=0)
