@@ -191,3 +191,19 @@ def test_score_commonsense_and_sft(cli, data_dir, tmp_path):
     result = cli("score", "sft", "--predictions", outputs, "--references", references)
     # exact match after lowercasing and dropping punctuation: 1 of 2; ROUGE-L F1: 1 and 2*(1/2*1/3)/(1/2+1/3) = 0.4
     assert json.loads(result.out) == pytest.approx({"exact_match": 50.0, "rouge_l": 100 * (1 + 0.4) / 2})
+
+
+def test_bugs_keep_their_traceback(cli, monkeypatch, tmp_path):
+    """Only errors about the user's input become one line; anything else (a bug) is raised, and --traceback
+    shows the traceback of input errors too."""
+    import kasa_peft.pipelines.scoring as scoring
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(scoring, "score", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli("score", "e2e", "--predictions", tmp_path / "p.txt")
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError):
+        cli("--traceback", "score", "glue:cola", "--predictions", tmp_path / "missing.txt")

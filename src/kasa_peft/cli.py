@@ -8,13 +8,15 @@ shows the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .pipelines.base import format_value
 from .pipelines.config import RunConfig
 
 EXIT_ERROR = 1
@@ -76,9 +78,9 @@ DECODING_OPTIONS = ("eval_batch_size", "max_new_tokens", "num_beams", "length_pe
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
     try:
-        args.handler(args)
+        with _quiet_transformers():
+            args.handler(args)
     except KeyboardInterrupt:
         print("kasa-peft: interrupted (an unfinished training run continues with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -98,16 +100,22 @@ def _is_user_error(err: Exception) -> bool:
 
 
 def _message(err: BaseException) -> str:
-    if isinstance(err, ImportError) and err.name:
-        return f"{err} (install it: pip install {err.name})"
+    if isinstance(err, ImportError):
+        return f"{err}: install the missing package with pip"
     return str(err).strip() or type(err).__name__
 
 
-def _quiet_libraries() -> None:
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
     """Keep the terminal to progress bars and results (transformers' load reports list every new head weight)."""
     import transformers
 
+    verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 # ----------------------------------------------------------------------------------------------------- parser
@@ -296,10 +304,6 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- printing
-
-
-def format_value(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def format_run_summary(record: dict[str, Any], output_dir: Path) -> str:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from kasa_peft.pipelines.config import resolve_config
+from kasa_peft.pipelines.evaluation import best_evaluation
 from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_CONFIG_FILE, train
 
 from .helpers import write_classification_files
@@ -76,3 +77,9 @@ def test_output_directory_rules(config):
     run_dir = Path(unfinished.output_dir)
     assert json.loads((run_dir / RUN_CONFIG_FILE).read_text())["lr"] == unfinished.lr
     assert not (run_dir / METRICS_FILE).exists()
+
+
+def test_best_evaluation_skips_missing_and_nan_and_keeps_the_earliest_tie():
+    history = [{"step": s, "metrics": {"acc": v}} for s, v in ((1, None), (2, 0.5), (3, float("nan")), (4, 0.5),
+                                                              (5, 0.25))]
+    assert best_evaluation(history, "acc")["step"] == 2

@@ -73,5 +73,6 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     write_atomically(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
-def mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
+def format_value(value: Any) -> str:
+    """A metric for people: floats to 4 decimals, anything else (``None``, a reason) as it is."""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -16,6 +16,7 @@ Every answer goes to ``commonsense_predictions.jsonl``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import fmean
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..tasks.commonsense import (
     load_commonsense,
 )
 from ..tasks.instruct import load_sft_file
-from .base import Metrics, fixed_subset, mean, write_jsonl
+from .base import Metrics, fixed_subset, write_jsonl
 from .causal_lm import choose_option
 from .config import RunConfig
 from .generation import Decoding, PromptTargetPipeline
@@ -51,7 +52,7 @@ class CommonsensePipeline(PromptTargetPipeline):
             metrics.update({f"{name}/{mode}": value for mode, value in scores.items()})
             records.extend(answers)
         if len(self.test_sets) > 1:
-            metrics.update({f"average/{mode}": mean([metrics[f"{name}/{mode}"] for name in self.test_sets])
+            metrics.update({f"average/{mode}": fmean(metrics[f"{name}/{mode}"] for name in self.test_sets)
                             for mode in MODES})
         if output_dir is not None:
             write_jsonl(output_dir / PREDICTIONS_FILE, records)

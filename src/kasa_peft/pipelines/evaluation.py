@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from .base import Metrics
+from .base import Metrics, format_value
 
 EVALUATION_KEY = "kasa_peft_evaluation"
 Evaluation = dict[str, Any]  # {"step": int, "epoch": float, "metrics": {...}}
@@ -59,7 +59,3 @@ def best_evaluation(history: list[Evaluation], main_metric: str) -> Evaluation:
         value = entry["metrics"].get(main_metric)
         return value if isinstance(value, (int, float)) and not math.isnan(value) else -math.inf
     return max(history, key=key)
-
-
-def format_value(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
