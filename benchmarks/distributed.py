@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -150,7 +151,7 @@ def report(results: dict) -> str:
         f"eigh route accepted for {results['eigh_accepted']} of {shape['layers']} weights (the rest: float64 SVD).",
         f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; torch "
         f"{results['machine']['torch']}; load average {results['load_before']} before, {results['load_after']} after.",
-        f"{results['repeats']} alternating runs per mode, fresh forked processes each.",
+        f"{results['repeats']} alternating runs per mode, fresh forked processes each: `{results['command']}`",
         "",
         "| mode | median s | runs (s) |",
         "|---|---|---|",
@@ -159,7 +160,9 @@ def report(results: dict) -> str:
         f"- 2 processes x 1 thread vs 1 process x 1 thread: **{results['speedup_vs_1thread']:.2f}x**",
         f"- 2 processes x 1 thread vs 1 process x 2 threads: **{results['speedup_vs_2threads']:.2f}x**",
         f"- per-rank truncation time (last 2-process run): {results['rank_truncation_seconds']} s; "
-        f"planned cost shares (LPT on k^2 max(out, in)): {results['planned_shares']}",
+        f"planned cost shares (LPT on k^2 max(out, in)): {results['planned_shares']}; so each rank ran at "
+        f"{', '.join(f'{x:.0%}' for x in process_speeds(results))} of the speed of one process alone "
+        "(100% each would make 2 processes 2x faster)",
         f"- bytes broadcast per run: {results['bytes_broadcast']:,} in {results['broadcasts']} broadcasts "
         f"(dropped factors 4 r (out + in) per layer: {results['dropped_bytes']:,}; adapter init: "
         f"{results['bytes_broadcast'] - results['dropped_bytes']:,})",
@@ -168,6 +171,13 @@ def report(results: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def process_speeds(results: dict) -> list[float]:
+    """Each rank's work rate relative to one process alone: ``share * T_1proc / t_rank``."""
+    alone = results["medians_seconds"]["1proc_1thread"]
+    return [share * alone / seconds
+            for share, seconds in zip(results["planned_shares"], results["rank_truncation_seconds"], strict=True)]
 
 
 def main() -> None:
@@ -198,7 +208,7 @@ def main() -> None:
     results = {
         "shape": {"blocks": args.blocks, "hidden": args.hidden, "intermediate": args.intermediate,
                   "layers": len(shapes)},
-        "r": args.r, "repeats": args.repeats,
+        "command": "python " + " ".join(sys.argv), "r": args.r, "repeats": args.repeats,
         "eigh_accepted": len(shapes) - runs["1proc_1thread"][-1]["svd_fallbacks"],
         "eigh_subspace_tolerance": truncation.EIGH_SUBSPACE_TOLERANCE, "machine": machine(),
         "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -226,8 +236,11 @@ many more layers than ranks), then receives the other ranks' factors. The wire c
 4 r (out + in) bytes per layer (for Llama-2-7B with all 7 projections, r = 32: 224 layers, ~0.32 GB), plus the
 adapter initialisation (the same size again); at tens of GB/s between GPUs that is well under a second.
 On this 2-core machine the comparison that matters is 2 processes x 1 thread against 1 process x 2 threads:
-the same two cores, used by two independent eigendecompositions or by one multithreaded BLAS/LAPACK call.
-Other engineers' jobs shared the cores during the run (see the load average), so the absolute times are noisy."""
+the same two cores, used by two independent decompositions or by one multithreaded LAPACK call. When the cores
+are already busy (load average above the core count: other engineers' jobs share them), extra processes or
+threads mostly compete with those jobs, so expect little gain; the per-rank speed line shows how much each rank
+got. On N GPUs each rank has its own device, so the split itself is the speed-up: ~N x on the truncation
+(layers >> N), plus a broadcast of the factors that is small next to it."""
 
 
 if __name__ == "__main__":
