@@ -210,7 +210,7 @@ def main() -> None:
                   "layers": len(shapes)},
         "command": "python " + " ".join(sys.argv), "r": args.r, "repeats": args.repeats,
         "eigh_accepted": len(shapes) - runs["1proc_1thread"][-1]["svd_fallbacks"],
-        "eigh_subspace_tolerance": truncation.EIGH_SUBSPACE_TOLERANCE, "machine": machine(),
+        "eigh_tolerance": truncation.EIGH_TOLERANCE, "machine": machine(),
         "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
         "runs_seconds": {m: [run["seconds"] for run in runs[m]] for m in MODES}, "runs": runs,
         "medians_seconds": medians,

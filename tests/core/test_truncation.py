@@ -65,7 +65,9 @@ def test_truncated_weight_keeps_the_top_k_minus_r_singular_values(make_weight, m
 @pytest.mark.parametrize("spectrum, uses_eigh", [
     (torch.linspace(2.0, 0.5, 16), True),
     (torch.cat([torch.logspace(0, -1, 11), torch.logspace(-3, -6, 5)]), True),  # 1..1e-6, cut in a gap
-    (torch.logspace(0, -6, 16), False),  # 1..1e-6, geometric: gap at the cut ~1e-9 of lambda_max
+    (torch.logspace(0, -6, 16), True),  # 1..1e-6, geometric: gap at the cut ~1e-8 of lambda_max
+    (torch.cat([torch.linspace(2.0, 1.1, 10), torch.tensor([1.0 + 1e-12, 1.0]), torch.linspace(0.9, 0.5, 4)]),
+     False),  # singular values at the cut 1e-12 apart: the eigh route cannot tell them apart
 ])
 def test_eigh_path_agrees_with_svd_path(shape, spectrum, uses_eigh, svd_calls):
     weight, r = with_spectrum(spectrum, shape).float(), 5

@@ -16,9 +16,11 @@ import torch
 
 from .config import TruncationMethod
 
-# The eigh path is trusted when its estimated error on the dropped subspace, ``k * eps64 * lambda_max / gap``
-# (Davis-Kahan with a backward-stable eigensolver), is below this; otherwise it falls back to the SVD.
-EIGH_SUBSPACE_TOLERANCE = 1e-7
+# The eigh path is trusted when its estimated relative error on the truncated weight is below this. An eigensolver
+# with backward error ``k eps ||G||`` tilts the dropped subspace by ``theta <= k eps ||G|| / gap`` (Davis-Kahan,
+# ``gap`` the eigen-gap at the cut), mixing in kept directions of singular value about ``sqrt(lambda_cut)``;
+# the error of ``W - W V_d V_d^T`` is then about ``theta sqrt(r lambda_cut)``, relative to ``||W||_F``.
+EIGH_TOLERANCE = 1e-7
 
 
 class DroppedComponents(NamedTuple):
@@ -68,9 +70,11 @@ def _smallest_by_eigh(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tens
     tall = out_features >= in_features
     gram = w.T @ w if tall else w @ w.T
     eigenvalues, eigenvectors = smallest_eigenpairs(gram, r + 1)
-    gap = eigenvalues[r] - eigenvalues[r - 1]
-    bound = torch.linalg.matrix_norm(gram)  # >= the largest eigenvalue
-    if gap <= 0 or gram.shape[0] * torch.finfo(torch.float64).eps * bound / gap > EIGH_SUBSPACE_TOLERANCE:
+    cut, gap = eigenvalues[r], eigenvalues[r] - eigenvalues[r - 1]
+    if gap <= 0:
+        return None
+    tilt = gram.shape[0] * torch.finfo(torch.float64).eps * torch.linalg.matrix_norm(gram) / gap
+    if tilt * (r * cut).sqrt() > EIGH_TOLERANCE * gram.trace().sqrt():  # trace(G) = ||W||_F^2
         return None
     basis = eigenvectors[:, :r]
     if tall:  # basis = V_d (in x r): W V_d V_d^T
