@@ -148,7 +148,8 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
                 "(kasa_peft.interop.import_peft_kasa)." if "peft_type" in metadata else "")
         raise ValueError(f"{config_file} is not a kasa-peft adapter config.{hint}")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer kasa-peft (format {metadata['format_version']}); upgrade kasa-peft")
+        raise ValueError(f"{path} was written by a newer kasa-peft (format {metadata['format_version']}); "
+                         "upgrade kasa-peft")
     missing = [key for key in REQUIRED_KEYS if key not in metadata]
     if missing:
         raise ValueError(f"{config_file} is incomplete (no {missing}); save the adapter again")
@@ -181,7 +182,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     for module_name, wrapper in saved_modules(model):
         if module_name in metadata["modules_to_save"]:
             prefix = f"modules_to_save.{module_name}."
-            wrapper.copies[name].load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            wrapper.copies[name].load_state_dict(state)
     return model
 
 
@@ -189,7 +191,8 @@ def _check_tensors(path, layers: dict, modules: list[str], tensors: dict[str, to
     for name, (out_features, in_features) in layers.items():
         for key in ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerprint"):
             if f"{name}.{key}" not in tensors:
-                raise ValueError(f"{path}: tensor '{name}.{key}' is missing; the adapter file is incomplete, save it again")
+                raise ValueError(f"{path}: tensor '{name}.{key}' is missing; the adapter file is incomplete, "
+                                 "save it again")
         r = tensors[f"{name}.sigma"].shape[0]
         expected = {"A": (r, in_features), "B": (out_features, r), "dropped_us": (out_features, r),
                     "dropped_vt": (r, in_features)}
