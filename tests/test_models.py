@@ -20,6 +20,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import BertForSequenceClassification, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
+import kasa_peft
 from kasa_peft import models
 from kasa_peft.models import ModelLoadError, ModelSource, gguf_cache_dir, load_model, resolve_model_path
 
@@ -357,3 +358,25 @@ def test_smollm2_as_a_classifier_from_the_cache(smollm2, monkeypatch):
     assert tokenizer.pad_token is not None and model.config.pad_token_id == tokenizer.pad_token_id
     batch = tokenizer(["great", "a long and rather boring film"], padding=True, return_tensors="pt")
     assert model(**batch).logits.shape == (2, 3)
+
+
+@pytest.mark.parametrize("num_labels", [3, 1])
+def test_base_for_a_classifier_adapter_gets_the_trained_head_size(tmp_path, num_labels):
+    """A headless encoder checkpoint (as minilm) is rebuilt as a classifier sized from the adapter's saved head."""
+    directory = save_tiny_model(tmp_path / "encoder", tiny_bert().bert)  # a plain BertModel, no head
+    model, _ = load_model(str(directory), "sequence_classification", num_labels=num_labels)
+    kasa_peft.inject(model, kasa_peft.KasaConfig(r=2, modules_to_save=("classifier",)))
+    kasa_peft.save_adapter(model, tmp_path / "adapter")
+    base = models.load_base_for_adapter(tmp_path / "adapter")
+    assert isinstance(base, BertForSequenceClassification) and base.config.num_labels == num_labels
+    kasa_peft.load_adapter(base, tmp_path / "adapter")
+    ids = torch.tensor([[2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(base(ids).logits, model(ids).logits)
+
+
+def test_base_for_an_adapter_without_a_head_is_a_causal_lm(llama, tmp_path):
+    model, _ = load_model(str(llama.dir), "causal_lm")
+    kasa_peft.inject(model, kasa_peft.KasaConfig(r=2, target_modules=("q_proj",)))
+    kasa_peft.save_adapter(model, tmp_path / "adapter")
+    assert type(models.load_base_for_adapter(tmp_path / "adapter")).__name__ == "LlamaForCausalLM"

@@ -287,8 +287,10 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from .interop.cli_commands import export_command
+    from .models import load_base_for_adapter
 
-    print(f"wrote {export_command(args.adapter_dir, args.format, args.out, args.base)}")
+    base = load_base_for_adapter(args.adapter_dir, args.base)
+    print(f"wrote {export_command(args.adapter_dir, args.format, args.out, base)}")
 
 
 def _import(args: argparse.Namespace) -> None:
