@@ -158,15 +158,16 @@ def test_reused_runs_are_the_glue_runs_with_the_same_settings(tmp_path):
 
     r = rank_sweep.REUSED_RANK
     assert glue.settings(rank_sweep.TASK, "lora", 0, r=r, alpha=2.0 * r) == glue.settings(rank_sweep.TASK, "lora", 0)
-    for task, method in [("mrpc", "kasa"), ("mrpc", "lora"), ("sst2", "kasa"), ("rte", "kasa")]:
+    for task, method in [("mrpc", "kasa"), ("mrpc", "lora"), ("sst2", "kasa"), ("stsb", "kasa"), ("rte", "kasa")]:
         record = {**fake_record(task, method, 0, 0.5), "id": f"{task}-{method}-s0"}
         stale = {"lr": 1.0} if task == "rte" else {}  # trained with settings the table no longer has
         record["run"]["config"] = glue.settings(task, method, 0, **stale)
         path = harness.record_path(tmp_path, glue.TABLE, record["id"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
+    assert "stsb" not in ablation.TASKS and "rte" in ablation.TASKS
     assert [(r["id"], r["labels"]["variant"]) for r in ablation.full_kasa_records(tmp_path)] == [
-        ("mrpc-kasa-s0", ablation.FULL)]
+        ("sst2-kasa-s0", ablation.FULL), ("mrpc-kasa-s0", ablation.FULL)]
     assert sorted((r["id"], r["labels"]["r"]) for r in rank_sweep.glue_records(tmp_path)) == [
         ("mrpc-kasa-s0", 8), ("mrpc-lora-s0", 8)]
 
