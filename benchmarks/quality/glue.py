@@ -64,14 +64,16 @@ def runs() -> list[Run]:
 def summarise(records: list[Record], out: Path) -> None:
     stats = cells(records, "method", "task", metric)
     tasks = [t for t in TASKS if any((m, t) in stats for m in METHODS)]
-    average = row_average(records, "method", "task", tasks, "seed", metric)
+    complete = [t for t in tasks if all((m, t) in stats and stats[(m, t)].n == len(SEEDS) for m in METHODS)]
+    average = row_average(records, "method", "task", complete, "seed", metric)
     by_method = group(records, ("method",))
     params = {m: _distinct(r["run"]["trainable_parameters"] for r in by_method[(m,)]) for m in METHODS
               if (m,) in by_method}
     wall = {m: f"{statistics.fmean(r['run']['wall_time_seconds'] for r in by_method[(m,)]):.0f}"
             for m in METHODS if (m,) in by_method}
+    average_title = f"avg ({', '.join(complete) or 'no complete task'})"
     table = stat_table(stats, METHODS, tasks, "method", lambda t: f"{t} ({METRIC_NAMES[t]})",
-                       extra={"avg": {m: s.format() for m, s in average.items()}, "trainable params": params,
+                       extra={average_title: {m: s.format() for m, s in average.items()}, "trainable params": params,
                               "wall s / run": wall})
     final = stat_table(cells(records, "method", "task", lambda r: metric(r, "final")), METHODS, tasks, "method")
     losses = beaten_by(stats, "kasa", METHODS, tasks)
@@ -84,7 +86,7 @@ def summarise(records: list[Record], out: Path) -> None:
         f"Train: a fixed {TRAIN_SAMPLES}-example subset of each task; dev: at most {DEV_SAMPLES} fixed examples "
         f"(full MRPC and RTE). {EPOCHS} epochs, batch 16, max length 128, lr {ADAPTER_LR:g} "
         f"for every adapter method (chosen on LoRA alone: lr_sweep.py), fft lr {FFT_LR:g}. "
-        "avg: mean over the tasks shown, per seed, then mean ± std over the seeds that have every task. "
+        "avg: over the complete tasks (every method, every seed), mean per seed, then mean ± std over seeds. "
         "Wall time: mean per run, 3 runs at a time on 2 CPU cores shared with other work (load varied), so only "
         "large differences mean anything.\n\n"
         f"{table}\nKaSA against the others (means):\n\n{verdict}\n\n"
