@@ -92,7 +92,7 @@ def summarise(records: list[Record], out: Path) -> None:
         f"{table}\nKaSA against the others (means):\n\n{verdict}\n\n"
         f"## Final epoch instead of best\n\n{final}\n"
         f"Machine: {machine_line(records)}.\nCommand: `{records[0]['command']}`\n")
-    bar_plot(stats, METHODS, tasks, out / "glue.png", f"GLUE dev, MiniLM-L6, r=8 ({len(SEEDS)} seeds)",
+    bar_plot(stats, METHODS, tasks, out / "glue.png", f"GLUE dev, MiniLM-L6, r=8 (up to {len(SEEDS)} seeds)",
              "best dev epoch (x100)")
 
 

@@ -153,7 +153,7 @@ def test_ablation_steps_change_only_their_part_of_the_glue_kasa_run():
     assert full["beta"] > 0 and full["gamma"] > 0
 
 
-def test_reused_runs_are_the_glue_runs_with_the_same_settings(tmp_path):
+def test_reused_runs_are_the_glue_runs_with_the_same_settings(tmp_path, monkeypatch):
     from quality import ablation, glue, rank_sweep
 
     r = rank_sweep.REUSED_RANK
@@ -168,6 +168,7 @@ def test_reused_runs_are_the_glue_runs_with_the_same_settings(tmp_path):
     assert "stsb" not in ablation.TASKS and "rte" in ablation.TASKS
     assert [(r["id"], r["labels"]["variant"]) for r in ablation.full_kasa_records(tmp_path)] == [
         ("sst2-kasa-s0", ablation.FULL), ("mrpc-kasa-s0", ablation.FULL)]
+    monkeypatch.setattr(rank_sweep, "TASK", "mrpc")  # the fake GLUE records above are mrpc's
     assert sorted((r["id"], r["labels"]["r"]) for r in rank_sweep.glue_records(tmp_path)) == [
         ("mrpc-kasa-s0", 8), ("mrpc-lora-s0", 8)]
 
