@@ -35,28 +35,25 @@ def kasa_state(model: nn.Module) -> KasaState:
 
 
 def kasa_layers(model: nn.Module) -> Iterator[tuple[str, KasaLayer]]:
-    return ((name, m) for name, m in model.named_modules() if isinstance(m, KasaLayer))
+    return ((name, m) for name, m in unwrapped_modules(model) if isinstance(m, KasaLayer))
 
 
 def saved_modules(model: nn.Module) -> Iterator[tuple[str, ModulesToSave]]:
-    return ((name, m) for name, m in model.named_modules() if isinstance(m, ModulesToSave))
+    return ((name, m) for name, m in unwrapped_modules(model) if isinstance(m, ModulesToSave))
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
     """Names of the layers KaSA can adapt (wrapped ones by their original name)."""
-    names = []
-    for name, module in model.named_modules():
-        if isinstance(module, KasaLayer) or (is_supported_layer(module) and not _inside_wrapper(model, name)):
-            names.append(name)
-    return names
+    return [name for name, module in unwrapped_modules(model)
+            if isinstance(module, KasaLayer) or is_supported_layer(module)]
 
 
-def _inside_wrapper(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    for i in range(1, len(parts)):
-        if isinstance(model.get_submodule(".".join(parts[:i])), (KasaLayer, ModulesToSave)):
-            return True
-    return False
+def unwrapped_modules(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """Like ``named_modules`` (without the root), but not inside a ``KasaLayer`` or ``ModulesToSave``."""
+    for name, child in module.named_children():
+        yield prefix + name, child
+        if not isinstance(child, (KasaLayer, ModulesToSave)):
+            yield from unwrapped_modules(child, f"{prefix}{name}.")
 
 
 def _under(name: str, patterns: tuple[str, ...]) -> bool:
@@ -151,9 +148,8 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
 
 
 def _modules_to_save_names(model: nn.Module, config: KasaConfig) -> list[str]:
-    names = [name for name, m in model.named_modules()
-             if matches(name, config.modules_to_save) and not _inside_wrapper(model, name)
-             and not isinstance(m, KasaLayer)]
+    names = [name for name, m in unwrapped_modules(model)
+             if matches(name, config.modules_to_save) and not isinstance(m, KasaLayer)]
     missing = [p for p in config.modules_to_save if not any(matches(n, (p,)) for n in names)]
     if missing:
         raise ValueError(f"modules_to_save {missing} match no module of this model; top-level modules are: "
