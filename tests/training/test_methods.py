@@ -189,3 +189,13 @@ def test_spec_errors_name_the_fix():
     with pytest.raises(ValueError, match="needs total_steps"):
         MethodSpec(method="adalora")
     assert MethodSpec(target_modules=["query"]).target_modules == ("query",)
+
+
+def test_learn_sigma_false_fixes_sigma_at_one_and_leaves_it_untrained():
+    """The ablation's first step (truncation + LoRA): sigma = 1, a buffer, not counted as trainable."""
+    model = tiny_bert(num_labels=2)
+    learned = prepare_model(tiny_bert(num_labels=2), MethodSpec(method="kasa", r=4)).trainable_parameters().trainable
+    prepared = prepare_model(model, MethodSpec(method="kasa", r=4, learn_sigma=False))
+    layers = [m for m in prepared.model.modules() if type(m).__name__ == "KasaAdapter"]
+    assert layers and all(torch.equal(a.sigma, torch.ones(4)) and "sigma" in dict(a.named_buffers()) for a in layers)
+    assert prepared.trainable_parameters().trainable == learned - 4 * len(layers)
