@@ -59,12 +59,12 @@ def regularization_terms(model: nn.Module) -> RegularizationTerms:
         if layer.active_adapter in layer.adapters and not layer.disabled and layer.merged_adapter is None
     ]
     config = state.configs[state.active] if adapters else None
-    if adapters and any(a.sigma.numel() == 0 for a in adapters) and (config.beta or config.gamma):
-        raise ValueError("the adapter parameters are partitioned outside forward (DeepSpeed ZeRO-3), and KaSA's "
-                         "regulariser needs them whole: train with FSDP2, DDP or ZeRO-2, or set beta = gamma = 0")
-    if not adapters or not (config.beta or config.gamma):
+    if config is None or not (config.beta or config.gamma):
         zero = torch.zeros(())
         return RegularizationTerms(zero, zero)
+    if any(a.sigma.numel() == 0 for a in adapters):
+        raise ValueError("the adapter parameters are partitioned outside forward (DeepSpeed ZeRO-3), and KaSA's "
+                         "regulariser needs them whole: train with FSDP2, DDP or ZeRO-2, or set beta = gamma = 0")
     # on full parameters: FSDP2 shards A, B, sigma by rows, and the Gram norms do not split into shard terms
     l2 = torch.stack([singular_value_penalty(full_tensor(a.sigma)) for a in adapters])
     l3 = torch.stack([orthogonality_penalty(full_tensor(a.A), full_tensor(a.B), config.regularizer) for a in adapters])
