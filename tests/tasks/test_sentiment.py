@@ -35,7 +35,8 @@ def proportions(names: list[str]) -> dict[str, float]:
 
 
 def named_pairs(examples) -> Counter:
-    return Counter((text, examples.label_names[label]) for text, label in zip(examples.texts_a, examples.labels))
+    pairs = zip(examples.texts_a, examples.labels, strict=True)
+    return Counter((text, examples.label_names[label]) for text, label in pairs)
 
 
 @pytest.mark.integration
