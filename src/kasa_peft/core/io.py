@@ -7,6 +7,7 @@ Everything is checked against the model before the model is changed, and saves a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -44,12 +45,17 @@ def weight_fingerprint(weight: torch.Tensor) -> torch.Tensor:
     ``u_i``, ``v_i`` are fixed cosine patterns, so the fingerprint costs one skinny matmul per layer.
     """
     w = weight.detach().to(torch.float64)
-    rows = torch.arange(w.shape[0], dtype=torch.float64, device=w.device)
-    cols = torch.arange(w.shape[1], dtype=torch.float64, device=w.device)
-    u = torch.stack([torch.cos(0.37 * (i + 1) * rows + i) for i in range(3)], dim=1)
-    v = torch.stack([torch.cos(0.61 * (i + 1) * cols + 2 * i) for i in range(3)], dim=1)
+    u = _cosine_patterns(w.shape[0], 0.37, 1, w.device)
+    v = _cosine_patterns(w.shape[1], 0.61, 2, w.device)
     projections = ((w @ v) * u).sum(dim=0)
     return torch.cat([torch.linalg.matrix_norm(w).reshape(1), projections]).cpu()
+
+
+@functools.lru_cache(maxsize=32)
+def _cosine_patterns(length: int, frequency: float, phase: int, device: torch.device) -> torch.Tensor:
+    """Three columns ``cos(frequency (i + 1) j + phase i)``, j < length (cached: layers share shapes)."""
+    positions = torch.arange(length, dtype=torch.float64, device=device)
+    return torch.stack([torch.cos(frequency * (i + 1) * positions + phase * i) for i in range(3)], dim=1)
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> Path:
