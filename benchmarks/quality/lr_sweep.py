@@ -20,7 +20,7 @@ from quality.harness import Record, Run, main  # noqa: E402
 from quality.summary import cells, machine_line, metric, stat_table  # noqa: E402
 
 TABLE = "lr_sweep"
-TASKS = ("sst2",)
+TASKS = ("sst2", "mrpc", "stsb", "rte", "cola")
 LRS = (1e-3, 3e-3, 1e-2)
 
 

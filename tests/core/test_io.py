@@ -12,7 +12,7 @@ from tiny_models import tiny_bert, tiny_llama, token_batch
 import kasa_peft.core.io as io
 import kasa_peft.core.model as model_module
 import kasa_peft.core.truncation as truncation
-from kasa_peft import KasaConfig, inject, load_adapter, read_adapter, save_adapter, set_adapter
+from kasa_peft import KasaConfig, inject, load_adapter, read_adapter, restore_adapter, save_adapter, set_adapter
 
 from .helpers import outputs, train_steps
 
@@ -45,6 +45,29 @@ def test_load_reproduces_the_outputs_without_any_decomposition(saved, monkeypatc
     loaded = load_adapter(tiny_bert(), path)
     assert torch.equal(outputs(loaded, token_batch()), outputs(model, token_batch()))
     assert torch.equal(loaded.classifier.copies["default"].weight, model.classifier.copies["default"].weight)
+
+
+def test_restore_copies_the_saved_values_into_the_same_parameters(saved):
+    """Resuming: the untrained adapter of a fresh injection takes the saved values; parameters keep identity."""
+    model, path = saved
+    fresh = inject(tiny_bert(), CONFIG)
+    before = {name: param for name, param in fresh.named_parameters() if param.requires_grad}
+    restore_adapter(fresh, path)
+    assert {name: param for name, param in fresh.named_parameters() if param.requires_grad} == before
+    assert torch.equal(outputs(fresh, token_batch()), outputs(model, token_batch()))
+    trained = dict(model.named_parameters())
+    for name, param in before.items():
+        assert torch.equal(param, trained[name]), name
+
+
+@pytest.mark.parametrize("other", [CONFIG.replace(r=2), CONFIG.replace(target_modules=("query",))])
+def test_restore_refuses_another_layout(saved, other):
+    _, path = saved
+    fresh = inject(tiny_bert(), other)
+    before = {name: value.clone() for name, value in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match="resume with the settings the run was started with"):
+        restore_adapter(fresh, path)
+    assert all(torch.equal(value, before[name]) for name, value in fresh.state_dict().items())
 
 
 def test_saved_files_hold_the_documented_format(saved):

@@ -181,14 +181,60 @@ def zero3_worker(rank: int, out: Path, steps: int) -> None:
     save_adapter_distributed(engine, out / "zero3")
 
 
-def trainer_script_worker(rank: int, out: Path) -> None:
-    """tests/training/kasa_trainer_script.py on this rank, with the environment torchrun gives it."""
+def trainer_script_worker(rank: int, out: Path, launch_env: dict[str, str] | None = None,
+                          resume: bool = False) -> None:
+    """tests/training/kasa_trainer_script.py on this rank, with the environment torchrun gives it, plus
+    ``launch_env`` (what ``accelerate launch --config_file`` adds, from `accelerate_launch_env`)."""
+    launched(rank, launch_env)
+    kasa_trainer_script.main(out, resume)
+
+
+def cli_worker(rank: int, out: Path, argv: list[str], launch_env: dict[str, str] | None = None) -> None:
+    """``kasa-peft ARGV`` on this rank, launched as by `trainer_script_worker`; its exit code goes to
+    ``out/exit-RANK.txt``."""
+    from kasa_peft.cli import main
+
+    launched(rank, launch_env)
+    (out / f"exit-{rank}.txt").write_text(str(main(argv)))
+
+
+def launched(rank: int, launch_env: dict[str, str] | None) -> None:
+    """The environment ``torchrun`` gives a rank, plus ``launch_env``; on CPU, Trainer then runs on gloo."""
     if dist.is_initialized():
         size = str(dist.get_world_size())
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=size, LOCAL_WORLD_SIZE=size,
-                          ACCELERATE_USE_CPU="true")  # what a CPU launch sets; Trainer then runs DDP on gloo
+                          ACCELERATE_USE_CPU="true", **(launch_env or {}))
     AcceleratorState._reset_state(reset_partial_state=True)  # forked: forget the parent's single-process state
-    kasa_trainer_script.main(out)
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        allow_fsdp_on_cpu()
+
+
+def accelerate_launch_env(config_file: Path, num_processes: int = WORLD_SIZE) -> dict[str, str]:
+    """The variables ``accelerate launch --config_file CONFIG_FILE`` sets for its processes (accelerate's own
+    launcher code), less the torch thread count."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    parsed = launch_command_parser().parse_args(["--config_file", str(config_file), "--num_processes",
+                                                 str(num_processes), "script.py"])
+    env = prepare_multi_gpu_env(_validate_launch_command(parsed)[0])
+    return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
+
+
+def allow_fsdp_on_cpu() -> None:
+    """Let Accelerate's FSDP plugin run on a CPU gloo group: Accelerate enables FSDP only for GPU-type runs
+    and would silently fall back to DDP. Everything else (fully_shard, checkpointing) is Accelerate's code."""
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+
+    AcceleratorState.__init__ = init
 
 
 def checkpointed_ddp_worker(rank: int, out: Path, steps: int, checkpoint_at: int, crash_at: int | None) -> None:

@@ -1,8 +1,11 @@
 """A user's Trainer script: KaSA on a tiny Llama with `KasaTrainer`, for ``accelerate launch`` / ``torchrun``.
 
-    accelerate launch --config_file configs/accelerate/ddp.yaml --cpu tests/training/kasa_trainer_script.py OUT
+    accelerate launch --config_file configs/accelerate/ddp.yaml --cpu SCRIPT OUT [--resume]
 
-Trains 4 optimizer steps (global batch 4, checkpoint after step 2) and saves the adapter to ``OUT/final``.
+(``SCRIPT``: this file; ``configs/accelerate/fsdp.yaml`` for FSDP2 on GPUs).
+
+Trains 4 optimizer steps (global batch 4, checkpoint after steps 2 and 4) and saves the adapter to ``OUT/final``;
+with ``--resume``, continues from the last checkpoint in ``OUT/checkpoints``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for tiny_models
 
@@ -25,7 +29,7 @@ GLOBAL_BATCH = 4
 SPEC = MethodSpec(method="kasa", r=4, target_modules="all-linear", beta=0.05, gamma=0.05)
 
 
-def main(out: Path) -> None:
+def main(out: Path, resume: bool = False) -> None:
     model = tiny_llama()
     torch.manual_seed(100)
     prepared = prepare_model(model, SPEC)
@@ -35,7 +39,7 @@ def main(out: Path) -> None:
                              max_steps=STEPS, learning_rate=1e-2, lr_scheduler_type="constant", save_steps=2,
                              report_to="none", seed=0, logging_steps=1, train_sampling_strategy="sequential")
     trainer = KasaTrainer(model=prepared.model, args=args, train_dataset=data, prepared=prepared)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(args.output_dir) if resume else None)
     trainer.save_model(str(out / "final"))
     if trainer.is_world_process_zero():
         sharded = any(hasattr(p, "full_tensor") for p in prepared.model.parameters())
@@ -44,4 +48,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), resume="--resume" in sys.argv[2:])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,11 +20,12 @@ from kasa_peft.core.layer import weight_matrix
 from kasa_peft.training.distributed import check_not_sharded, inject_distributed, layer_owners, truncation_cost
 from tiny_models import tiny_llama, token_batch
 from training.distributed_workers import (
-    CONFIG, INIT_SEED, WITHOUT_REGULARIZER, WORLD_SIZE, checkpointed_ddp_worker, ddp_worker,
+    CONFIG, INIT_SEED, WITHOUT_REGULARIZER, WORLD_SIZE, accelerate_launch_env, checkpointed_ddp_worker, ddp_worker,
     failing_truncation_worker, fsdp_worker, launch, single_process_model, trainer_script_worker, truncation_worker,
     zero3_worker,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
 TOLERANCE = 1e-5
 
@@ -121,17 +124,44 @@ def test_fsdp2_training_gives_the_single_process_adapter_and_regulariser(tmp_pat
         torch.testing.assert_close(loaded(batch).logits, reference[STEPS](batch).logits, rtol=0, atol=1e-4)
 
 
-def test_a_kasa_trainer_script_under_ddp_gives_the_single_process_adapter(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def single_trainer_run(tmp_path_factory) -> Path:
+    """tests/training/kasa_trainer_script.py in one process: the reference for the distributed launches."""
+    out = tmp_path_factory.mktemp("single")
+    launch(trainer_script_worker, out, world_size=1)
+    return out
+
+
+def assert_same_trainer_run(run: Path, single: Path, tolerance: float = TOLERANCE) -> None:
+    """The final adapter and the step-2 checkpoint's equal those of the single-process run."""
+    for adapter in ("final", "checkpoints/checkpoint-2"):
+        assert_same_adapter(run / adapter, load_adapter(tiny_llama(), single / adapter), tolerance)
+
+
+def test_a_kasa_trainer_script_under_ddp_gives_the_single_process_adapter(tmp_path, single_trainer_run) -> None:
     """A user's Trainer script: prepare_model shares the truncation, KasaTrainer trains under DDP (global batch
     split over 2 ranks, sequential order), checkpoints and the final adapter are written once, by rank 0."""
-    launch(trainer_script_worker, tmp_path / "single", world_size=1)
     launch(trainer_script_worker, tmp_path / "ddp")
     assert json.loads((tmp_path / "ddp" / "launch.json").read_text()) == {"world_size": 2, "fsdp": False,
                                                                        "sharded": False}
-    single = load_adapter(tiny_llama(), tmp_path / "single" / "final")
-    assert_same_adapter(tmp_path / "ddp" / "final", single)
-    assert_same_adapter(tmp_path / "ddp" / "checkpoints" / "checkpoint-2",
-                        load_adapter(tiny_llama(), tmp_path / "single" / "checkpoints" / "checkpoint-2"))
+    assert_same_trainer_run(tmp_path / "ddp", single_trainer_run)
+
+
+def test_a_kasa_trainer_script_under_accelerate_fsdp2_gives_the_single_process_adapter_and_resumes(
+        tmp_path, single_trainer_run) -> None:
+    """The same script with the environment `accelerate launch --config_file configs/accelerate/fsdp.yaml` gives
+    it (FSDP2, decoder blocks sharded): one complete adapter per checkpoint, equal to the single process's; a run
+    resumed from the step-2 checkpoint (adapter restored into the shards in place) ends where the whole run did."""
+    env = accelerate_launch_env(REPO / "configs" / "accelerate" / "fsdp.yaml")
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    launch(trainer_script_worker, tmp_path / "fsdp", env)
+    assert json.loads((tmp_path / "fsdp" / "launch.json").read_text()) == {"world_size": 2, "fsdp": True,
+                                                                        "sharded": True}
+    assert_same_trainer_run(tmp_path / "fsdp", single_trainer_run)
+    shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "checkpoint-2",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint-2")
+    launch(trainer_script_worker, tmp_path / "resumed", env, True)
+    assert_same_adapter(tmp_path / "resumed" / "final", load_adapter(tiny_llama(), tmp_path / "fsdp" / "final"), 1e-6)
 
 
 def test_deepspeed_zero3_training_gives_the_single_process_adapter(tmp_path) -> None:

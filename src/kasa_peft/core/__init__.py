@@ -1,7 +1,7 @@
 """The method itself, with torch as its only dependency."""
 
 from .config import KasaConfig
-from .io import load_adapter, read_adapter, save_adapter, weight_fingerprint
+from .io import load_adapter, read_adapter, restore_adapter, save_adapter, weight_fingerprint
 from .layer import KasaAdapter, KasaLayer, ModulesToSave
 from .model import (
     ParameterCount, adapters_per_example, delete_adapter, disable_adapters, dropped_components, inject, kasa_layers,
@@ -16,7 +16,7 @@ __all__ = [
     "DroppedComponents", "KasaAdapter", "KasaConfig", "KasaLayer", "ModulesToSave", "ParameterCount",
     "RegularizationTerms", "adapters_per_example", "delete_adapter", "disable_adapters", "dropped_components",
     "inject", "kasa_layers", "kasa_state", "load_adapter", "merge", "merge_and_unload", "orthogonality_penalty",
-    "read_adapter", "regularization_loss", "regularization_terms", "save_adapter", "set_adapter",
+    "read_adapter", "regularization_loss", "regularization_terms", "restore_adapter", "save_adapter", "set_adapter",
     "singular_value_penalty", "target_layer_names", "trainable_parameters", "truncate_smallest", "unload", "unmerge",
     "weight_fingerprint",
 ]

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..version import __version__
 from .config import KasaConfig
-from .layer import KasaLayer, full_tensor, weight_matrix
+from .layer import KasaLayer, copy_full_into, full_tensor, weight_matrix
 from .model import (
     _base_layer, inject, kasa_layers, kasa_state, original_weight, saved_modules,
 )
@@ -190,6 +190,37 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
             prefix = f"modules_to_save.{module_name}."
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             wrapper.copies[name].load_state_dict(state)
+    return model
+
+
+def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
+    """Overwrite the values of an existing adapter (default: the active one) with those saved in ``path``.
+
+    In place, for resuming a run: parameters keep their identity (an optimizer built on them stays valid),
+    and FSDP2-sharded parameters take their own shard of the saved values. The saved adapter must have the
+    same layers and ranks; the base is not fingerprinted (it was checked when the adapter was created).
+    """
+    metadata, tensors = read_adapter(path)
+    state = kasa_state(model)
+    name = adapter_name or state.active
+    layers = {layer_name: layer for layer_name, layer in kasa_layers(model) if name in layer.adapters}
+    _check_tensors(path, metadata["layers"], metadata["modules_to_save"], tensors)
+    fix = "resume with the settings the run was started with, or load it onto a fresh model with load_adapter"
+    if set(layers) != set(metadata["layers"]):
+        raise ValueError(f"{path} adapts other layers than adapter '{name}' of this model: {fix}")
+    for layer_name, layer in layers.items():
+        saved, current = tensors[f"{layer_name}.sigma"].shape[0], layer.adapters[name].sigma.shape[0]
+        if saved != current:
+            raise ValueError(f"{path} has rank {saved} at '{layer_name}', adapter '{name}' has rank {current}: {fix}")
+    for layer_name, layer in layers.items():
+        adapter = layer.adapters[name]
+        for key in ("A", "B", "sigma", "dropped_us", "dropped_vt"):
+            copy_full_into(getattr(adapter, key), tensors[f"{layer_name}.{key}"])
+    for module_name, wrapper in saved_modules(model):
+        if module_name in metadata["modules_to_save"] and name in wrapper.copies:
+            prefix = f"modules_to_save.{module_name}."
+            for key, value in wrapper.copies[name].state_dict(keep_vars=True).items():
+                copy_full_into(value, tensors[prefix + key])
     return model
 
 

@@ -58,6 +58,18 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return gather() if callable(gather) else tensor
 
 
+@torch.no_grad()
+def copy_full_into(target: torch.Tensor, value: torch.Tensor) -> None:
+    """``target.copy_(value)`` where ``value`` is the whole tensor; a DTensor ``target`` (FSDP2) keeps only its
+    own shard of ``value``, cut locally (every rank holds ``value``, so nothing is communicated)."""
+    if hasattr(target, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        value = distribute_tensor(value.to(target.device, target.dtype), target.device_mesh, target.placements,
+                                  src_data_rank=None)
+    target.copy_(value)
+
+
 def adapter_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """Adapters train in float32 on half-precision bases (as PEFT's autocast_adapter_dtype)."""
     return weight_dtype if weight_dtype in (torch.float32, torch.float64) else torch.float32

@@ -28,6 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..core.config import ALL_LINEAR
 from ..models import load_model
 from ..training import KasaTrainer, MethodSpec, load_trained, prepare_model
+from ..training.distributed import barrier, is_main_process, on_main_process
 from ..training.methods import METHOD_FILE
 from ..version import __version__
 from .base import Metrics, TaskPipeline, best_device, write_atomically
@@ -52,13 +53,16 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     """Train ``config.method`` on ``config.task`` and write the run to ``config.output_dir`` (module docstring).
 
     Everything that can be wrong with the input (data, model, method, rank) is checked before the output
-    directory is touched. ``callbacks`` are added to the Trainer's.
+    directory is touched. ``callbacks`` are added to the Trainer's. Under ``torchrun`` / ``accelerate launch``
+    every rank runs this; rank 0 alone writes files, and every rank evaluates on the whole evaluation set
+    (FSDP needs all ranks in each forward pass).
     """
     started = time.perf_counter()
     if not config.output_dir:
         raise ValueError("missing --output-dir: name the directory that receives the adapter and metrics.json")
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, config)
+    barrier()  # no rank may write before every rank has checked the directory
     set_seed(config.seed)
     pipeline = build_pipeline(config)
     model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
@@ -66,9 +70,10 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     features = pipeline.train_features(tokenizer)
     steps = total_steps(config, len(features))
     prepared = prepare_model(model, method_spec(config, steps))
-    start_run_dir(output_dir, config)
+    on_main_process(lambda: start_run_dir(output_dir, config), f"starting the run in {output_dir}")
 
-    evaluation = PeriodicEvaluation(lambda m: pipeline.evaluate(m, tokenizer, output_dir), config.eval_steps,
+    predictions_dir = output_dir if is_main_process() else None
+    evaluation = PeriodicEvaluation(lambda m: pipeline.evaluate(m, tokenizer, predictions_dir), config.eval_steps,
                                     config.eval_every_epoch, pipeline.main_metric)
     trainer = KasaTrainer(model=prepared.model, args=training_arguments(config, output_dir / CHECKPOINTS_DIR, steps),
                           train_dataset=features, data_collator=pipeline.data_collator(tokenizer),
@@ -88,11 +93,15 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
         "train_examples": len(features), "optimizer_steps": trainer.state.global_step,
         "train_loss": outcome.training_loss, "resumed_from": checkpoint,
         "wall_time_seconds": time.perf_counter() - started,  # of this invocation (a resumed run: since resuming)
-        "seed": config.seed, "versions": versions(), "device": str(next(prepared.model.parameters()).device),
+        "seed": config.seed, "processes": trainer.args.world_size, "fsdp": trainer.is_fsdp_enabled,
+        "versions": versions(), "device": str(next(prepared.model.parameters()).device),
         "config": config.to_dict(),
     }
-    write_atomically(output_dir / METRICS_FILE, json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
+
+    def finish() -> None:
+        write_atomically(output_dir / METRICS_FILE, json.dumps(record, indent=2) + "\n")
+        shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    on_main_process(finish, f"writing {output_dir / METRICS_FILE}")
     return RunResult(output_dir, record)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -141,6 +141,32 @@ def communication_device(group: Group = None) -> torch.device:
     return torch.device(torch.accelerator.current_accelerator().type, torch.accelerator.current_device_index())
 
 
+def is_main_process(group: Group = None) -> bool:
+    """Rank 0 of a distributed run, or the only process."""
+    return not is_distributed(group) or dist.get_rank(group) == 0
+
+
+def barrier(group: Group = None) -> None:
+    """Wait for every rank (nothing without a process group of 2+ ranks)."""
+    if is_distributed(group):
+        dist.barrier(group=group)
+
+
+def on_main_process(work: Callable[[], None], what: str, group: Group = None) -> None:
+    """Run ``work`` on rank 0 only, then let no rank go on before it is done (a collective; a failure raises on
+    every rank). Without a process group of 2+ ranks it is ``work()``."""
+    if not is_distributed(group):
+        work()
+        return
+    error = None
+    if dist.get_rank(group) == 0:
+        try:
+            work()
+        except Exception as err:  # noqa: BLE001  (re-raised below, after telling the other ranks)
+            error = err
+    raise_if_any_rank_failed(error, what, group)
+
+
 def raise_if_any_rank_failed(error: BaseException | None, what: str, group: Group = None) -> None:
     """A collective barrier that raises on every rank if ``what`` failed on any (so none waits forever)."""
     failed = torch.tensor([error is not None], dtype=torch.int32, device=communication_device(group))
@@ -183,15 +209,7 @@ def save_adapter_distributed(model: nn.Module, path: str | os.PathLike, adapter_
     while isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
         model = model.module
     metadata, tensors = adapter_contents(model, adapter_name, gathered=zero3_gathered)
-    if not is_distributed(group):
-        return write_adapter(path, metadata, tensors)
-    error = None
-    if dist.get_rank(group) == 0:
-        try:
-            write_adapter(path, metadata, tensors)
-        except Exception as err:  # noqa: BLE001  (re-raised below, after telling the other ranks)
-            error = err
-    raise_if_any_rank_failed(error, f"saving the adapter to {path}", group)
+    on_main_process(lambda: write_adapter(path, metadata, tensors), f"saving the adapter to {path}", group)
     return Path(path)
 
 

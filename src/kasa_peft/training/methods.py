@@ -34,12 +34,11 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from ..core import (
-    KasaConfig, ParameterCount, RegularizationTerms, delete_adapter, kasa_state, load_adapter,
-    orthogonality_penalty, regularization_terms, save_adapter, singular_value_penalty, trainable_parameters,
-    truncate_smallest,
+    KasaConfig, ParameterCount, RegularizationTerms, load_adapter, orthogonality_penalty, regularization_terms,
+    restore_adapter, singular_value_penalty, trainable_parameters, truncate_smallest,
 )
 from ..core.layer import weight_matrix
-from .distributed import inject_distributed
+from .distributed import inject_distributed, on_main_process, save_adapter_distributed
 
 METHODS = ("kasa", "lora", "pissa", "milora", "dora", "adalora", "peft-kasa", "fft")
 HEAD_NAMES = ("classifier", "score")  # what transformers calls a sequence classifier's head
@@ -109,25 +108,30 @@ class PreparedModel:
         return None
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write what was trained (an adapter; the whole model for ``fft``) and the spec to ``directory``."""
+        """Write what was trained (an adapter; the whole model for ``fft``) and the spec to ``directory``.
+
+        Under torch.distributed a collective: every rank calls it, a sharded KaSA adapter is gathered, rank 0
+        writes, and no rank returns before the files are in place.
+        """
         directory = Path(directory)
         if self.spec.method == "kasa":
-            save_adapter(self.model, directory)
-        else:
-            self.model.save_pretrained(directory)
-        (directory / METHOD_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2) + "\n")
+            save_adapter_distributed(self.model, directory)
+
+        def write() -> None:
+            if self.spec.method != "kasa":
+                self.model.save_pretrained(directory)
+            (directory / METHOD_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2) + "\n")
+        on_main_process(write, f"saving the {self.spec.method} model to {directory}")
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
         """Put the weights ``save`` wrote back into this model (resuming, or picking the best checkpoint).
 
-        For ``kasa`` the adapter is re-created from the file (no SVD), so its parameters are new objects:
-        call this before building the optimizer (``transformers.Trainer`` does).
+        For ``kasa`` the values are copied into the adapter in place (``restore_adapter``: the optimizer's
+        parameters stay valid, FSDP2 shards take their share).
         """
         _check_recorded_method(directory, self.spec.method)
         if self.spec.method == "kasa":
-            name = kasa_state(self.model).active
-            delete_adapter(self.model, name)
-            load_adapter(self.model, directory, name)
+            restore_adapter(self.model, directory)
         elif self.spec.method == "fft":
             _load_full_weights(self.model, directory)
         else:

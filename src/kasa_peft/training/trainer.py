@@ -7,7 +7,8 @@
 * the optimizer trains the head (``modules_to_save``) at ``head_lr`` and the rest at ``learning_rate``;
 * checkpoints hold what `PreparedModel.save` writes (an adapter, not the base model) plus Trainer's
   optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back (a resumed
-  AdaLoRA run is not bit-identical: PEFT keeps the allocator's importance averages in memory only);
+  AdaLoRA run is not bit-identical: PEFT keeps the allocator's importance averages in memory only). Under
+  DDP and FSDP (``kasa`` only) one complete adapter is written, by rank 0;
 * AdaLoRA's rank allocator runs after every optimizer step;
 * gradient accumulation averages a sequence classifier's loss over micro-batches (Trainer would sum them).
 """
@@ -40,6 +41,9 @@ class KasaTrainer(transformers.Trainer):
             raise ValueError("KasaTrainer trains prepared.model: pass prepared=prepare_model(model, spec) and no "
                              "other model")
         super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled and prepared.spec.method != "kasa":
+            raise ValueError(f"FSDP runs method 'kasa' only; train '{prepared.spec.method}' under DDP "
+                             "(configs/accelerate/ddp.yaml), which holds a whole model per GPU")
         self.prepared = prepared
         self.head_lr = head_lr
         if is_sequence_classifier(unwrap_peft(prepared.model)):
@@ -101,16 +105,16 @@ class KasaTrainer(transformers.Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """A checkpoint's model part: `PreparedModel.save` (an adapter for every method but ``fft``)."""
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`PreparedModel.save` (an adapter for every method but ``fft``) on every rank, then the tokenizer and
+        training arguments from rank 0. Under DDP/FSDP every rank joins the adapter's gathering (Trainer's own
+        FSDP saving would gather the whole model, or skip the model for sharded checkpoints)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
         self.prepared.save(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.args.should_save:
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         self.prepared.load_checkpoint(resume_from_checkpoint)
