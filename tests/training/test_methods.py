@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -174,6 +175,35 @@ def test_milora_factors_are_the_minor_singular_components():
         torch.testing.assert_close(torch.linalg.eigvalsh(b.T @ b), halves, rtol=1e-4, atol=1e-6)
         residual = layer.get_base_layer().weight.detach().double()
         torch.testing.assert_close(residual, w - minor, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("factory, targets", [(tiny_bert, ("query", "value")), (tiny_gpt2, ("c_attn", "c_fc"))])
+def test_a_milora_run_is_a_plain_lora_of_the_original_base(factory, targets, tmp_path, monkeypatch):
+    """Any LoRA runtime serves it: PEFT loads it as a rank-2r LoRA onto the untouched base, computing no SVD,
+    with ``s (B A - B_0 A_0)`` in the factors."""
+    prepared = prepare_model(factory(), spec("milora", target_modules=targets))
+    perturb_trainable(prepared.model)
+    x = token_batch()
+    expected = logits(prepared.model, x)
+    prepared.save(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["init_lora_weights"]) == (2 * R, 2 * 16.0, True)
+    monkeypatch.setattr(torch.linalg, "svd", forbid)
+    monkeypatch.setattr(torch.linalg, "eigh", forbid)
+    from peft import PeftModel
+
+    served = PeftModel.from_pretrained(factory(), str(tmp_path))
+    torch.testing.assert_close(logits(served, x), expected, rtol=0, atol=1e-5)
+    for name, layer in prepared.model.named_modules():
+        if hasattr(layer, "lora_A") and "default" in layer.lora_A:
+            saved, (a0, b0) = served.get_submodule(name), prepared.milora_init[name]
+            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            torch.testing.assert_close(saved.lora_A["default"].weight, torch.cat([a, a0]))
+            torch.testing.assert_close(saved.lora_B["default"].weight, torch.cat([b, -b0], dim=1))
+
+
+def forbid(*_args, **_kwargs):
+    raise AssertionError("loading a MiLoRA run must not decompose any weight")
 
 
 def test_classification_head_names():

@@ -9,7 +9,9 @@ peft 0.21.2:
 * ``milora`` (MiLoRA, Wang et al. 2024, arXiv 2406.09044): PiSSA with the r *smallest* components. With
   ``W = U S V^T`` and ``(U_d, S_d, V_d)`` the r minor triplets, ``A = sqrt(S_d / s) V_d^T``,
   ``B = U_d sqrt(S_d / s)`` and ``W <- W - s B A``, where ``s = alpha / r`` is PEFT's scaling, so the
-  initial model computes exactly the original (``s B A = U_d S_d V_d^T``);
+  initial model computes exactly the original (``s B A = U_d S_d V_d^T``). Saved as a plain LoRA of rank
+  2r on the *original* base, as PEFT saves a converted PiSSA: ``s (B A - B_0 A_0) = s [B, -B_0] [A; A_0]``
+  with ``lora_alpha`` doubled (same scaling), so PEFT or any LoRA runtime loads it without an SVD;
 * ``adalora``: ``AdaLoraConfig`` with ``target_r = r`` and ``init_r = round(1.5 r)`` (the AdaLoRA paper
   starts from 1.5x the final budget), warm-up ``tinit`` = 10% and final phase ``tfinal`` = 50% of
   ``total_steps`` (the proportions of the paper's GLUE schedules); ``update_and_allocate`` runs after
@@ -98,6 +100,7 @@ class PreparedModel:
     model: nn.Module
     spec: MethodSpec
     head_modules: tuple[str, ...] = ()
+    milora_init: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # (A_0, B_0) per LoRA layer
 
     def regularization(self) -> RegularizationTerms | None:
         """``(beta * L2, gamma * L3)`` to add to the task loss (``kasa``, ``peft-kasa``); ``None`` for the others."""
@@ -118,7 +121,9 @@ class PreparedModel:
             save_adapter_distributed(self.model, directory)
 
         def write() -> None:
-            if self.spec.method != "kasa":
+            if self.spec.method == "milora":
+                save_milora_as_lora(self.model, directory, self.milora_init)
+            elif self.spec.method != "kasa":
                 self.model.save_pretrained(directory)
             (directory / METHOD_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2) + "\n")
         on_main_process(write, f"saving the {self.spec.method} model to {directory}")
@@ -138,7 +143,10 @@ class PreparedModel:
             from peft import set_peft_model_state_dict
             from peft.utils import load_peft_weights
 
-            set_peft_model_state_dict(self.model, load_peft_weights(str(directory)))
+            weights = load_peft_weights(str(directory))
+            if self.spec.method == "milora":
+                weights = trained_milora_factors(weights, self.spec.r)
+            set_peft_model_state_dict(self.model, weights)
 
     def trainable_parameters(self) -> ParameterCount:
         return trainable_parameters(self.model)
@@ -161,7 +169,7 @@ def prepare_model(model: nn.Module, spec: MethodSpec) -> PreparedModel:
 
         model = get_peft_model(model, peft_config(model, spec, heads))
         if spec.method == "milora":
-            init_milora(model)
+            return PreparedModel(model, spec, heads, init_milora(model))
     return PreparedModel(model, spec, heads)
 
 
@@ -177,11 +185,7 @@ def load_trained(base_model: nn.Module, directory: str | os.PathLike, method: st
         return _load_full_weights(base_model, directory)
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(base_model, str(directory))  # pissa / peft-kasa redo their base change here
-    if method == "milora":
-        for layer in _lora_layers(model):
-            _subtract_from_base(layer, *minor_factors(layer))
-    return model
+    return PeftModel.from_pretrained(base_model, str(directory))  # pissa / peft-kasa redo their base change here
 
 
 def classification_head_names(model: nn.Module) -> tuple[str, ...]:
@@ -241,7 +245,7 @@ def peft_task_type(model: nn.Module) -> str | None:
 def peft_kasa_terms(model: nn.Module) -> RegularizationTerms:
     """PEFT's ``_get_kasa_loss()`` split into its parts: ``sum_layers beta * L2`` and ``sum_layers gamma * L3``."""
     l2, l3 = [], []
-    for layer in _lora_layers(model):
+    for _, layer in _lora_layers(model):
         for name in model.active_adapters:
             if name in getattr(layer, "lora_diag", {}):
                 config = model.peft_config[name].kasa_config
@@ -253,14 +257,47 @@ def peft_kasa_terms(model: nn.Module) -> RegularizationTerms:
     return RegularizationTerms(torch.stack(l2).sum(), torch.stack(l3).sum())
 
 
-def init_milora(model: nn.Module) -> None:
-    """Overwrite a fresh LoRA model's factors with MiLoRA's and remove them from the base (module docstring)."""
-    for layer in _lora_layers(model):
+def init_milora(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Overwrite a fresh LoRA model's factors with MiLoRA's and remove them from the base (module docstring);
+    returns the initial ``(A_0, B_0)`` of each LoRA layer by module name."""
+    initial = {}
+    for name, layer in _lora_layers(model):
         a, b = minor_factors(layer)
         with torch.no_grad():
             layer.lora_A["default"].weight.copy_(a)
             layer.lora_B["default"].weight.copy_(b)
         _subtract_from_base(layer, a, b)
+        initial[name] = (a.detach().cpu().clone(), b.detach().cpu().clone())
+    return initial
+
+
+def save_milora_as_lora(model: nn.Module, directory: Path,
+                        initial: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Write a MiLoRA model as a plain rank-2r LoRA of the original base (module docstring)."""
+    from peft import get_peft_model_state_dict
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
+    from safetensors.torch import save_file
+
+    weights = {key: value.detach().cpu() for key, value in get_peft_model_state_dict(model).items()}
+    for name, (a0, b0) in initial.items():
+        a_key, b_key = f"{name}.lora_A.weight", f"{name}.lora_B.weight"
+        weights[a_key] = torch.cat([weights[a_key], a0.to(weights[a_key].dtype)], dim=0)
+        weights[b_key] = torch.cat([weights[b_key], -b0.to(weights[b_key].dtype)], dim=1)
+    config = dataclasses.replace(model.peft_config["default"], r=2 * model.peft_config["default"].r,
+                                 lora_alpha=2 * model.peft_config["default"].lora_alpha, init_lora_weights=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(directory))
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / SAFETENSORS_WEIGHTS_NAME),
+              metadata={"format": "pt"})
+
+
+def trained_milora_factors(weights: dict[str, torch.Tensor], r: int) -> dict[str, torch.Tensor]:
+    """The trained ``A`` (first r rows) and ``B`` (first r columns) of a saved rank-2r MiLoRA checkpoint."""
+    def part(key: str, value: torch.Tensor) -> torch.Tensor:
+        if key.endswith("lora_A.weight"):
+            return value[:r]
+        return value[:, :r] if key.endswith("lora_B.weight") else value
+    return {key: part(key, value) for key, value in weights.items()}
 
 
 def minor_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,10 +322,10 @@ def _subtract_from_base(layer: nn.Module, a: torch.Tensor, b: torch.Tensor) -> N
         weight.copy_((weight.float() - layer.scaling["default"] * b @ a).to(weight.dtype))
 
 
-def _lora_layers(model: nn.Module) -> list[nn.Module]:
+def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from peft.tuners.lora import LoraLayer
 
-    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
 def _load_full_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
