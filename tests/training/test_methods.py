@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # PEFT's notes o
 
 
 def spec(method: str, **changes) -> MethodSpec:
-    return MethodSpec(method=method, r=R, total_steps=10, **changes)
+    return MethodSpec(**{"method": method, "r": R, "total_steps": 10, **changes})
 
 
 def perturb_trainable(model: torch.nn.Module, seed: int = 3) -> None:
@@ -129,6 +129,37 @@ def test_load_checkpoint_restores_in_place(method, tmp_path):
     fresh.load_checkpoint(tmp_path)
     x = token_batch()
     torch.testing.assert_close(logits(fresh.model, x), logits(trained.model, x), rtol=0, atol=1e-6)
+
+
+def test_an_adalora_checkpoint_restores_the_rank_allocator(tmp_path):
+    """PEFT keeps AdaLoRA's importance averages in memory and saves its factors pruned to the rank pattern; a
+    checkpoint must give a resumed run both, at full rank."""
+    trained = prepare_model(tiny_bert(), spec("adalora", total_steps=4))
+    x = token_batch()
+    labels = torch.arange(x.shape[0]) % 2
+    for step in range(2):  # past the warm-up (tinit = 0): the allocator has scored and masked
+        trained.model(input_ids=x, labels=labels).loss.backward()
+        trained.on_optimizer_step(step)
+        trained.model.zero_grad()
+    allocator = trained.model.base_model.rankallocator
+    rank_pattern = pattern_by_layer(trained.model.peft_config["default"].rank_pattern)
+    assert rank_pattern and not all(map(all, rank_pattern.values()))  # pruned: PEFT saves smaller factors
+    trained.save(tmp_path)
+    fresh = prepare_model(tiny_bert(), spec("adalora", total_steps=4))
+    fresh.load_checkpoint(tmp_path)
+    restored = fresh.model.base_model.rankallocator
+    for kind in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+        expected = getattr(allocator, kind)
+        assert expected and set(getattr(restored, kind)) == set(expected)
+        for name, value in expected.items():
+            assert torch.equal(getattr(restored, kind)[name], value), (kind, name)
+    assert pattern_by_layer(fresh.model.peft_config["default"].rank_pattern) == rank_pattern
+    torch.testing.assert_close(logits(fresh.model, x), logits(trained.model, x), rtol=0, atol=1e-6)
+
+
+def pattern_by_layer(rank_pattern: dict) -> dict:
+    """PEFT names a layer's pattern with or without the adapter name (it drops it when saving)."""
+    return {key.removesuffix(".default"): value for key, value in rank_pattern.items()}
 
 
 def test_load_trained_checks_the_recorded_method(tmp_path):

@@ -179,10 +179,11 @@ def record_training_batches(model: torch.nn.Module) -> list[list[int]]:
     return seen
 
 
-@pytest.mark.parametrize("method", ["kasa", "lora"])
-def test_resume_reaches_the_uninterrupted_adapter(method, tmp_path):
-    """7 steps over 3 batches an epoch, interrupted mid-epoch after step 5 (base-model dropout 0.1 stays on)."""
-    settings = dict(max_steps=7, save_strategy="steps", save_steps=5)
+@pytest.mark.parametrize("method, stop", [("kasa", 5), ("lora", 5), ("milora", 5),
+                                          ("adalora", 2), ("adalora", 5)])  # before / after its final ranks
+def test_resume_reaches_the_uninterrupted_adapter(method, stop, tmp_path):
+    """7 steps over 3 batches an epoch, interrupted after step ``stop`` (base-model dropout 0.1 stays on)."""
+    settings = dict(max_steps=7, save_strategy="steps", save_steps=stop)
 
     def run(output_dir, stop=None, resume=None):
         trainer = make_trainer(output_dir, method, callbacks=[StopAt(stop)] if stop else [], **settings)
@@ -191,9 +192,9 @@ def test_resume_reaches_the_uninterrupted_adapter(method, tmp_path):
         return trainer, seen
 
     uninterrupted, order = run(tmp_path / "full")
-    first, order_first = run(tmp_path / "cut", stop=5)
-    assert first.state.global_step == 5 and (tmp_path / "cut" / "checkpoint-5").is_dir()
-    resumed, order_resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-5"))
+    first, order_first = run(tmp_path / "cut", stop=stop)
+    assert first.state.global_step == stop and (tmp_path / "cut" / f"checkpoint-{stop}").is_dir()
+    resumed, order_resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / f"checkpoint-{stop}"))
     assert order_first + order_resumed == order  # same data order, the consumed batches skipped
     assert order[:3] != order[3:6]  # and it is shuffled per epoch
     expected = adapter_state(uninterrupted)

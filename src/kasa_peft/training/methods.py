@@ -15,7 +15,7 @@ peft 0.21.2:
 * ``adalora``: ``AdaLoraConfig`` with ``target_r = r`` and ``init_r = round(1.5 r)`` (the AdaLoRA paper
   starts from 1.5x the final budget), warm-up ``tinit`` = 10% and final phase ``tfinal`` = 50% of
   ``total_steps`` (the proportions of the paper's GLUE schedules); ``update_and_allocate`` runs after
-  every optimizer step;
+  every optimizer step; checkpoints also hold its importance averages, so a resumed run is the same run;
 * ``peft-kasa``: ``LoraConfig(kasa_config=KasaConfig(beta, gamma))``, with the loss PEFT defines (paper
   form, summed over layers) added to the task loss; ``regularizer`` / ``reduction`` apply to ``kasa`` only;
 * ``fft``: every parameter trained, nothing injected.
@@ -48,6 +48,8 @@ METHOD_FILE = "kasa_peft_method.json"
 ADALORA_INIT_RANK_FACTOR = 1.5
 ADALORA_TINIT_FRACTION = 0.1
 ADALORA_TFINAL_FRACTION = 0.5
+ADALORA_SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # the RankAllocator's importance averages
+ADALORA_STATE_FILE = "adalora_resume_state.safetensors"
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class PreparedModel:
                 save_milora_as_lora(self.model, directory, self.milora_init)
             elif self.spec.method != "kasa":
                 self.model.save_pretrained(directory)
+            if self.spec.method == "adalora":
+                save_adalora_state(self.model, directory)
             (directory / METHOD_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2) + "\n")
         on_main_process(write, f"saving the {self.spec.method} model to {directory}")
 
@@ -139,6 +143,8 @@ class PreparedModel:
             restore_adapter(self.model, directory)
         elif self.spec.method == "fft":
             _load_full_weights(self.model, directory)
+        elif self.spec.method == "adalora":
+            load_adalora_state(self.model, directory)
         else:
             from peft import set_peft_model_state_dict
             from peft.utils import load_peft_weights
@@ -313,6 +319,38 @@ def minor_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     tiny = torch.finfo(us.dtype).tiny
     root = (left * right / scaling).sqrt()
     return (root / right.clamp_min(tiny))[:, None] * vt, us * (root / left.clamp_min(tiny))
+
+
+def save_adalora_state(model: nn.Module, directory: Path) -> None:
+    """What resuming AdaLoRA needs beyond its saved adapter: the trainable parameters at their full rank (PEFT
+    saves them pruned to the rank pattern) and the allocator's importance averages, which PEFT keeps in memory
+    only. (The rank pattern itself is in ``adapter_config.json``.)"""
+    from safetensors.torch import save_file
+
+    allocator = model.base_model.rankallocator
+    state = {f"{kind}/{name}": value for kind in ADALORA_SCORES for name, value in getattr(allocator, kind).items()}
+    state.update({f"param/{name}": p for name, p in model.named_parameters() if p.requires_grad})
+    save_file({key: value.detach().cpu().contiguous() for key, value in state.items()},
+              str(directory / ADALORA_STATE_FILE), metadata={"format": "pt"})
+
+
+def load_adalora_state(model: nn.Module, directory: str | os.PathLike) -> None:
+    """Put back, in place, what `save_adalora_state` wrote, and the rank pattern of the checkpoint's config."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(directory) / ADALORA_STATE_FILE))
+    allocator = model.base_model.rankallocator
+    device = next(model.parameters()).device
+    for kind in ADALORA_SCORES:
+        prefix = f"{kind}/"
+        setattr(allocator, kind, {key[len(prefix):]: value.to(device) for key, value in state.items()
+                                  if key.startswith(prefix)})
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.copy_(state[f"param/{name}"])
+    saved_config = json.loads((Path(directory) / "adapter_config.json").read_text())
+    model.peft_config["default"].rank_pattern = saved_config.get("rank_pattern")
 
 
 def _subtract_from_base(layer: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:

@@ -6,8 +6,7 @@
   ``loss = task_loss + reg_l2 + reg_l3``. Evaluation losses are task losses only, comparable across methods;
 * the optimizer trains the head (``modules_to_save``) at ``head_lr`` and the rest at ``learning_rate``;
 * checkpoints hold what `PreparedModel.save` writes (an adapter, not the base model) plus Trainer's
-  optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back (a resumed
-  AdaLoRA run is not bit-identical: PEFT keeps the allocator's importance averages in memory only). Under
+  optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back. Under
   DDP and FSDP (``kasa`` only) one complete adapter is written, by rank 0;
 * AdaLoRA's rank allocator runs after every optimizer step;
 * gradient accumulation averages a sequence classifier's loss over micro-batches (Trainer would sum them).
