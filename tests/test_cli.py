@@ -193,6 +193,34 @@ def test_score_commonsense_and_sft(cli, data_dir, tmp_path):
     assert json.loads(result.out) == pytest.approx({"exact_match": 50.0, "rouge_l": 100 * (1 + 0.4) / 2})
 
 
+def test_score_without_data_dir_reads_the_hub(cli, monkeypatch, tmp_path):
+    """Without --data-dir the E2E test references come from the hub (``load_dataset`` is faked: no network) and
+    score as the same references given as a file; a failed hub load ends in one line naming the fix."""
+    import datasets
+
+    from kasa_peft.tasks import e2e
+
+    monkeypatch.setattr(e2e.shutil, "which", lambda name: None)  # BLEU and NIST only: no Java metrics
+    pairs = [("name[A]", "A is here."), ("name[A]", "Here is A."), ("name[B]", "B is a pub.")]
+    rows = [{"meaning_representation": mr, "human_reference": ref} for mr, ref in pairs]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: rows)
+    predictions, references = tmp_path / "out.txt", tmp_path / "refs.csv"
+    predictions.write_text("A is here.\nB is a pub.\n")
+    references.write_text("mr,ref\n" + "".join(f"{mr},{ref}\n" for mr, ref in pairs))
+    online = cli("score", "e2e", "--predictions", predictions)
+    assert online.code == 0, online.err
+    assert json.loads(online.out) == json.loads(cli("score", "e2e", "--predictions", predictions,
+                                                    "--references", references).out)
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    line = one_error_line(cli("score", "glue:rte", "--predictions", predictions))
+    assert "nyu-mll/glue (config 'rte'), split 'validation'" in line and "Couldn't reach" in line
+    assert line.endswith("pass --data-dir with the layout of shared/data (see the README), or --train-file/--eval-file")
+
+
 def test_bugs_keep_their_traceback(cli, monkeypatch, tmp_path):
     """Only errors about the user's input become one line; anything else (a bug) is raised, and --traceback
     shows the traceback of input errors too."""

@@ -54,7 +54,8 @@ HELP = {
     "eval_steps": "also evaluate every N optimizer steps",
     "eval_every_epoch": "evaluate at the end of every epoch (default for classification)",
     "save_steps": "checkpoint (for --resume) every N steps (default: every epoch)",
-    "data_dir": "the benchmark data directory (glue/, e2e/, commonsense/, instruct/)",
+    "data_dir": "the benchmark data directory (glue/, e2e/, commonsense/, instruct/); without it the data comes "
+                "from the Hugging Face hub",
     "train_file": "training data file (classify: .csv/.tsv/.jsonl; sft: .json/.jsonl; e2e: .csv)",
     "eval_file": "evaluation data file, same format as --train-file",
     "text_columns": "classify: one or two comma-separated text columns",

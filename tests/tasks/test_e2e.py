@@ -54,8 +54,6 @@ def test_prompt_and_target_format():
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(ValueError, match="--data-dir.*e2e/dev.csv"):
-        load_e2e(None, "dev")
     with pytest.raises(FileNotFoundError, match="e2e/test.csv not found"):
         load_e2e(tmp_path, "test")
     with pytest.raises(ValueError, match="'valid'.*train, dev, test"):

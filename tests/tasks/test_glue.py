@@ -114,11 +114,6 @@ def test_task_table():
 # --- errors -------------------------------------------------------------------------------
 
 
-def test_missing_data_dir_asks_for_data_dir():
-    with pytest.raises(ValueError, match="--data-dir.*glue/RTE/train.tsv"):
-        load_glue("rte", None, "train")
-
-
 def test_missing_file_names_it_and_the_expected_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"glue/QNLI/train\.tsv not found: pass --data-dir"):
         load_glue("qnli", tmp_path, "train")

@@ -86,8 +86,6 @@ def test_eval_loader_errors(tmp_path):
         load_instruct_eval(tmp_path, "superni")
     with pytest.raises(FileNotFoundError, match="user_oriented_instructions.jsonl not found: pass --data-dir"):
         load_instruct_eval(tmp_path)
-    with pytest.raises(ValueError, match="no data directory given"):
-        load_t0_train(None)
     (tmp_path / "instruct/self_instruct/t0_train_50k_subset").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="holds no .jsonl files"):
         load_t0_train(tmp_path)

@@ -75,7 +75,8 @@ class CommonsensePipeline(PromptTargetPipeline):
 
 
 def training_pairs(config: RunConfig) -> list[tuple[str, str]]:
-    """``--train-file`` (LLM-Adapters/Alpaca records), else every available ``commonsense/<set>/train.json``."""
+    """``--train-file`` (LLM-Adapters/Alpaca records), else every available ``commonsense/<set>/train.json``
+    (without ``--data-dir``: all eight sets' LLM-Adapters ``train.json``)."""
     if config.train_file:
         return load_sft_file(config.train_file)
     sets = available_train_sets(config.data_dir)

@@ -5,7 +5,7 @@ JSON strings or objects (the item is the first of the fields ``generation``, ``p
 ``reference``, ``answer``, ``label`` it has: the files ``kasa-peft train`` writes read as they are).
 
 * ``e2e``: one output line per distinct MR of the references CSV, in its order (the challenge's scorer);
-  references default to ``<data-dir>/e2e/test.csv``;
+  references default to ``<data-dir>/e2e/test.csv`` (without --data-dir: the hub's E2E test split);
 * ``glue:<task>``: labels (GLUE class names or ids; scores for STS-B); references default to the dev set;
 * ``classify``: labels, references required;
 * ``commonsense:<set>``: generations, scored by answer extraction; references default to the set's test answers;
@@ -18,9 +18,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..tasks._common import data_path, require_path
+from ..tasks._common import require_path
 from ..tasks.commonsense import accuracy, extract_answer, load_commonsense
-from ..tasks.e2e import score_e2e_files
+from ..tasks.e2e import load_e2e, score_e2e_files, score_e2e_predictions
 from ..tasks.glue import get_glue_task, glue_metrics, label_ids, load_glue
 from ..tasks.instruct import exact_match, load_instruct_eval, rouge_l
 from .base import Metrics
@@ -35,7 +35,9 @@ def score(task: str, predictions: str | Path, references: str | Path | None = No
     """The task's metrics for the outputs in ``predictions`` (module docstring)."""
     name = parse_task(task)
     if name.family == "e2e":
-        return score_e2e_files(predictions, references or _e2e_test_file(data_dir))
+        if references:
+            return score_e2e_files(predictions, references)
+        return score_e2e_predictions(predictions, load_e2e(data_dir, "test"), "the E2E test set")
     outputs = read_items(predictions)
     if name.family == "glue":
         spec = get_glue_task(name.member)
@@ -100,7 +102,3 @@ def _numbers(items: Sequence, source) -> list[float]:
         return [float(item) for item in items]
     except ValueError as err:
         raise ValueError(f"{source}: expected one number per line ({err})") from None
-
-
-def _e2e_test_file(data_dir) -> Path:
-    return data_path(data_dir, "e2e/test.csv")

@@ -26,12 +26,9 @@ def require_path(path: PathLike, hint: str = "") -> Path:
     return path
 
 
-def data_path(data_dir: PathLike | None, relative: str) -> Path:
+def data_path(data_dir: PathLike, relative: str) -> Path:
     """Locate ``relative`` (e.g. ``glue/CoLA/dev.tsv``) inside the benchmark data directory."""
-    hint = f"pass --data-dir pointing at a directory that contains {relative}"
-    if data_dir is None:
-        raise ValueError(f"no data directory given: {hint}")
-    return require_path(Path(data_dir) / relative, hint)
+    return require_path(Path(data_dir) / relative, f"pass --data-dir pointing at a directory that contains {relative}")
 
 
 def require_columns(available: Sequence[str], wanted: Iterable[str], source: PathLike) -> None:

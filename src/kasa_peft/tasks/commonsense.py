@@ -1,6 +1,7 @@
 """Commonsense-reasoning sets in LLM-Adapters' format (``instruction``, ``input``, ``output``, ``answer``).
 
-Files live at ``<data_dir>/commonsense/<name>/{train,test}.json``. The training target
+Files live at ``<data_dir>/commonsense/<name>/{train,test}.json``; without a data directory
+they are read from the LLM-Adapters repository (``hub.LLM_ADAPTERS_JSON``). The training target
 is ``example["output"]`` (``"the correct answer is <answer>"``) after ``format_prompt``.
 Scoring follows LLM-Adapters' ``commonsense_evaluate.py``: the first answer keyword
 found in the generation (``extract_answer``) must equal ``example["answer"]``.
@@ -12,6 +13,7 @@ import re
 from typing import Any
 
 from ._common import PathLike, check_choice, data_path, read_json_records
+from .hub import LLM_ADAPTERS_JSON, HubSource, hub_records
 from .instruct import format_instruction
 from .metrics import accuracy
 
@@ -40,20 +42,30 @@ _ANSWER_FORMAT = re.compile(r"Answer format: (\S+)\s*$")
 
 
 def load_commonsense(name: str, data_dir: PathLike | None, split: str = "test") -> list[dict[str, Any]]:
-    """The records of ``commonsense/<name>/<split>.json`` (``split`` is ``"train"`` or ``"test"``)."""
+    """The records of ``commonsense/<name>/<split>.json`` (``split`` is ``"train"`` or ``"test"``), read from
+    LLM-Adapters' copy of that file without ``data_dir``."""
     check_choice(name, COMMONSENSE_SETS, "commonsense set")
     check_choice(split, ("train", "test"), "commonsense split")
+    if data_dir is None:
+        source = HubSource("json", data_files=LLM_ADAPTERS_JSON.format(name=name, split=split))
+        return _checked(hub_records(source, "train"), source)
     path = data_path(data_dir, f"commonsense/{name}/{split}.json")
-    records = read_json_records(path)
+    return _checked(read_json_records(path), path)
+
+
+def _checked(records: list[dict[str, Any]], source: object) -> list[dict[str, Any]]:
     for number, record in enumerate(records, start=1):
         missing = {"instruction", "output", "answer"} - set(record)
         if missing:
-            raise ValueError(f"{path}, record {number}: missing field(s) {', '.join(sorted(missing))}")
+            raise ValueError(f"{source}, record {number}: missing field(s) {', '.join(sorted(missing))}")
     return records
 
 
 def available_train_sets(data_dir: PathLike | None) -> list[str]:
-    """The commonsense sets whose ``train.json`` exists under ``data_dir``, in ``COMMONSENSE_SETS`` order."""
+    """The commonsense sets whose ``train.json`` exists under ``data_dir``, in ``COMMONSENSE_SETS`` order;
+    all of them without ``data_dir`` (LLM-Adapters has a ``train.json`` for each)."""
+    if data_dir is None:
+        return list(COMMONSENSE_SETS)
     root = data_path(data_dir, "commonsense")
     return [name for name in COMMONSENSE_SETS if (root / name / "train.json").is_file()]
 

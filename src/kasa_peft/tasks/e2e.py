@@ -1,7 +1,8 @@
 """E2E NLG Challenge data and the challenge's official metrics.
 
 Data: ``<data_dir>/e2e/{train,dev,test}.csv`` with columns ``mr,ref`` (``test.csv`` is
-the released ``testset_w_refs.csv``); each MR appears once per human reference.
+the released ``testset_w_refs.csv``); each MR appears once per human reference. Without
+a data directory: the hub's ``tuetschek/e2e_nlg`` (``meaning_representation``, ``human_reference``).
 
 Metrics reproduce the official scorer, ``measure_scores.py`` of tuetschek/e2e-metrics:
 
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from functools import cache
 
 from ._common import PathLike, check_choice, data_path, read_csv, require_columns, require_path
+from .hub import E2E, hub_records, hub_split
 from .metrics import check_lengths
 
 E2E_SPLITS = ("train", "dev", "test")
@@ -49,8 +51,11 @@ def read_e2e_csv(path: PathLike) -> list[tuple[str, str]]:
 
 
 def load_e2e(data_dir: PathLike | None, split: str) -> list[tuple[str, str]]:
-    """The ``(mr, ref)`` pairs of ``e2e/<split>.csv``; ``split`` is train, dev or test."""
+    """The ``(mr, ref)`` pairs of ``e2e/<split>.csv``, or of the hub's split without ``data_dir``;
+    ``split`` is train, dev or test."""
     check_choice(split, E2E_SPLITS, "E2E split")
+    if data_dir is None:
+        return [(row["meaning_representation"], row["human_reference"]) for row in hub_records(E2E, hub_split(split))]
     return read_e2e_csv(data_path(data_dir, f"e2e/{split}.csv"))
 
 
@@ -84,12 +89,18 @@ def read_predictions(path: PathLike) -> list[str]:
 
 def score_e2e_files(predictions_path: PathLike, references_csv: PathLike) -> Scores:
     """Score a predictions file (one line per distinct MR of ``references_csv``, in order)."""
+    return score_e2e_predictions(predictions_path, read_e2e_csv(references_csv), str(references_csv))
+
+
+def score_e2e_predictions(predictions_path: PathLike, pairs: Sequence[tuple[str, str]], source: str) -> Scores:
+    """Score a predictions file against ``(mr, ref)`` pairs: one line per distinct MR, in order of first
+    appearance; ``source`` names the pairs in errors."""
     predictions = read_predictions(predictions_path)
-    mrs, references = group_references(read_e2e_csv(references_csv))
+    mrs, references = group_references(pairs)
     if len(predictions) != len(mrs):
         raise ValueError(
-            f"{predictions_path} has {len(predictions)} lines but {references_csv} has {len(mrs)} distinct MRs; "
-            "write one output line per distinct MR, in the order the MRs first appear in the CSV"
+            f"{predictions_path} has {len(predictions)} lines but {source} has {len(mrs)} distinct MRs; "
+            "write one output line per distinct MR, in the order the MRs first appear in the references"
         )
     return e2e_metrics(predictions, references)
 

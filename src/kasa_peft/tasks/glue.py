@@ -1,9 +1,10 @@
-"""GLUE data loading (GLUE download-script TSV layout) and the official GLUE metrics.
+"""GLUE data loading (GLUE download-script TSV layout, or the hub) and the official GLUE metrics.
 
 Files are read from ``<data_dir>/glue/<TASK>/<split>.tsv`` exactly as the GLUE
 download script lays them out (CoLA without a header row, MRPC with a UTF-8 BOM,
 all of them without CSV quoting). Label ids follow GLUE's label order, e.g. RTE and
-QNLI map ``entailment``/``not_entailment`` to 0/1.
+QNLI map ``entailment``/``not_entailment`` to 0/1. Without a data directory the split
+comes from the hub's ``nyu-mll/glue``, whose ``label`` column already holds these ids.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
 from ._common import PathLike, check_choice, data_path, read_csv, read_json_records, require_columns
+from .hub import GLUE, HubSource, hub_records, hub_split
 from .metrics import accuracy, check_lengths
 
 _BINARY = ("0", "1")
@@ -35,6 +37,7 @@ class GlueTask:
     main_metric: str
     eval_splits: tuple[str, ...] = ("dev",)
     columns: tuple[str, ...] | None = None  # column names of a file without a header row
+    hub_columns: tuple[str, ...] | None = None  # the hub's text columns, where they differ from text_fields
 
     @property
     def is_regression(self) -> bool:
@@ -48,6 +51,10 @@ class GlueTask:
     def splits(self) -> tuple[str, ...]:
         return ("train", *self.eval_splits)
 
+    @property
+    def hub_text_fields(self) -> tuple[str, ...]:
+        return self.hub_columns or self.text_fields
+
 
 GLUE_TASKS: dict[str, GlueTask] = {
     task.name: task
@@ -56,7 +63,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
                  "matthews_correlation", columns=("source", "label", "original_label", "sentence")),
         GlueTask("sst2", "SST-2", ("sentence",), "label", ("negative", "positive"), _BINARY, "accuracy"),
         GlueTask("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"),
-                 _BINARY, "accuracy"),
+                 _BINARY, "accuracy", hub_columns=("sentence1", "sentence2")),
         GlueTask("rte", "RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"),
                  ("entailment", "not_entailment"), "accuracy"),
         GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), "score", (), (), "pearson"),
@@ -64,7 +71,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
                  ("entailment", "not_entailment"), "accuracy"),
         GlueTask("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label",
                  ("entailment", "neutral", "contradiction"), ("entailment", "neutral", "contradiction"),
-                 "accuracy", eval_splits=("dev_matched", "dev_mismatched")),
+                 "accuracy", eval_splits=("dev_matched", "dev_mismatched"), hub_columns=("premise", "hypothesis")),
         GlueTask("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("not_duplicate", "duplicate"),
                  _BINARY, "accuracy"),
     )
@@ -91,16 +98,28 @@ def get_glue_task(task: str) -> GlueTask:
 
 
 def load_glue(task: str, data_dir: PathLike | None, split: str) -> ClassificationExamples:
-    """Load ``glue/<TASK>/<split>.tsv``; labels are GLUE label ids (floats for STS-B)."""
+    """Load ``glue/<TASK>/<split>.tsv``, or the split from the hub without ``data_dir``; labels are GLUE
+    label ids (floats for STS-B)."""
     spec = get_glue_task(task)
     check_choice(split, spec.splits, f"split for GLUE task {task!r}")
+    rows, text_fields, labels = _file_split(spec, data_dir, split) if data_dir is not None else _hub_split(spec, split)
+    return _examples(rows, text_fields, labels, list(spec.label_names) or None)
+
+
+def _file_split(spec: GlueTask, data_dir: PathLike, split: str) -> tuple[list[dict], tuple[str, ...], list]:
     path = data_path(data_dir, f"glue/{spec.dir_name}/{split}.tsv")
     header, rows = _read_glue_tsv(path, spec.columns)
     require_columns(header, (*spec.text_fields, spec.label_field), path)
     raw_labels = [row[spec.label_field] for row in rows]
     labels = [float(value) for value in raw_labels] if spec.is_regression else label_ids(
         raw_labels, spec.file_labels, path)
-    return _examples(rows, spec.text_fields, labels, list(spec.label_names) or None)
+    return rows, spec.text_fields, labels
+
+
+def _hub_split(spec: GlueTask, split: str) -> tuple[list[dict], tuple[str, ...], list]:
+    rows = hub_records(HubSource(GLUE, spec.name), hub_split(split))
+    label_type = float if spec.is_regression else int
+    return rows, spec.hub_text_fields, [label_type(row["label"]) for row in rows]
 
 
 def _read_glue_tsv(path: Path, columns: tuple[str, ...] | None) -> tuple[list[str], list[dict[str, str]]]:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._common import PathLike, check_choice, data_path, read_json_records
+from .hub import INSTRUCT_EVAL, T0_TRAIN, hub_records
 from .metrics import check_lengths
 
 _ALPACA_WITH_INPUT = (
@@ -47,8 +48,11 @@ def load_sft_file(path: PathLike) -> list[tuple[str, str]]:
     the prompt is ``format_instruction(instruction, input)``) or ``prompt``/``completion``
     (used verbatim).
     """
-    return [_sft_pair(record, f"{path}, record {number}")
-            for number, record in enumerate(read_json_records(path), start=1)]
+    return _sft_pairs(read_json_records(path), path)
+
+
+def _sft_pairs(records: list[dict[str, Any]], source: object) -> list[tuple[str, str]]:
+    return [_sft_pair(record, f"{source}, record {number}") for number, record in enumerate(records, start=1)]
 
 
 def _sft_pair(record: dict[str, Any], where: str) -> tuple[str, str]:
@@ -64,16 +68,24 @@ def _sft_pair(record: dict[str, Any], where: str) -> tuple[str, str]:
 def load_t0_train(data_dir: PathLike | None) -> list[tuple[str, str]]:
     """All ``instruct/self_instruct/t0_train_50k_subset/*.jsonl`` pairs, files in name order.
 
-    Prompts are kept verbatim (they are complete P3 prompts ending in a newline, not
-    Alpaca prompts); the trailing ``<|endoftext|>`` marker is removed from each
-    completion, since the training layer appends its tokenizer's own EOS.
+    Without ``data_dir``: the hub's ``yizhongw/self_instruct`` config ``p3``, Self-Instruct's
+    whole T0 training set (52,657 pairs); the local files are a 6,800-pair subset of the
+    same data (200 pairs of one prompt template per source dataset). Prompts are kept
+    verbatim (they are complete P3 prompts ending in a newline, not Alpaca prompts); the
+    trailing ``<|endoftext|>`` marker is removed from each completion, since the training
+    layer appends its tokenizer's own EOS.
     """
+    if data_dir is None:
+        return _t0_pairs(hub_records(T0_TRAIN, "train"), T0_TRAIN)
     directory = data_path(data_dir, f"{_SELF_INSTRUCT}/t0_train_50k_subset")
     files = sorted(directory.glob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"{directory} holds no .jsonl files: pass --data-dir pointing at the benchmark data")
-    return [(prompt, completion.removesuffix(_T0_END_OF_TEXT))
-            for file in files for prompt, completion in load_sft_file(file)]
+    return [pair for file in files for pair in _t0_pairs(read_json_records(file), file)]
+
+
+def _t0_pairs(records: list[dict[str, Any]], source: object) -> list[tuple[str, str]]:
+    return [(prompt, completion.removesuffix(_T0_END_OF_TEXT)) for prompt, completion in _sft_pairs(records, source)]
 
 
 def load_instruct_eval(data_dir: PathLike | None, which: str = "user_oriented") -> list[tuple[str, str]]:
@@ -81,14 +93,22 @@ def load_instruct_eval(data_dir: PathLike | None, which: str = "user_oriented") 
 
     ``which="user_oriented"``: the 252 expert-written tasks (evaluation only, never
     train on them); ``which="seed"``: the 175 seed tasks. Each task's first instance is used.
+    Without ``data_dir`` they come from the hub (``hub.INSTRUCT_EVAL``).
     """
     check_choice(which, _EVAL_FILES, "instruction eval set")
-    path = data_path(data_dir, f"{_SELF_INSTRUCT}/{_EVAL_FILES[which]}")
-    pairs = []
-    for record in read_json_records(path):
-        instance = record["instances"][0]
-        pairs.append((format_instruction(record["instruction"], instance["input"]), instance["output"]))
-    return pairs
+    if data_dir is None:
+        records = hub_records(INSTRUCT_EVAL[which], "train")
+    else:
+        records = read_json_records(data_path(data_dir, f"{_SELF_INSTRUCT}/{_EVAL_FILES[which]}"))
+    return [_eval_pair(record) for record in records]
+
+
+def _eval_pair(record: dict[str, Any]) -> tuple[str, str]:
+    """The prompt and output of a task's first instance; ``instances`` is a list of ``{input, output}``,
+    or, as ``datasets`` returns a sequence of such dicts (hub ``human_eval``), a dict of lists."""
+    instances = record["instances"]
+    first = {key: values[0] for key, values in instances.items()} if isinstance(instances, dict) else instances[0]
+    return format_instruction(record["instruction"], first["input"]), first["output"]
 
 
 def normalize_answer(text: str) -> str:
