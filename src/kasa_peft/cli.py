@@ -215,10 +215,12 @@ def _run_values(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> None:
     from .pipelines.config import read_config_file, resolve_config
     from .pipelines.run import train
+    from .training.distributed import is_main_process
 
     config = resolve_config(read_config_file(args.config) if args.config else {}, _run_values(args))
     result = train(config)
-    print(format_run_summary(result.record, result.output_dir))
+    if is_main_process():
+        print(format_run_summary(result.record, result.output_dir))
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_CONFIG_FILE
@@ -31,14 +34,21 @@ def assert_one_finished_run(run: Path, steps: int, predictions: str, fsdp: bool)
     return record
 
 
-def test_train_under_ddp_writes_one_run_from_rank_0(tmp_path, bert_dir):
+def test_train_under_torchrun_writes_one_run_from_rank_0(tmp_path, bert_dir):
+    """A real `torchrun --standalone --nproc_per_node 2` launch on this CPU-only machine: the ranks form one
+    gloo group (each rank alone would see 8 steps an epoch at batch 2, not 4)."""
     train_file, eval_file = write_classification_files(tmp_path, rows=16)
     out = tmp_path / "run"
-    launched_cli(tmp_path, "train", "--task", "classify", "--model", bert_dir, "--train-file", train_file,
-                 "--eval-file", eval_file, "--text-columns", "review", "--label-column", "label", "--batch-size", 2,
-                 "--max-steps", 4, "--save-steps", 2, "--eval-steps", 2, "--max-length", 32, "--output-dir", out)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "kasa_peft.cli", "train", "--task", "classify", "--model", bert_dir, "--train-file", train_file,
+               "--eval-file", eval_file, "--text-columns", "review", "--label-column", "label", "--batch-size", "2",
+               "--max-steps", "4", "--save-steps", "2", "--eval-steps", "2", "--max-length", "32", "--output-dir", out]
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trainable parameters:") == 1  # one summary, from rank 0
     record = assert_one_finished_run(out, 4, "predictions_eval.txt", fsdp=False)
-    assert [e["step"] for e in record["evaluations"]] == [2, 4]
+    assert [(e["step"], e["epoch"]) for e in record["evaluations"]] == [(2, 0.5), (4, 1.0)]
     assert len((out / "predictions_eval.txt").read_text().splitlines()) == 8
 
 

@@ -207,6 +207,7 @@ def training_arguments(config: RunConfig, checkpoints: Path, steps: int) -> Trai
         save_total_limit=2, logging_steps=max(1, min(50, steps // 10)), report_to="none", eval_strategy="no",
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=False,
         remove_unused_columns=False,
+        use_cpu=not torch.accelerator.is_available(),  # else torchrun on a CPU-only machine trains each rank alone
     )
 
 
