@@ -158,6 +158,8 @@ def test_a_kasa_trainer_script_under_accelerate_fsdp2_gives_the_single_process_a
     assert json.loads((tmp_path / "fsdp" / "launch.json").read_text()) == {"world_size": 2, "fsdp": True,
                                                                         "sharded": True}
     assert_same_trainer_run(tmp_path / "fsdp", single_trainer_run)
+    checkpoint = tmp_path / "fsdp" / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "optimizer_0").is_dir() and not list(checkpoint.glob("pytorch_model_fsdp*"))  # no base copy
     shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "checkpoint-2",
                     tmp_path / "resumed" / "checkpoints" / "checkpoint-2")
     launch(trainer_script_worker, tmp_path / "resumed", env, True)

@@ -19,7 +19,7 @@ import os
 import torch
 import transformers
 from transformers import TrainerCallback
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import nested_gather
 
 from ..core import RegularizationTerms
@@ -114,6 +114,19 @@ class KasaTrainer(transformers.Trainer):
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under FSDP: the optimizer's shards and the scheduler, without the sharded copy of the whole model, base
+        included, that Trainer would add (resuming reads the checkpoint's adapter)."""
+        if not self.is_fsdp_enabled:
+            super()._save_optimizer_and_scheduler(output_dir)
+            return
+        from accelerate.utils import save_fsdp_optimizer
+
+        plugin = self.accelerator.state.fsdp_plugin
+        save_fsdp_optimizer(plugin, self.accelerator, self.optimizer, self.model, output_dir)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         self.prepared.load_checkpoint(resume_from_checkpoint)
