@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from tiny_models import tiny_llama
@@ -123,3 +125,22 @@ def test_subset_eigensolver_matches_the_full_torch_decomposition(monkeypatch):
     monkeypatch.setattr(truncation, "_subset_solver", lambda: None)  # as if SciPy were absent
     torch_values, _ = truncation.smallest_eigenpairs(gram, 5)
     torch.testing.assert_close(torch_values, full_values[:5], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tail, warns", [(1e-3, False), (1.0, True)])
+def test_a_truncation_that_removes_more_than_noise_is_announced(tail, warns):
+    """Singular values 4, ..., 4 (14 of them) and a tail of two ``tail``: the dropped share of ``||W||_F`` is
+    ``sqrt(2 tail^2 / (14 * 16 + 2 tail^2))`` (1e-3: 9e-5, silent; 1.0: 9.4%, announced)."""
+    weight = with_spectrum([4.0] * 14 + [tail] * 2, (16, 24)).float()
+    expected = (2 * tail**2 / (14 * 16 + 2 * tail**2)) ** 0.5
+    assert truncation.dropped_share(weight, truncate_smallest(weight, 2)) == pytest.approx(expected, rel=1e-4)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 16))
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inject(model, KasaConfig(r=2, target_modules=("0",)))
+    messages = [str(w.message) for w in caught if "truncation" in str(w.message)]
+    assert messages == ([f"KaSA's truncation (r=2) removes more than 1% of the weight norm of 1 of 1 layers (most: "
+                         f"{expected:.1%} of '0'), so the model differs from the base before training; a smaller r, "
+                         "or targets with larger matrices, keep it closer"] if warns else [])

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import ALL_LINEAR, KasaConfig, matches
 from .layer import KasaLayer, ModulesToSave, is_supported_layer, weight_matrix
-from .truncation import DroppedComponents, check_rank, truncate_smallest
+from .truncation import DroppedComponents, check_rank, dropped_share, truncate_smallest, warn_if_large
 
 STATE_ATTRIBUTE = "_kasa_state"
 # the attribute names transformers gives sequence/token classification heads (as PEFT's SEQ_CLS_HEAD_NAMES)
@@ -109,7 +109,8 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
 
     Each targeted weight gets its ``r`` smallest singular components computed (or taken from ``dropped``,
     e.g. loaded from disk or computed on another process) and the adapter ``B = 0, A ~ Kaiming, sigma ~ N(0, 1)``.
-    Every check runs before the model is changed.
+    Every check runs before the model is changed. Computing the truncation warns when it removes more than 1% of a
+    weight's norm (`warn_if_large`).
     """
     state = getattr(model, STATE_ATTRIBUTE, None) or KasaState()
     if adapter_name in state.configs:
@@ -124,10 +125,12 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
         raise ValueError(f"precomputed dropped components cover {sorted(set(dropped) ^ set(names))[:5]} differently "
                          "from the layers the config targets")
     save_names = _modules_to_save_names(model, config)
+    shares = {}
     for name in names:
         base = _base_layer(model, name)
         if dropped is None:
             parts = truncate_smallest(weight_matrix(base), config.r, config.truncation)
+            shares[name] = dropped_share(weight_matrix(base), parts)
         else:
             parts = dropped[name]
         layer = model.get_submodule(name)
@@ -144,6 +147,7 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
     state.configs[adapter_name] = config
     setattr(model, STATE_ATTRIBUTE, state)
     set_adapter(model, adapter_name)
+    warn_if_large(shares, config.r)
     return model
 
 

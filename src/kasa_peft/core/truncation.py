@@ -11,6 +11,7 @@ vectors (it equals ``W V_d V_d^T``), so it is reproducible.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,6 +24,8 @@ from .config import TruncationMethod
 # ``gap`` the eigen-gap at the cut), mixing in kept directions of singular value about ``sqrt(lambda_cut)``;
 # the error of ``W - W V_d V_d^T`` is then about ``theta sqrt(r lambda_cut)``, relative to ``||W||_F``.
 EIGH_TOLERANCE = 1e-7
+# Truncation is meant to drop noise: above this share of ||W||_F the step-0 model is no longer the base model.
+LARGE_TRUNCATION = 0.01
 
 
 class DroppedComponents(NamedTuple):
@@ -30,6 +33,26 @@ class DroppedComponents(NamedTuple):
 
     us: torch.Tensor
     vt: torch.Tensor
+
+
+def dropped_share(weight: torch.Tensor, dropped: DroppedComponents) -> float:
+    """``||U_d S_d V_d^T||_F / ||W||_F``, from r x r Grams: ``||us vt||_F^2 = trace((us^T us)(vt vt^T))``."""
+    us, vt = dropped.us.double(), dropped.vt.double()
+    energy = ((us.T @ us) * (vt @ vt.T)).sum().clamp_min(0)
+    norm = torch.linalg.vector_norm(weight.detach(), dtype=torch.float64).cpu()
+    return (energy.sqrt() / norm.clamp_min(torch.finfo(torch.float64).tiny)).item()
+
+
+def warn_if_large(shares: dict[str, float], r: int) -> None:
+    """Warn when truncation removes more than ``LARGE_TRUNCATION`` of some weights: their minor components are
+    not noise (small or flat-spectrum matrices), and the untrained adapter no longer computes the base model."""
+    large = {name: share for name, share in shares.items() if share > LARGE_TRUNCATION}
+    if large:
+        worst = max(large, key=large.get)
+        warnings.warn(f"KaSA's truncation (r={r}) removes more than {LARGE_TRUNCATION:.0%} of the weight norm of "
+                      f"{len(large)} of {len(shares)} layers (most: {large[worst]:.1%} of '{worst}'), so the model "
+                      "differs from the base before training; a smaller r, or targets with larger matrices, keep "
+                      "it closer", stacklevel=3)
 
 
 def check_rank(r: int, out_features: int, in_features: int, layer_name: str = "") -> None:

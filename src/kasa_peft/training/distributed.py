@@ -35,7 +35,7 @@ from ..core import KasaConfig, inject, target_layer_names, truncate_smallest
 from ..core.io import adapter_contents, write_adapter
 from ..core.layer import weight_matrix
 from ..core.model import _adapter_parameters, _base_layer
-from ..core.truncation import DroppedComponents, check_rank
+from ..core.truncation import DroppedComponents, check_rank, dropped_share, warn_if_large
 
 Group = dist.ProcessGroup | None
 
@@ -104,6 +104,8 @@ def inject_distributed(model: nn.Module, config: KasaConfig, adapter_name: str =
     dropped = {name: broadcast_dropped(mine.get(name), tuple(weight.shape), config.r, owner, group)
                for name, weight, owner in zip(names, weights, owners, strict=True)}
     inject(model, config, adapter_name, dropped=dropped)
+    if rank == 0:
+        warn_if_large({name: dropped_share(w, dropped[name]) for name, w in zip(names, weights, strict=True)}, config.r)
     broadcast_tensors(list(_adapter_parameters(model, adapter_name)), 0, group)
     return model
 
