@@ -187,10 +187,14 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
                     getattr(adapter, key).copy_(tensors[f"{layer_name}.{key}"])
     for module_name, wrapper in saved_modules(model):
         if module_name in metadata["modules_to_save"]:
-            prefix = f"modules_to_save.{module_name}."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            wrapper.copies[name].load_state_dict(state)
+            wrapper.copies[name].load_state_dict(_saved_copy(tensors, module_name))
     return model
+
+
+def _saved_copy(tensors: dict[str, torch.Tensor], module_name: str) -> dict[str, torch.Tensor]:
+    """The state dict of the saved copy of module ``module_name`` (``modules_to_save``)."""
+    prefix = f"modules_to_save.{module_name}."
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
@@ -218,9 +222,9 @@ def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str
             copy_full_into(getattr(adapter, key), tensors[f"{layer_name}.{key}"])
     for module_name, wrapper in saved_modules(model):
         if module_name in metadata["modules_to_save"] and name in wrapper.copies:
-            prefix = f"modules_to_save.{module_name}."
+            saved = _saved_copy(tensors, module_name)
             for key, value in wrapper.copies[name].state_dict(keep_vars=True).items():
-                copy_full_into(value, tensors[prefix + key])
+                copy_full_into(value, saved[key])
     return model
 
 
