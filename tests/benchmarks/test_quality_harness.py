@@ -13,8 +13,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from quality import harness, summary  # noqa: E402
+from quality.update_norms import relative_updates, target_weights  # noqa: E402
 from quality.harness import Run  # noqa: E402
 from quality.summary import Stat  # noqa: E402
+from tiny_models import tiny_bert  # noqa: E402
 
 
 def fake_record(task: str, method: str, seed: int, best: float, final: float | None = None) -> dict:
@@ -179,3 +181,16 @@ def test_main_only_selects_runs_by_id_prefix(tmp_path, capsys):
     argv = ["--list", "--only", "a-", "--results", str(tmp_path)]
     assert harness.main("t", runs, lambda records, out: None, argv) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["a-1"]
+
+
+def test_update_norms_compares_every_query_and_value_weight_with_the_base():
+    model = tiny_bert()
+    base = {name: weight.clone() for name, weight in target_weights(model).items()}
+    layers = model.config.num_hidden_layers
+    assert sorted(base) == sorted(f"bert.encoder.layer.{i}.attention.self.{t}" for i in range(layers)
+                                  for t in ("query", "value"))
+    moved = {name: 3 * weight if name.endswith("0.attention.self.value") else weight for name, weight in base.items()}
+    updates = relative_updates(base, moved)  # ||3W - W|| / ||W|| = 2 for the moved one, 0 elsewhere
+    assert sorted(updates) == [0.0] * (2 * layers - 1) + [pytest.approx(2.0)]
+    with pytest.raises(ValueError, match="differ"):
+        relative_updates(base, dict(list(moved.items())[1:]))
