@@ -3,18 +3,27 @@
     python benchmarks/quality/sigma.py
 
 No training: it draws `kasa_peft.interop.plot_sigma` for the GLUE table's seed-0 ``kasa`` adapters (kept
-under ``runs/quality/glue/<task>-kasa-s0/output`` by ``glue.py``) and tabulates ``|sigma|`` per layer.
+under ``runs/quality/glue/<task>-kasa-s0/output`` by ``glue.py``) and tabulates ``|sigma|`` per layer. sigma
+starts from ``randn(r)`` (the reference's init), so next to the trained values it shows how far they moved:
+the initial sigma is rebuilt from the run's ``run_config.json`` (`kasa_peft.pipelines.run.start`: same seed,
+same initial adapter) and ``|sigma - sigma_0|`` drawn as a second heatmap.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from pathlib import Path
 
+import matplotlib
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from kasa_peft.interop.inspection import inspect_adapter, plot_sigma  # noqa: E402
+from kasa_peft import kasa_layers  # noqa: E402
+from kasa_peft.interop.inspection import draw_grid, inspect_adapter, plot_sigma  # noqa: E402
+from kasa_peft.pipelines.config import RunConfig  # noqa: E402
+from kasa_peft.pipelines.run import RUN_CONFIG_FILE, start  # noqa: E402
 from quality import glue  # noqa: E402
 from quality.harness import RESULTS, WORK  # noqa: E402
 from quality.summary import markdown_table  # noqa: E402
@@ -27,14 +36,36 @@ def adapter_dir(work: Path, task: str) -> Path:
     return work / glue.TABLE / f"{task}-kasa-s0" / "output"
 
 
-def sigma_rows(info: dict) -> list[list[str]]:
-    """Per adapted layer: its name, mean and max of ``|sigma|`` and the values, largest first."""
+def initial_sigma(run_dir: Path) -> dict[str, list[float]]:
+    """sigma per adapted layer as the run in ``run_dir`` started (before its first step)."""
+    config = RunConfig(**json.loads((run_dir / RUN_CONFIG_FILE).read_text()))
+    return {name: layer.adapters[adapter].sigma.tolist() for name, layer in kasa_layers(start(config).prepared.model)
+            for adapter in layer.adapters}
+
+
+def sigma_rows(info: dict, initial: dict[str, list[float]]) -> list[list[str]]:
+    """Per adapted layer: its name, mean and max of ``|sigma|``, mean ``|sigma - sigma_0|``, the values sorted."""
     rows = []
     for name, layer in info["layers"].items():
         values = sorted((abs(s) for s in layer["sigma"]), reverse=True)
-        rows.append([name, f"{statistics.fmean(values):.3f}", f"{values[0]:.3f}",
+        moved = statistics.fmean(abs(s - s0) for s, s0 in zip(layer["sigma"], initial[name], strict=True))
+        rows.append([name, f"{statistics.fmean(values):.3f}", f"{values[0]:.3f}", f"{moved:.3f}",
                      " ".join(f"{v:.2f}" for v in values)])
     return rows
+
+
+def plot_change(info: dict, initial: dict[str, list[float]], png: Path) -> Path:
+    """Heatmap of ``|sigma - sigma_0|``, laid out as `plot_sigma`'s."""
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    change = {"layers": {name: {"change": [s - s0 for s, s0 in zip(layer["sigma"], initial[name], strict=True)]}
+                         for name, layer in info["layers"].items()}}
+    figure, axis = plt.subplots(figsize=(14, 5), dpi=100, layout="constrained")
+    draw_grid(axis, change, "change", "|sigma - sigma_0|", "how far sigma moved in training")
+    figure.savefig(png)
+    plt.close(figure)
+    return png
 
 
 def main(work: Path = WORK, results: Path = RESULTS) -> int:
@@ -46,14 +77,19 @@ def main(work: Path = WORK, results: Path = RESULTS) -> int:
     out = results / TABLE
     sections = []
     for task in TASKS:
-        png = plot_sigma(adapter_dir(work, task), out / f"sigma_{task}.png")
-        table = markdown_table(["layer", "mean abs(sigma)", "max", "abs(sigma), sorted"],
-                               sigma_rows(inspect_adapter(adapter_dir(work, task))))
-        sections.append(f"## {task}\n\n![sigma {task}]({png.name})\n\n{table}")
+        directory = adapter_dir(work, task)
+        info, initial = inspect_adapter(directory), initial_sigma(directory)
+        png = plot_sigma(directory, out / f"sigma_{task}.png")
+        moved = plot_change(info, initial, out / f"sigma_change_{task}.png")
+        table = markdown_table(["layer", "mean abs(sigma)", "max", "mean abs(sigma - sigma_0)", "abs(sigma), sorted"],
+                               sigma_rows(info, initial))
+        sections.append(f"## {task}\n\n![sigma {task}]({png.name})\n\n![change {task}]({moved.name})\n\n{table}")
     (out / "summary.md").write_text(
         "# What KaSA learns (Figure 5): learned singular values sigma\n\n"
-        "Seed-0 kasa adapters of the GLUE table (MiniLM-L6, r = 8 on query/value). Each heatmap: |sigma| per "
-        "layer (rows) and module x index (columns), above the dropped singular values S_d.\n\n"
+        "Seed-0 kasa adapters of the GLUE table (MiniLM-L6, r = 8 on query/value). First heatmap: |sigma| per "
+        "layer (rows) and module x index (columns), above the dropped singular values S_d. Second: how far each "
+        "sigma moved from its random initial value sigma_0 (randn, rebuilt from the run's seed). Where the moves "
+        "are small next to |sigma|, the first heatmap shows the initialisation, not what the task taught.\n\n"
         + "\n".join(sections) + "\nCommand: `python benchmarks/quality/sigma.py`\n")
     print(f"{TABLE}: {out / 'summary.md'}")
     return 0

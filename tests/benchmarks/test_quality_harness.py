@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from quality import harness, summary  # noqa: E402
+from quality.sigma import sigma_rows  # noqa: E402
 from quality.update_norms import relative_updates, target_weights  # noqa: E402
 from quality.harness import Run  # noqa: E402
 from quality.summary import Stat  # noqa: E402
@@ -194,3 +195,10 @@ def test_update_norms_compares_every_query_and_value_weight_with_the_base():
     assert sorted(updates) == [0.0] * (2 * layers - 1) + [pytest.approx(2.0)]
     with pytest.raises(ValueError, match="differ"):
         relative_updates(base, dict(list(moved.items())[1:]))
+
+
+def test_sigma_rows_report_how_far_sigma_moved_from_its_start():
+    info = {"layers": {"layer.0.q": {"sigma": [0.5, -2.0]}}}
+    [row] = sigma_rows(info, {"layer.0.q": [1.0, -1.0]})
+    # mean |sigma| = 1.25, max 2, mean |sigma - sigma_0| = (0.5 + 1) / 2
+    assert row == ["layer.0.q", "1.250", "2.000", "0.750", "2.00 0.50"]

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from kasa_peft.pipelines.config import resolve_config
 from kasa_peft.pipelines.evaluation import best_evaluation
-from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_CONFIG_FILE, train
+from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_CONFIG_FILE, start, train
 
 from .helpers import write_classification_files
 
@@ -25,6 +26,13 @@ class Interrupt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.at_step:
             raise KeyboardInterrupt
+
+
+class Snapshot(TrainerCallback):
+    """Copies the trainable parameters when training begins."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.parameters = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.fixture
@@ -58,6 +66,19 @@ def test_resumed_run_equals_uninterrupted_run(config):
     assert [e["step"] for e in resumed.record["evaluations"]] == [1, 2, 3, 4, 5]
     assert resumed.record["evaluations"] == pytest.approx(uninterrupted.record["evaluations"])
     assert not (resumed.output_dir / CHECKPOINTS_DIR).exists()
+
+
+def test_start_rebuilds_the_state_a_run_started_from(config):
+    snapshot = Snapshot()
+    train(config("a", max_steps=1), callbacks=[snapshot])
+    begun = start(config("b", max_steps=1))
+    rebuilt = {n: p for n, p in begun.prepared.model.named_parameters() if p.requires_grad}
+    assert rebuilt.keys() == snapshot.parameters.keys()
+    assert any(n.endswith("sigma") for n in rebuilt)
+    for name, value in snapshot.parameters.items():
+        assert torch.equal(rebuilt[name], value), name
+    assert begun.config.target_modules  # the model-dependent default is filled in
+    assert begun.steps == 1
 
 
 def test_output_directory_rules(config):

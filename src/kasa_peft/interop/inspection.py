@@ -117,6 +117,24 @@ def _short_labels(modules: list[str]) -> list[str]:
     return labels
 
 
+def draw_grid(axis, info: dict[str, Any], key: str, label: str, title: str, colormap: str = "viridis") -> None:
+    """Draw `sigma_grid` ``(info, key)`` as a heatmap with its colour bar on a matplotlib ``axis``."""
+    import matplotlib
+
+    grid, rows, modules, width = sigma_grid(info, key)
+    cmap = matplotlib.colormaps[colormap].copy()
+    cmap.set_bad("#dddddd")
+    image = axis.imshow(grid.numpy(), aspect="auto", interpolation="nearest", cmap=cmap)
+    axis.figure.colorbar(image, ax=axis, fraction=0.04, pad=0.01, label=label)
+    for boundary in range(1, len(modules)):
+        axis.axvline(boundary * width - 0.5, color="white", linewidth=2)
+    axis.set_xticks([i * width + (width - 1) / 2 for i in range(len(modules))], modules)
+    axis.set_yticks(range(len(rows)), rows)
+    axis.set_ylabel("layer")
+    axis.set_xlabel("module")
+    axis.set_title(f"{title}   (columns: module, then index 1..{width} within it)")
+
+
 def plot_sigma(path: str | os.PathLike, png_path: str | os.PathLike, size: tuple[int, int] = (1400, 1000),
                dpi: int = 100) -> Path:
     """Draw the adapter's ``|sigma|`` as a heatmap (blocks x modules x index, the paper's Figure 5) above
@@ -132,18 +150,7 @@ def plot_sigma(path: str | os.PathLike, png_path: str | os.PathLike, size: tuple
     panels = (("sigma", "|sigma|", "|sigma|: learned singular values", "viridis"),
               ("dropped_singular_values", "S_d", "S_d: dropped singular values (truncated spectrum tail)", "magma"))
     for axis, (key, label, title, colormap) in zip(axes, panels, strict=True):
-        grid, rows, modules, width = sigma_grid(info, key)
-        cmap = matplotlib.colormaps[colormap].copy()
-        cmap.set_bad("#dddddd")
-        image = axis.imshow(grid.numpy(), aspect="auto", interpolation="nearest", cmap=cmap)
-        figure.colorbar(image, ax=axis, fraction=0.04, pad=0.01, label=label)
-        for boundary in range(1, len(modules)):
-            axis.axvline(boundary * width - 0.5, color="white", linewidth=2)
-        axis.set_xticks([i * width + (width - 1) / 2 for i in range(len(modules))], modules)
-        axis.set_yticks(range(len(rows)), rows)
-        axis.set_ylabel("layer")
-        axis.set_xlabel("module")
-        axis.set_title(f"{title}   (columns: module, then index 1..{width} within it)")
+        draw_grid(axis, info, key, label, title, colormap)
     figure.suptitle(f"{info['path']}  (r = {info['config']['r']}, base {info['base_model']})")
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..core.config import ALL_LINEAR
 from ..models import load_model
-from ..training import KasaTrainer, MethodSpec, load_trained, prepare_model
+from ..training import KasaTrainer, MethodSpec, PreparedModel, load_trained, prepare_model
 from ..training.distributed import barrier, is_main_process, on_main_process
 from ..training.methods import METHOD_FILE
 from ..version import __version__
@@ -63,13 +63,7 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, config)
     barrier()  # no rank may write before every rank has checked the directory
-    set_seed(config.seed)
-    pipeline = build_pipeline(config)
-    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
-    config = finalise(config, model, tokenizer, pipeline)
-    features = pipeline.train_features(tokenizer)
-    steps = total_steps(config, len(features))
-    prepared = prepare_model(model, method_spec(config, steps))
+    config, pipeline, tokenizer, features, steps, prepared = start(config)
     on_main_process(lambda: start_run_dir(output_dir, config), f"starting the run in {output_dir}")
 
     predictions_dir = output_dir if is_main_process() else None
@@ -103,6 +97,29 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
         shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     on_main_process(finish, f"writing {output_dir / METRICS_FILE}")
     return RunResult(output_dir, record)
+
+
+class RunStart(NamedTuple):
+    """What a run starts from (`start`)."""
+
+    config: RunConfig  # with its model-dependent defaults filled in
+    pipeline: TaskPipeline
+    tokenizer: Any
+    features: Any  # the training features
+    steps: int  # optimizer steps
+    prepared: PreparedModel  # the model prepared for the method, before any step
+
+
+def start(config: RunConfig) -> RunStart:
+    """The state a run of ``config`` starts from. The seed is set first, so the same config gives the same
+    initial adapter (``A``, ``sigma``) and classification head as the run had."""
+    set_seed(config.seed)
+    pipeline = build_pipeline(config)
+    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
+    config = finalise(config, model, tokenizer, pipeline)
+    features = pipeline.train_features(tokenizer)
+    steps = total_steps(config, len(features))
+    return RunStart(config, pipeline, tokenizer, features, steps, prepare_model(model, method_spec(config, steps)))
 
 
 def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path | None = None) -> Metrics:
