@@ -32,11 +32,13 @@ TEST_MRS = 50
 BEAMS = 4
 
 
+SETTINGS = {"task": "e2e", "model": "smollm2", "data_dir": glue.DATA_DIR, "r": 8, "alpha": 16.0, "lr": 5e-4,
+            "epochs": 1.0, "batch_size": 8, "max_length": 128, "max_train_samples": TRAIN_SAMPLES,
+            "max_eval_samples": TEST_MRS, "num_beams": BEAMS, "length_penalty": 0.9, "no_repeat_ngram_size": 4}
+
+
 def runs() -> list[Run]:
-    settings = {"task": "e2e", "model": "smollm2", "data_dir": glue.DATA_DIR, "r": 8, "alpha": 16.0, "lr": 5e-4,
-                "epochs": 1.0, "batch_size": 8, "max_length": 128, "max_train_samples": TRAIN_SAMPLES,
-                "max_eval_samples": TEST_MRS, "num_beams": BEAMS, "length_penalty": 0.9, "no_repeat_ngram_size": 4}
-    return [Run(f"e2e-{method}-s{seed}", {**settings, "method": method, "seed": seed},
+    return [Run(f"e2e-{method}-s{seed}", {**SETTINGS, "method": method, "seed": seed},
                 {"method": method, "seed": seed, "metric": "all"})
             for seed in SEEDS for method in METHODS]
 
