@@ -7,6 +7,10 @@ epochs on a subset. This sweep trains ``lora`` (never ``kasa``, so the choice do
 short schedule (``glue.SHORT``) at seed 0 on ``TASKS`` for each learning rate in ``LRS``, one rate for adapter
 and head. Its best rate on SST-2 is ``glue.SHORT.lr``; on the other tasks no rate learned anything, which is
 why they get ``glue.LONG`` (see glue.py).
+
+``glue.LONG`` left CoLA at MCC 0 for every method (every dev sentence predicted acceptable), so CoLA gets its
+own probe, again LoRA only at seed 0: ``COLA_PROBES``, variations of ``glue.LONG`` with more data, a higher
+rate or more epochs.
 """
 
 from __future__ import annotations
@@ -17,26 +21,39 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from quality import glue  # noqa: E402
+from quality.glue import Schedule  # noqa: E402
 from quality.harness import Record, Run, main  # noqa: E402
-from quality.summary import cells, machine_line, metric, stat_table  # noqa: E402
+from quality.summary import cells, machine_line, markdown_table, metric, stat_table  # noqa: E402
 
 TABLE = "lr_sweep"
 TASKS = ("sst2", "mrpc", "stsb", "rte", "cola")
 LRS = (1e-3, 3e-3, 1e-2)
+COLA_PROBES = {"all-data": glue.ALL_DATA,
+               "lr-x4": Schedule(train_samples=2048, epochs=3, lr=2e-3, head_lr=2e-2),
+               "10-epochs": Schedule(train_samples=2048, epochs=10, lr=5e-4, head_lr=5e-3)}
 
 
 def runs() -> list[Run]:
-    return [Run(f"{task}-lora-lr{lr:g}-s0", glue.settings(task, "lora", 0, glue.SHORT, lr=lr), {"task": task, "lr": lr})
-            for task in TASKS for lr in LRS]
+    sweep = [Run(f"{task}-lora-lr{lr:g}-s0", glue.settings(task, "lora", 0, glue.SHORT, lr=lr),
+                 {"task": task, "lr": lr}) for task in TASKS for lr in LRS]
+    probes = [Run(f"cola-lora-{name}-s0", glue.settings("cola", "lora", 0, plan), {"task": "cola", "probe": name})
+              for name, plan in COLA_PROBES.items()]
+    return sweep + probes
 
 
 def summarise(records: list[Record], out: Path) -> None:
+    probes = [r for r in records if "probe" in r["labels"]]
+    records = [r for r in records if "probe" not in r["labels"]]
     stats = cells(records, "lr", "task", metric)
     table = stat_table(stats, LRS, TASKS, "lr (lora, seed 0)", lambda t: f"{t} ({glue.METRIC_NAMES[t]})")
     (out / "summary.md").write_text(
         "# Learning-rate choice: LoRA only, seed 0, the GLUE table's short schedule\n\n"
-        f"Best dev epoch (x100).\n\n{table}\nMachine: {machine_line(records)}.\n"
-        "Command: `python benchmarks/quality/lr_sweep.py`\n")
+        f"Best dev epoch (x100).\n\n{table}\n"
+        "## CoLA schedule probe: LoRA only, seed 0, variations of the long schedule (which gave MCC 0)\n\n"
+        + markdown_table(["probe", "schedule", "CoLA MCC (best dev epoch, x100)"],
+                         [[r["labels"]["probe"], COLA_PROBES[r["labels"]["probe"]].describe(), f"{metric(r):.1f}"]
+                          for r in probes])
+        + f"\nMachine: {machine_line(records + probes)}.\nCommand: `python benchmarks/quality/lr_sweep.py`\n")
 
 
 if __name__ == "__main__":
