@@ -7,7 +7,7 @@ truncation + LoRA (``learn_sigma=False``: sigma fixed at 1, beta = gamma = 0), +
 (beta = gamma = 0), + L2 (gamma = 0), + L3 (full KaSA: the GLUE table's ``kasa`` runs, reused, not retrained).
 Also full KaSA with the authors' ``reference`` regulariser (``A^T A`` / ``B B^T`` Grams) next to the
 ``paper`` form (r x r Grams), the library's default. SST-2 comes first (the short schedule, which every
-adapter learns); MRPC, CoLA and RTE use the GLUE table's long schedule.
+adapter learns); MRPC, CoLA and RTE use the GLUE table's schedules for them.
 """
 
 from __future__ import annotations
