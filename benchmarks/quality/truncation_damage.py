@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 from kasa_peft import kasa_layers  # noqa: E402
 from kasa_peft.core.layer import weight_matrix  # noqa: E402
 from kasa_peft.core.truncation import DroppedComponents, dropped_share  # noqa: E402
+from kasa_peft.pipelines.causal_lm import IGNORE_INDEX  # noqa: E402
 from kasa_peft.pipelines.config import resolve_config  # noqa: E402
-from kasa_peft.pipelines.run import start  # noqa: E402
+from kasa_peft.pipelines.run import RunStart, start  # noqa: E402
 from quality import e2e  # noqa: E402
 from quality.harness import RESULTS  # noqa: E402
 from quality.summary import markdown_table  # noqa: E402
@@ -35,20 +36,20 @@ TABLE = "truncation_damage"
 TARGET_SETS = (("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "v_proj"))
 
 
-def initial_state(targets: tuple[str, ...], method: str, samples: int):
+def initial_state(targets: tuple[str, ...], method: str, samples: int) -> RunStart:
     """`start` of an E2E-table run with these targets (its settings, ``samples`` training examples)."""
     settings = {**e2e.SETTINGS, "method": method, "target_modules": list(targets), "max_train_samples": samples}
     return start(resolve_config({}, settings))
 
 
 @torch.no_grad()
-def mean_loss(begun) -> float:
+def mean_loss(begun: RunStart) -> float:
     """Token-weighted mean loss of ``begun.prepared.model`` on the run's training features."""
     model, collate = begun.prepared.model.eval(), begun.pipeline.data_collator(begun.tokenizer)
     total, tokens = 0.0, 0
     for first in range(0, len(begun.features), 8):
         batch = collate([begun.features[i] for i in range(first, min(first + 8, len(begun.features)))])
-        counted = int((batch["labels"][:, 1:] != -100).sum())  # causal LMs predict token t + 1
+        counted = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # causal LMs predict token t + 1
         total += model(**batch).loss.item() * counted
         tokens += counted
     return total / tokens

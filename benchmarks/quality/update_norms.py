@@ -42,9 +42,13 @@ def target_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if name.rsplit(".", 1)[-1] in TARGETS and hasattr(module, "weight")}
 
 
+def fresh_base(task: str) -> torch.nn.Module:
+    """MiniLM as the GLUE table loads it for ``task`` (a regression head for STS-B)."""
+    return load_model(glue.MODEL, "sequence_classification", num_labels=1 if task == "stsb" else 2)[0]
+
+
 def merged_weights(task: str, method: str, directory: Path) -> dict[str, torch.Tensor]:
-    base, _ = load_model(glue.MODEL, "sequence_classification", num_labels=1 if task == "stsb" else 2)
-    trained = load_trained(base, directory, method)
+    trained = load_trained(fresh_base(task), directory, method)
     if method == "kasa":
         trained = merge_and_unload(trained)
     elif method != "fft":
@@ -62,8 +66,7 @@ def main(argv: list[str] | None = None, work: Path = WORK, results: Path = RESUL
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="stsb", choices=glue.TASKS)
     task = parser.parse_args(argv).task
-    base, _ = load_model(glue.MODEL, "sequence_classification", num_labels=1 if task == "stsb" else 2)
-    base_weights = target_weights(base)
+    base_weights = target_weights(fresh_base(task))
     rows = []
     for method in glue.METHODS:
         directory = run_dir(work, task, method)
