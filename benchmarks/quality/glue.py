@@ -30,7 +30,6 @@ schedule's head rate.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from quality.harness import Record, Run, main  # noqa: E402
 from quality.summary import (  # noqa: E402
-    bar_plot, beaten_by, cells, group, machine_line, metric, row_average, stat_table,
+    bar_plot, beaten_by, cells, concurrency, group, machine_line, matched_ratio, metric, row_average, stat_table,
 )
 
 TABLE = "glue"
@@ -103,12 +102,12 @@ def summarise(records: list[Record], out: Path) -> None:
     by_method = group(records, ("method",))
     params = {m: _distinct(r["run"]["trainable_parameters"] for r in by_method[(m,)]) for m in METHODS
               if (m,) in by_method}
-    wall = {m: f"{statistics.fmean(r['run']['wall_time_seconds'] for r in by_method[(m,)]):.0f}"
-            for m in METHODS if (m,) in by_method}
+    wall = {m: f"{ratio:.2f}" for m, ratio in matched_ratio(records, "method", "lora", ("task", "seed"),
+                                                             lambda r: r["run"]["wall_time_seconds"]).items()}
     average_title = f"avg ({', '.join(complete) or 'no task with every seed'})"
     table = stat_table(stats, METHODS, tasks, "method", lambda t: f"{t} ({METRIC_NAMES[t]})",
                        extra={average_title: {m: s.format() for m, s in average.items()}, "trainable params": params,
-                              "wall s / run": wall})
+                              "wall time / LoRA": wall})
     final = stat_table(cells(records, "method", "task", lambda r: metric(r, "final")), METHODS, tasks, "method")
     losses = beaten_by(stats, "kasa", METHODS, tasks)
     schedules = "; ".join(f"{t}: {SCHEDULES[t].describe()}" for t in tasks)
@@ -123,8 +122,9 @@ def summarise(records: list[Record], out: Path) -> None:
         "(module docstring of glue.py). "
         "avg: over the tasks where kasa has every seed, mean per seed, then mean ± std over the seeds a method "
         "has for all those tasks (a single value: one seed). "
-        "Wall time: mean per run, 3 runs at a time on 2 CPU cores shared with other work (load varied), so only "
-        "large differences mean anything.\n\n"
+        "wall time / LoRA: median over the (task, seed) runs both finished of the ratio of wall times; "
+        f"{concurrency(records)} runs trained at a time on 2 CPU cores shared with other work (load varied), "
+        "so only large differences mean anything.\n\n"
         f"{table}\nKaSA against the others (means):\n\n{verdict}\n\n"
         f"## Final epoch instead of best\n\n{final}\n"
         f"Machine: {machine_line(records)}.\nCommand: `{records[0]['command']}`\n")

@@ -7,6 +7,7 @@ GLUE reports the best dev evaluation of a run (``best``, the paper's protocol); 
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -78,6 +79,25 @@ def row_average(records: Sequence[Record], row: str, column: str, columns: Seque
         if complete:
             averages[row_value] = Stat.of([statistics.fmean(values) for values in complete])
     return averages
+
+
+def matched_ratio(records: Sequence[Record], row: str, reference: Any, match: Sequence[str],
+                  value: Callable[[Record], float]) -> dict[Any, float]:
+    """Per row, the median of ``value`` divided by the ``reference`` row's ``value`` for the same ``match``
+    labels (the same task and seed), over the labels both rows have."""
+    measured = {key: value(runs[0]) for key, runs in group(records, (row, *match)).items()}
+    ratios: dict[Any, list[float]] = defaultdict(list)
+    for (row_value, *key), run_value in measured.items():
+        if (reference, *key) in measured:
+            ratios[row_value].append(run_value / measured[(reference, *key)])
+    return {row_value: statistics.median(values) for row_value, values in ratios.items()}
+
+
+def concurrency(records: Sequence[Record], default: int = 2) -> str:
+    """How many runs trained at once, from the ``--jobs`` of each record's command (``1 / 2 / 3`` when mixed)."""
+    jobs = {int(match.group(1)) if (match := re.search(r"--jobs[ =](\d+)", r["command"])) else default
+            for r in records}
+    return " / ".join(map(str, sorted(jobs)))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
