@@ -18,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from quality import glue  # noqa: E402
 from quality.harness import Record, Run, main  # noqa: E402
 from quality.summary import cells, machine_line, metric, stat_table  # noqa: E402
 
@@ -33,7 +32,7 @@ TEST_SAMPLES = 50
 
 
 def runs() -> list[Run]:
-    settings = {"task": "commonsense:all", "model": "smollm2", "data_dir": glue.DATA_DIR, "r": 8, "alpha": 16.0,
+    settings = {"task": "commonsense:all", "model": "smollm2", "r": 8, "alpha": 16.0,
                 "lr": 3e-4, "epochs": 1.0, "batch_size": 8, "max_length": 256, "max_train_samples": TRAIN_SAMPLES,
                 "max_eval_samples": TEST_SAMPLES, "num_beams": 1, "max_new_tokens": 16}
     return [Run(f"commonsense-{method}-s{seed}", {**settings, "method": method, "seed": seed},

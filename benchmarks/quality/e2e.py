@@ -18,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from quality import glue  # noqa: E402
 from quality.harness import Record, Run, main  # noqa: E402
 from quality.summary import cells, machine_line, metric, stat_table  # noqa: E402
 
@@ -32,7 +31,7 @@ TEST_MRS = 50
 BEAMS = 4
 
 
-SETTINGS = {"task": "e2e", "model": "smollm2", "data_dir": glue.DATA_DIR, "r": 8, "alpha": 16.0, "lr": 5e-4,
+SETTINGS = {"task": "e2e", "model": "smollm2", "r": 8, "alpha": 16.0, "lr": 5e-4,
             "epochs": 1.0, "batch_size": 8, "max_length": 128, "max_train_samples": TRAIN_SAMPLES,
             "max_eval_samples": TEST_MRS, "num_beams": BEAMS, "length_penalty": 0.9, "no_repeat_ngram_size": 4}
 

@@ -43,7 +43,6 @@ from quality.summary import (  # noqa: E402
 
 TABLE = "glue"
 MODEL = "minilm"
-DATA_DIR = "/work/shared/data"
 # Run in this order (task by task, seed by seed), so an interrupted table has whole tasks and seeds.
 TASKS = ("sst2", "mrpc", "stsb", "rte", "cola")
 METHODS = ("kasa", "peft-kasa", "lora", "pissa", "milora", "dora", "adalora", "fft")
@@ -81,7 +80,7 @@ def settings(task: str, method: str, seed: int, schedule: Schedule | None = None
     beta, gamma = PAPER[task]
     plan = schedule or SCHEDULES[task]
     head = {"head_lr": plan.head_lr} if plan.head_lr else {}
-    return {"task": f"glue:{task}", "model": MODEL, "method": method, "data_dir": DATA_DIR, "r": 8, "alpha": 16.0,
+    return {"task": f"glue:{task}", "model": MODEL, "method": method, "r": 8, "alpha": 16.0,
             "target_modules": ["query", "value"], "lr": FFT_LR if method == "fft" else plan.lr, **head, "beta": beta,
             "gamma": gamma, "epochs": plan.epochs, "batch_size": 16, "max_length": 128, "eval_every_epoch": True,
             "eval_batch_size": 64, "max_train_samples": plan.train_samples, "max_eval_samples": DEV_SAMPLES,

@@ -6,7 +6,8 @@ record or run directory left by different settings is stale: replaced); the othe
 per subprocess (``worker.py``: same starting state for every run, whatever ran before), ``jobs`` at a time,
 with their adapters and logs under ``<work>/<table>/<id>/``. An interrupted run resumes from its last
 epoch checkpoint. The record is ``metrics.json`` of the run plus the table's labels, the machine and the
-command, so the summary markdown and plots can be regenerated from the records alone.
+command, so the summary markdown and plots can be regenerated from the records alone. Where the benchmark data
+lives (``--data-dir``) is not a setting: a run's record stays valid when the data move.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "quality"
 WORK = REPO / "runs" / "quality"  # adapters and logs; git ignores /runs/
+DATA = REPO.parent / "shared" / "data"  # the benchmark data, next to the checkout
 WORKER = Path(__file__).with_name("worker.py")
 Record = dict[str, Any]
 
@@ -68,19 +70,22 @@ def load_records(results: Path, table: str, runs: Sequence[Run]) -> list[Record]
             if finished(run, results, table)]
 
 
-def worker_command(run: Run, run_dir: Path, record: Path, table: str) -> list[str]:
-    """The subprocess that trains ``run`` into ``run_dir`` and writes ``record``, continuing an interrupted run
-    of the same settings; a run directory that never started training, or holds other settings, is cleared."""
+def worker_command(run: Run, run_dir: Path, record: Path, table: str, data_dir: Path) -> list[str]:
+    """The subprocess that trains ``run`` on the data in ``data_dir`` into ``run_dir`` and writes ``record``,
+    continuing an interrupted run of the same settings; a run directory that never started training, or holds
+    other settings, is cleared."""
     started = run_dir / "output" / "run_config.json"
     resume = started.is_file() and matches(run.settings, json.loads(started.read_text()))
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     job = {"table": table, "id": run.id, "labels": run.labels, "record": str(record), "command": _command(),
-           "settings": {**run.settings, "output_dir": str(run_dir / "output"), "resume": resume}}
+           "settings": {**run.settings, "data_dir": str(data_dir), "output_dir": str(run_dir / "output"),
+                        "resume": resume}}
     return [sys.executable, str(WORKER), json.dumps(job)]
 
 
-def execute(runs: Sequence[Run], table: str, results: Path, work: Path, jobs: int, threads: int) -> list[str]:
+def execute(runs: Sequence[Run], table: str, results: Path, work: Path, jobs: int, threads: int,
+            data_dir: Path = DATA) -> list[str]:
     """Train the pending runs of ``table``, ``jobs`` processes at a time; returns the ids of failed runs."""
     queue = pending(runs, results, table)
     print(f"{table}: {len(runs) - len(queue)} of {len(runs)} runs finished, {len(queue)} to train", flush=True)
@@ -91,7 +96,7 @@ def execute(runs: Sequence[Run], table: str, results: Path, work: Path, jobs: in
         while queue and len(active) < jobs:
             run = queue.pop(0)
             run_dir = work / table / run.id
-            command = worker_command(run, run_dir, record_path(results, table, run.id), table)
+            command = worker_command(run, run_dir, record_path(results, table, run.id), table, data_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             with open(run_dir / "log.txt", "a") as log:
                 active[run.id] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env),
@@ -123,6 +128,7 @@ def main(table: str, runs: Sequence[Run], summarise: Callable[[list[Record], Pat
     parser = argparse.ArgumentParser(description=f"Quality benchmark table '{table}' (resumable).")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--data-dir", type=Path, default=DATA, help=f"the benchmark data (default {DATA})")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"records and summaries (default {RESULTS})")
     parser.add_argument("--work", type=Path, default=WORK, help=f"adapters and logs (default {WORK})")
     parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary from the records")
@@ -136,7 +142,8 @@ def main(table: str, runs: Sequence[Run], summarise: Callable[[list[Record], Pat
         for run in pending(selected, args.results, table):
             print(run.id, json.dumps(run.settings))
         return 0
-    failed = [] if args.summary_only else execute(selected, table, args.results, args.work, args.jobs, args.threads)
+    failed = [] if args.summary_only else execute(selected, table, args.results, args.work, args.jobs, args.threads,
+                                                          args.data_dir)
     records = load_records(args.results, table, runs)
     if records:
         summarise(records, args.results / table)

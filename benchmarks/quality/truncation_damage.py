@@ -29,16 +29,17 @@ from kasa_peft.pipelines.causal_lm import IGNORE_INDEX  # noqa: E402
 from kasa_peft.pipelines.config import resolve_config  # noqa: E402
 from kasa_peft.pipelines.run import RunStart, start  # noqa: E402
 from quality import e2e  # noqa: E402
-from quality.harness import RESULTS  # noqa: E402
+from quality.harness import DATA, RESULTS  # noqa: E402
 from quality.summary import markdown_table  # noqa: E402
 
 TABLE = "truncation_damage"
 TARGET_SETS = (("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "v_proj"))
 
 
-def initial_state(targets: tuple[str, ...], method: str, samples: int) -> RunStart:
+def initial_state(targets: tuple[str, ...], method: str, samples: int, data_dir: Path = DATA) -> RunStart:
     """`start` of an E2E-table run with these targets (its settings, ``samples`` training examples)."""
-    settings = {**e2e.SETTINGS, "method": method, "target_modules": list(targets), "max_train_samples": samples}
+    settings = {**e2e.SETTINGS, "method": method, "target_modules": list(targets), "max_train_samples": samples,
+                "data_dir": str(data_dir)}
     return start(resolve_config({}, settings))
 
 
@@ -63,11 +64,13 @@ def truncated_shares(model: torch.nn.Module) -> list[float]:
 def main(argv: list[str] | None = None, results: Path = RESULTS) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=64)
-    samples = parser.parse_args(argv).samples
-    base_loss = mean_loss(initial_state(("q_proj", "v_proj"), "lora", samples))
+    parser.add_argument("--data-dir", type=Path, default=DATA, help=f"the benchmark data (default {DATA})")
+    args = parser.parse_args(argv)
+    samples = args.samples
+    base_loss = mean_loss(initial_state(("q_proj", "v_proj"), "lora", samples, args.data_dir))
     rows = [["none (base model)", "-", "-", f"{base_loss:.3f}"]]
     for targets in TARGET_SETS:
-        begun = initial_state(targets, "kasa", samples)
+        begun = initial_state(targets, "kasa", samples, args.data_dir)
         shares = truncated_shares(begun.prepared.model)
         rows.append([",".join(targets), f"{100 * statistics.fmean(shares):.2f}", f"{100 * max(shares):.2f}",
                      f"{mean_loss(begun):.3f}"])

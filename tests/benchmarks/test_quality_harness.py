@@ -68,9 +68,10 @@ def test_worker_command_resumes_a_started_run_and_clears_others(tmp_path):
         (dirs[name] / "output" / "run_config.json").write_text(json.dumps(config))
     dirs["stillborn"].mkdir()
     (dirs["stillborn"] / "log.txt").write_text("crashed while loading")
-    job = lambda d: json.loads(harness.worker_command(Run("x", {"seed": 3}), d, tmp_path / "x.json", "t")[-1])  # noqa: E731
-    assert job(dirs["started"])["settings"] == {"seed": 3, "output_dir": str(dirs["started"] / "output"),
-                                                "resume": True}
+    data = tmp_path / "data"
+    job = lambda d: json.loads(harness.worker_command(Run("x", {"seed": 3}), d, tmp_path / "x.json", "t", data)[-1])  # noqa: E731
+    assert job(dirs["started"])["settings"] == {"seed": 3, "data_dir": str(data),
+                                                "output_dir": str(dirs["started"] / "output"), "resume": True}
     for name in ("stillborn", "other_settings"):
         assert job(dirs[name])["settings"]["resume"] is False and not dirs[name].exists()
 
