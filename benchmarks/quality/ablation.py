@@ -48,7 +48,8 @@ def full_kasa_records(results: Path) -> list[Record]:
 
 def summarise(records: list[Record], out: Path) -> None:
     tasks = [t for t in TASKS if any(label(r, "task") == t for r in records)]  # those with ablation runs
-    records = records + full_kasa_records(out.parent)
+    ablated = {(label(r, "task"), label(r, "seed")) for r in records}  # full KaSA from the same seeds as the rest
+    records = records + [r for r in full_kasa_records(out.parent) if (label(r, "task"), label(r, "seed")) in ablated]
     stats = cells(records, "variant", "task", metric)
     table = stat_table(stats, VARIANTS, tasks, "variant", lambda t: f"{t} ({glue.METRIC_NAMES[t]})")
     (out / "summary.md").write_text(

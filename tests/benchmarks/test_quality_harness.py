@@ -36,8 +36,8 @@ def fake_record(task: str, method: str, seed: int, best: float, final: float | N
                         "python": "3.11", "versions": {"torch": "2"}}}
 
 
-def write_record(results: Path, record: dict) -> None:
-    path = harness.record_path(results, "t", record["id"])
+def write_record(results: Path, record: dict, table: str = "t") -> None:
+    path = harness.record_path(results, table, record["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
 
@@ -197,6 +197,21 @@ def test_reused_runs_are_the_glue_runs_with_the_same_settings(tmp_path, monkeypa
     monkeypatch.setattr(rank_sweep, "TASK", "mrpc")  # the fake GLUE records above are mrpc's
     assert sorted((r["id"], r["labels"]["r"]) for r in rank_sweep.glue_records(tmp_path)) == [
         ("mrpc-kasa-s0", 8), ("mrpc-lora-s0", 8)]
+
+
+def test_ablation_compares_full_kasa_on_the_seeds_the_other_steps_have(tmp_path):
+    from quality import ablation, glue
+
+    for seed, accuracy in [(0, 0.70), (1, 0.80)]:  # the GLUE table has two kasa seeds of mrpc
+        record = {**fake_record("mrpc", "kasa", seed, accuracy), "id": f"mrpc-kasa-s{seed}"}
+        record["run"]["config"] = glue.settings("mrpc", "kasa", seed)
+        write_record(tmp_path, {**record, "table": glue.TABLE}, glue.TABLE)
+    step = fake_record("mrpc", "kasa", 0, 0.60)  # the ablation has seed 0 only
+    step["labels"] = {"task": "mrpc", "variant": "+ L2", "seed": 0}
+    (tmp_path / ablation.TABLE).mkdir()
+    ablation.summarise([step], tmp_path / ablation.TABLE)
+    rows = (tmp_path / ablation.TABLE / "summary.md").read_text()
+    assert f"| {ablation.FULL} | **70.0** |" in rows and "| + L2 | 60.0 |" in rows
 
 
 def test_main_only_selects_runs_by_id_prefix(tmp_path, capsys):
