@@ -6,8 +6,10 @@ Steps, each adding one part (same data, schedule and seeds as the GLUE table, `g
 truncation + LoRA (``learn_sigma=False``: sigma fixed at 1, beta = gamma = 0), + learned sigma
 (beta = gamma = 0), + L2 (gamma = 0), + L3 (full KaSA: the GLUE table's ``kasa`` runs, reused, not retrained).
 Also full KaSA with the authors' ``reference`` regulariser (``A^T A`` / ``B B^T`` Grams) next to the
-``paper`` form (r x r Grams), the library's default. SST-2 comes first (the short schedule, which every
-adapter learns); MRPC, CoLA and RTE use the GLUE table's schedules for them.
+``paper`` form (r x r Grams), the library's default, and full KaSA with the penalties summed over layers
+(``reduction="sum"``, what PEFT's ``_get_kasa_loss`` computes) instead of averaged (the reference script's and
+the library's default): the one way the ``peft-kasa`` baseline's objective differs from ours. SST-2 comes
+first (the short schedule, which every adapter learns); MRPC, CoLA and RTE use the GLUE table's schedules.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ STEPS = {"truncation + LoRA": {"learn_sigma": False, "beta": 0.0, "gamma": 0.0},
          "+ learned sigma": {"beta": 0.0, "gamma": 0.0},
          "+ L2": {"gamma": 0.0}}
 REFERENCE = "KaSA, reference regulariser"
-VARIANTS = (*STEPS, FULL, REFERENCE)
+SUMMED = "KaSA, summed over layers (PEFT)"
+VARIANTS = (*STEPS, FULL, REFERENCE, SUMMED)
 
 
 def runs() -> list[Run]:
-    changes = {**STEPS, REFERENCE: {"regularizer": "reference"}}
+    changes = {**STEPS, REFERENCE: {"regularizer": "reference"}, SUMMED: {"reduction": "sum"}}
     return [Run(f"{task}-{_slug(variant)}-s{seed}", glue.settings(task, "kasa", seed, **change),
                 {"task": task, "variant": variant, "seed": seed})
             for task in TASKS for seed in glue.SEEDS for variant, change in changes.items()]

@@ -175,7 +175,7 @@ def test_ablation_steps_change_only_their_part_of_the_glue_kasa_run():
     changed = {variant: {k: v for k, v in settings.items() if full.get(k) != v} for variant, settings in runs.items()}
     assert changed == {"truncation + LoRA": {"learn_sigma": False, "beta": 0.0, "gamma": 0.0},
                        "+ learned sigma": {"beta": 0.0, "gamma": 0.0}, "+ L2": {"gamma": 0.0},
-                       ablation.REFERENCE: {"regularizer": "reference"}}
+                       ablation.REFERENCE: {"regularizer": "reference"}, ablation.SUMMED: {"reduction": "sum"}}
     assert full["beta"] > 0 and full["gamma"] > 0
 
 
