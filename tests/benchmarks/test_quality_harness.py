@@ -212,6 +212,7 @@ def test_ablation_compares_full_kasa_on_the_seeds_the_other_steps_have(tmp_path)
     ablation.summarise([step], tmp_path / ablation.TABLE)
     rows = (tmp_path / ablation.TABLE / "summary.md").read_text()
     assert f"| {ablation.FULL} | **70.0** |" in rows and "| + L2 | 60.0 |" in rows
+    assert "over the seeds each task has (mrpc: 0)" in rows
 
 
 def test_main_only_selects_runs_by_id_prefix(tmp_path, capsys):
