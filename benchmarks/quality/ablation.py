@@ -54,8 +54,8 @@ def summarise(records: list[Record], out: Path) -> None:
     ablated = {(label(r, "task"), label(r, "seed")) for r in records}  # full KaSA from the same seeds as the rest
     records = records + [r for r in full_kasa_records(out.parent) if (label(r, "task"), label(r, "seed")) in ablated]
     stats = cells(records, "variant", "task", metric)
-    seeds = "; ".join(f"{t}: {', '.join(str(seed) for seed in sorted({s for task, s in ablated if task == t}))}"
-                      for t in tasks)
+    seeds_of = {t: sorted(seed for task, seed in ablated if task == t) for t in tasks}
+    seeds = "; ".join(f"{t}: {', '.join(map(str, seeds_of[t]))}" for t in tasks)
     table = stat_table(stats, VARIANTS, tasks, "variant", lambda t: f"{t} ({glue.METRIC_NAMES[t]})")
     (out / "summary.md").write_text(
         "# Ablation (Figure 3): truncation + LoRA, + learned sigma, + L2, + L3; regulariser forms\n\n"
