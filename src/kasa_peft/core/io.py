@@ -27,6 +27,7 @@ from .layer import KasaLayer, copy_full_into, full_tensor, weight_matrix
 from .model import (
     _base_layer, inject, kasa_layers, kasa_state, original_weight, saved_modules,
 )
+from .quantized import quantized_support
 from .truncation import DroppedComponents
 
 CONFIG_NAME = "adapter_config.json"
@@ -36,13 +37,18 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("adapter_name", "config", "layers", "modules_to_save")
 # A base whose weights differ from the fingerprinted ones by more than this (relative to ||W||_F) is another
 # model. Loose enough for a dtype change of the base (bf16 rounding is ~4e-3), tight enough for any other model.
+# A quantized layer allows its scheme's tolerance instead (`QuantizedLinear.fingerprint_tolerance`): the adapter
+# records the largest one of the base it was made on, and a load allows the larger of that and the new base's.
 FINGERPRINT_TOLERANCE = 1e-2
 
 
 def weight_fingerprint(weight: torch.Tensor) -> torch.Tensor:
     """Four float64 numbers that identify an (out, in) weight: ``||W||_F`` and three ``u_i^T W v_i``.
 
-    ``u_i``, ``v_i`` are fixed cosine patterns, so the fingerprint costs one skinny matmul per layer.
+    ``u_i``, ``v_i`` are fixed cosine patterns, so the fingerprint costs one skinny matmul per layer. It covers
+    the weight the layer computes with (dequantized for a quantized layer); quantization noise moves it by about
+    the scheme's relative error, so an adapter made on a 4-bit base loads onto the full-precision base and the
+    other way round (`fingerprint_tolerance`), while an unrelated model differs by O(1).
     """
     w = weight.detach().to(torch.float64)
     u = _cosine_patterns(w.shape[0], 0.37, 1, w.device)
@@ -52,6 +58,13 @@ def weight_fingerprint(weight: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
+def fingerprint_tolerance(layer: nn.Module) -> float:
+    """The relative distance a fingerprint of ``layer``'s weight may have from that of the same weight stored in
+    another precision: ``FINGERPRINT_TOLERANCE`` for a float weight, the scheme's for a quantized one."""
+    support = quantized_support(layer)
+    return max(FINGERPRINT_TOLERANCE, support.fingerprint_tolerance if support is not None else 0.0)
+
+
 def _cosine_patterns(length: int, frequency: float, phase: int, device: torch.device) -> torch.Tensor:
     """Three columns ``cos(frequency (i + 1) j + phase i)``, j < length (cached: layers share shapes)."""
     positions = torch.arange(length, dtype=torch.float64, device=device)
@@ -79,9 +92,11 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         raise ValueError(f"no adapter named '{name}' to save; this model has {sorted(state.configs)}")
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, list[int]] = {}
+    tolerance = FINGERPRINT_TOLERANCE
     for layer_name, layer in kasa_layers(model):
         if name not in layer.adapters:
             continue
+        tolerance = max(tolerance, fingerprint_tolerance(layer.base_layer))
         adapter = layer.adapters[name]
         with gathered(layer):
             for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
@@ -99,7 +114,7 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
     metadata = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kasa_peft_version": __version__,
         "adapter_name": name, "base_model": base_model_name(model), "config": state.configs[name].to_dict(),
-        "layers": layers, "modules_to_save": saved,
+        "layers": layers, "modules_to_save": saved, "base_fingerprint_tolerance": tolerance,
     }
     return metadata, {k: v.to("cpu").contiguous() for k, v in tensors.items()}
 
@@ -176,7 +191,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     config = KasaConfig.from_dict(metadata["config"])
     layers = metadata["layers"]
     _check_tensors(path, layers, metadata["modules_to_save"], tensors)
-    _check_base(model, path, layers, tensors)
+    _check_base(model, path, layers, tensors, metadata.get("base_fingerprint_tolerance", FINGERPRINT_TOLERANCE))
     dropped = {n: DroppedComponents(tensors[f"{n}.dropped_us"], tensors[f"{n}.dropped_vt"]) for n in layers}
     inject(model, config, name, dropped=dropped)
     with torch.no_grad():
@@ -246,8 +261,9 @@ def _check_tensors(path, layers: dict, modules: list[str], tensors: dict[str, to
             raise ValueError(f"{path}: the saved copy of module '{module_name}' is missing; save the adapter again")
 
 
-def _check_base(model: nn.Module, path, layers: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Fail before any change when ``model`` is not the base the adapter was made for."""
+def _check_base(model: nn.Module, path, layers: dict, tensors: dict[str, torch.Tensor], saved_tolerance: float) -> None:
+    """Fail before any change when ``model`` is not the base the adapter was made for (``saved_tolerance``: how
+    precise the saved fingerprints are, `FINGERPRINT_TOLERANCE` unless the base they came from was quantized)."""
     for name, (out_features, in_features) in layers.items():
         try:
             module = _base_layer(model, name)
@@ -260,7 +276,7 @@ def _check_base(model: nn.Module, path, layers: dict, tensors: dict[str, torch.T
                              f"{tuple(weight.shape)} here but ({out_features}, {in_features}) in the adapter.")
         expected = tensors[f"{name}.base_fingerprint"]
         actual = weight_fingerprint(weight)
-        if (actual - expected).abs().max() > FINGERPRINT_TOLERANCE * expected[0]:
+        if (actual - expected).abs().max() > max(saved_tolerance, fingerprint_tolerance(module)) * expected[0]:
             raise ValueError(f"adapter {path} was made for a different base model: the weights of layer '{name}' "
                              "differ from those it was trained on. Load it onto the model it was trained on.")
 
