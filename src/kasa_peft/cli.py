@@ -26,6 +26,8 @@ HELP = {
     "task": "what to train on: glue:<cola|sst2|mrpc|rte|stsb|qnli|mnli|qqp>, classify (your files), sentiment "
             "(the demo's tweets), e2e, commonsense:<set>|all, sft",
     "model": "a local Hugging Face model directory, a hub id, a .gguf file, or a shortcut: minilm, smollm2",
+    "quantize": "load the base quantized with bitsandbytes: 4bit (NF4, double quantization) or 8bit (LLM.int8()); "
+                "the adapter trains beside it in float32 (needs `pip install 'kasa-peft[quantized]'`)",
     "output_dir": "directory for the adapter, predictions and metrics.json",
     "method": "kasa (default), lora, pissa, milora, dora, adalora, peft-kasa (the baselines, through PEFT), or fft",
     "r": "adapter rank (KaSA also drops the r smallest singular components of each weight); default 8",

@@ -34,13 +34,33 @@ EIGHT_BIT_FINGERPRINT_TOLERANCE = 0.025
 
 def dequantize_4bit(stored: Mapping[str, Any]) -> torch.Tensor:
     weight = stored["weight"]
-    return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+    data, state = weight.data, weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        data, state = _unpacked_copy(data, state)
+    return bnb.functional.dequantize_4bit(data, state)
+
+
+def _unpacked_copy(data: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """A copy, in the standard layout, of a 4-bit weight bitsandbytes' CPU inference path has repacked (at its
+    first eval-mode forward without gradients, on CPUs with AVX512-BF16), with the bfloat16 statistics it now
+    computes with; the layer is left as it is.
+
+    bitsandbytes 0.50.2's inverse would requantize double-quantized statistics (changing them) and leaves plain
+    ones in the packed (transposed) order: they are kept as they are and put back in the order
+    ``dequantize_4bit`` reads.
+    """
+    state = copy.deepcopy(state)
+    state.original_nested = False
+    data, state = bnb.functional._convert_weight_packed_for_cpu_inverse(data.clone(), state)
+    state.absmax = state.absmax.T.reshape(-1).float()
+    return data, state
 
 
 def quantize_4bit(module: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
     """A new ``Params4bit`` holding ``weight`` with the module's quantization type, block size and statistics."""
     old = module.weight
-    new = bnb.nn.Params4bit(weight.to("cpu", old.quant_state.dtype), requires_grad=False, blocksize=old.blocksize,
+    dtype = getattr(old.quant_state, "original_dtype", old.quant_state.dtype)  # the CPU packing changes dtype
+    new = bnb.nn.Params4bit(weight.to("cpu", dtype), requires_grad=False, blocksize=old.blocksize,
                             compress_statistics=old.compress_statistics, quant_type=old.quant_type,
                             quant_storage=old.quant_storage, module=module)
     return {"weight": new.to(old.device)}
@@ -86,11 +106,12 @@ def quantization_config(quantize: Quantize, compute_dtype: torch.dtype = torch.f
 
 def quantize_linear_layers(model: nn.Module, quantize: Quantize = "4bit", quant_type: str = "nf4",
                            double_quant: bool = True, compute_dtype: torch.dtype = torch.float32,
-                           skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
+                           skip: tuple[str, ...] = ("lm_head", "classifier", "score")) -> nn.Module:
     """Replace, in place, every plain ``nn.Linear`` of an in-memory model by a bitsandbytes layer holding its
     weight quantized (``"4bit"``: ``quant_type`` ``"nf4"`` or ``"fp4"``, ``double_quant`` for the statistics;
-    ``"8bit"``: LLM.int8() with the default outlier threshold 6). Layers named in ``skip`` stay (transformers
-    keeps the LM head unquantized too). For a checkpoint on disk, use ``quantization_config`` instead."""
+    ``"8bit"``: LLM.int8() with the default outlier threshold 6). Layers named in ``skip`` stay (by default the
+    output heads, which transformers keeps unquantized too). For a checkpoint on disk, use ``quantization_config``
+    instead."""
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
     for name, module in list(model.named_modules()):
@@ -98,6 +119,8 @@ def quantize_linear_layers(model: nn.Module, quantize: Quantize = "4bit", quant_
         if type(module) is nn.Linear and child not in skip:
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, _quantized_copy(module, quantize, quant_type, double_quant, compute_dtype))
+    # marked as transformers' bitsandbytes quantizer marks a model (PEFT picks its bitsandbytes LoRA layers by it)
+    setattr(model, f"is_loaded_in_{quantize}", True)
     return model
 
 
@@ -114,4 +137,4 @@ def _quantized_copy(linear: nn.Linear, quantize: Quantize, quant_type: str, doub
         layer = bnb.nn.Linear8bitLt(*shape, has_fp16_weights=False, threshold=6.0, device="meta")
         layer.weight = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False)
     layer.bias = linear.bias
-    return layer.to(linear.weight.device)
+    return layer.to(linear.weight.device).train(linear.training)

@@ -18,6 +18,8 @@ import yaml
 
 from .task_names import parse_task
 
+QUANTIZE_CHOICES = (None, "4bit", "8bit")  # as kasa_peft.interop.bitsandbytes, which imports bitsandbytes
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -25,6 +27,7 @@ class RunConfig:
 
     task: str
     model: str
+    quantize: str | None = None
     output_dir: str | None = None
     method: str = "kasa"
     # adapter
@@ -86,6 +89,9 @@ class RunConfig:
         if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--dropout and --warmup-ratio must be in [0, 1), got {self.dropout!r} and "
                              f"{self.warmup_ratio!r}")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise ValueError(f"--quantize must be one of {', '.join(q for q in QUANTIZE_CHOICES if q)}, got "
+                             f"{self.quantize!r}")
         parse_task(self.task)  # an unknown task or method fails here, before anything is loaded
         from ..training.methods import METHODS  # here, so that `kasa-peft --help` does not load the Trainer
 

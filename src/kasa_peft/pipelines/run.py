@@ -115,7 +115,8 @@ def start(config: RunConfig) -> RunStart:
     initial adapter (``A``, ``sigma``) and classification head as the run had."""
     set_seed(config.seed)
     pipeline = build_pipeline(config)
-    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
+    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels,
+                                  quantize=config.quantize)
     config = finalise(config, model, tokenizer, pipeline)
     features = pipeline.train_features(tokenizer)
     steps = total_steps(config, len(features))
@@ -130,7 +131,8 @@ def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path
     """
     set_seed(config.seed)
     pipeline = build_pipeline(config)
-    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
+    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels,
+                                  quantize=config.quantize)
     if adapter_dir is not None:
         recorded = (Path(adapter_dir) / METHOD_FILE).is_file()  # the method saved with a run wins over the default
         model = load_trained(model, adapter_dir, None if recorded else config.method)

@@ -19,6 +19,13 @@ peft 0.21.2:
 * ``peft-kasa``: ``LoraConfig(kasa_config=KasaConfig(beta, gamma))``, with the loss PEFT defines (paper
   form, summed over layers) added to the task loss; ``regularizer`` / ``reduction`` apply to ``kasa`` only;
 * ``fft``: every parameter trained, nothing injected.
+
+On a quantized base (bitsandbytes 4-bit / 8-bit) ``kasa``, ``lora``, ``dora`` and ``adalora`` train beside the
+quantized weights. The others are refused up front (`check_method_fits_base`): PEFT refuses PiSSA there (its
+initialisation rewrites the base weight; PEFT asks for a float base, quantized afterwards), MiLoRA is built the
+same way, PEFT 0.21.2's KaSA truncates the stored weight itself (on ``Linear4bit`` it fails, taking the packed
+(N, 1) data for the matrix; on ``Linear8bitLt`` it truncates the int8 codes as if they were the weight, silently),
+and packed weights cannot be fully trained.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from ..core import (
     restore_adapter, singular_value_penalty, trainable_parameters, truncate_smallest,
 )
 from ..core.layer import weight_matrix
+from ..core.quantized import looks_quantized
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
 
 METHODS = ("kasa", "lora", "pissa", "milora", "dora", "adalora", "peft-kasa", "fft")
@@ -50,6 +58,7 @@ ADALORA_TINIT_FRACTION = 0.1
 ADALORA_TFINAL_FRACTION = 0.5
 ADALORA_SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # the RankAllocator's importance averages
 ADALORA_STATE_FILE = "adalora_resume_state.safetensors"
+QUANTIZED_BASE_METHODS = ("kasa", "lora", "dora", "adalora")
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,7 @@ class PreparedModel:
 
 def prepare_model(model: nn.Module, spec: MethodSpec) -> PreparedModel:
     """Make ``model`` trainable with ``spec.method`` (in place for ``kasa`` / ``fft``; PEFT wraps it)."""
+    check_method_fits_base(model, spec.method)
     heads = tuple(dict.fromkeys((*spec.modules_to_save, *classification_head_names(model))))
     if spec.method == "kasa":
         model = inject_distributed(model, kasa_config(spec, heads))
@@ -177,6 +187,16 @@ def prepare_model(model: nn.Module, spec: MethodSpec) -> PreparedModel:
         if spec.method == "milora":
             return PreparedModel(model, spec, heads, init_milora(model))
     return PreparedModel(model, spec, heads)
+
+
+def check_method_fits_base(model: nn.Module, method: str) -> None:
+    """Refuse, before any change, a method that cannot train on ``model``'s quantized weights (module docstring)."""
+    quantized = next((name for name, m in model.named_modules() if looks_quantized(m)), None)
+    if quantized is not None and method not in QUANTIZED_BASE_METHODS:
+        raise ValueError(f"method '{method}' cannot train on a quantized base (layer '{quantized}' is "
+                         f"{type(model.get_submodule(quantized)).__name__}): its initialisation rewrites or trains "
+                         f"the base weights. On a quantized base use one of {', '.join(QUANTIZED_BASE_METHODS)}, or "
+                         "load the model unquantized.")
 
 
 def load_trained(base_model: nn.Module, directory: str | os.PathLike, method: str | None = None) -> nn.Module:

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import transformers
@@ -39,7 +41,8 @@ class KasaTrainer(transformers.Trainer):
         if model is not prepared.model:
             raise ValueError("KasaTrainer trains prepared.model: pass prepared=prepare_model(model, spec) and no "
                              "other model")
-        super().__init__(*args, **kwargs)
+        with _adapters_declared(model):
+            super().__init__(*args, **kwargs)
         if self.is_fsdp_enabled and prepared.spec.method != "kasa":
             raise ValueError(f"FSDP runs method 'kasa' only; train '{prepared.spec.method}' under DDP "
                              "(configs/accelerate/ddp.yaml), which holds a whole model per GPU")
@@ -133,6 +136,20 @@ class KasaTrainer(transformers.Trainer):
 
     def _load_best_model(self) -> None:
         self.prepared.load_checkpoint(self.state.best_model_checkpoint)
+
+
+@contextlib.contextmanager
+def _adapters_declared(model: torch.nn.Module) -> Iterator[None]:
+    """Trainer refuses a quantized transformers model that carries no PEFT adapter ("purely quantized"); a KaSA
+    adapter trains beside the quantized weights just as well, so for the check the model says it has adapters."""
+    declare = getattr(model, "is_quantized", False) and not getattr(model, "_hf_peft_config_loaded", False)
+    if declare:
+        model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        if declare:
+            del model._hf_peft_config_loaded
 
 
 class _AfterOptimizerStep(TrainerCallback):
