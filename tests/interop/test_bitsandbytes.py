@@ -24,7 +24,7 @@ from kasa_peft.core import model as core_model
 from kasa_peft.training.methods import MethodSpec, prepare_model
 
 bnb = pytest.importorskip("bitsandbytes")
-from kasa_peft.interop import export_lora  # noqa: E402
+from kasa_peft.interop import export_lora, export_merged  # noqa: E402
 from kasa_peft.interop.bitsandbytes import quantize_linear_layers  # noqa: E402
 
 KINDS = {"nf4-double": {"quantize": "4bit", "quant_type": "nf4", "double_quant": True},
@@ -263,6 +263,15 @@ def test_an_adapter_moves_between_the_quantized_and_full_precision_base(kind, tm
         kp.load_adapter(llama(seed=1), tmp_path / "on_quantized")
     with pytest.raises(ValueError, match="different base model"):
         kp.load_adapter(quantized(kind, seed=1), tmp_path / "on_float")
+
+
+def test_an_adapter_trained_on_a_4bit_base_exports_merged_into_the_full_precision_base(tmp_path):
+    kp.save_adapter(adapted("nf4-double"), tmp_path / "adapter")
+    out = export_merged(tmp_path / "adapter", tmp_path / "merged", base_model=llama())
+    merged = LlamaForCausalLM.from_pretrained(str(out)).eval()
+    assert not bnb_layers(merged) and merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    expected = logits(kp.load_adapter(llama(), tmp_path / "adapter"))  # the adapter on the float32 base
+    assert (logits(merged) - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
 def test_the_saved_tolerance_is_the_quantized_schemes():
