@@ -57,7 +57,6 @@ def weight_fingerprint(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.linalg.matrix_norm(w).reshape(1), projections]).cpu()
 
 
-@functools.lru_cache(maxsize=32)
 def fingerprint_tolerance(layer: nn.Module) -> float:
     """The relative distance a fingerprint of ``layer``'s weight may have from that of the same weight stored in
     another precision: ``FINGERPRINT_TOLERANCE`` for a float weight, the scheme's for a quantized one."""
@@ -65,6 +64,7 @@ def fingerprint_tolerance(layer: nn.Module) -> float:
     return max(FINGERPRINT_TOLERANCE, support.fingerprint_tolerance if support is not None else 0.0)
 
 
+@functools.lru_cache(maxsize=32)
 def _cosine_patterns(length: int, frequency: float, phase: int, device: torch.device) -> torch.Tensor:
     """Three columns ``cos(frequency (i + 1) j + phase i)``, j < length (cached: layers share shapes)."""
     positions = torch.arange(length, dtype=torch.float64, device=device)

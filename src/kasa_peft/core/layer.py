@@ -200,8 +200,8 @@ class KasaLayer(nn.Module):
         ``unmerge`` gives back the base weight bit-exact on every base but float32 / float64 ones, where it
         subtracts ``delta`` again (exact to float32 rounding, ~1e-7 relative). On a float16 / bfloat16 weight
         ``W + delta`` is rounded to 8 or 11 bits, which subtraction cannot undo (up to 7.8e-3 relative and logits
-        0.6 off on SmolLM2 in bfloat16), so the weight it replaces is kept (one more copy of each merged weight). A quantized
-        weight is dequantized, ``delta`` added and the sum requantized as the base was (with a warning: the
+        0.6 off on SmolLM2 in bfloat16), so the weight it replaces is kept (one more copy of each merged weight).
+        A quantized weight is dequantized, ``delta`` added and the sum requantized as the base was (with a warning: the
         merged layer computes the adapter only up to the base's rounding); the quantized weight it replaces is
         kept (an eighth of a float32 copy for 4 bits). ``keep_replaced=False`` keeps nothing (for
         ``merge_and_unload``: no unmerge follows).
