@@ -335,3 +335,21 @@ def test_methods_that_rewrite_or_train_the_base_are_refused_on_a_quantized_one(m
     with pytest.raises(ValueError, match=f"method '{method}' cannot train on a quantized base"):
         prepare_model(model, MethodSpec(method=method, r=4, target_modules=("q_proj", "v_proj")))
     assert all(torch.equal(before[n], w) for n, w in packed(model).items())
+
+
+@pytest.mark.parametrize("kind", ["nf4-double", "int8"])
+def test_what_peft_itself_does_with_pissa_and_kasa_on_a_quantized_base(kind):
+    """The reasons `prepare_model` gives for refusing them (README), checked on PEFT 0.21.2 directly: PiSSA raises;
+    KaSA, dispatched to PEFT's bitsandbytes LoRA layers, silently becomes a plain LoRA (no truncation, no sigma)."""
+    from peft import KasaConfig as PeftKasaConfig
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "v_proj"]
+    with pytest.raises(TypeError, match="PiSSA"):
+        get_peft_model(quantized(kind), LoraConfig(r=4, target_modules=targets, init_lora_weights="pissa"))
+    model = quantized(kind)
+    before = packed(model)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, kasa_config=PeftKasaConfig()))
+    layers = [m for m in peft_model.modules() if type(m).__module__ == "peft.tuners.lora.bnb"]
+    assert len(layers) == 4 and not any(layer.lora_variant or getattr(layer, "lora_diag", {}) for layer in layers)
+    assert all(torch.equal(b, a) for b, a in zip(before.values(), packed(peft_model).values(), strict=True))

@@ -23,9 +23,8 @@ peft 0.21.2:
 On a quantized base (bitsandbytes 4-bit / 8-bit) ``kasa``, ``lora``, ``dora`` and ``adalora`` train beside the
 quantized weights. The others are refused up front (`check_method_fits_base`): PEFT refuses PiSSA there (its
 initialisation rewrites the base weight; PEFT asks for a float base, quantized afterwards), MiLoRA is built the
-same way, PEFT 0.21.2's KaSA truncates the stored weight itself (on ``Linear4bit`` it fails, taking the packed
-(N, 1) data for the matrix; on ``Linear8bitLt`` it truncates the int8 codes as if they were the weight, silently),
-and packed weights cannot be fully trained.
+same way, PEFT 0.21.2's KaSA silently becomes a plain LoRA there (its bitsandbytes LoRA layers ignore
+``kasa_config``: no truncation, no ``lora_diag``), and packed weights cannot be fully trained.
 """
 
 from __future__ import annotations
