@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained run (--run DIR) or adapter (--adapter)")
     evaluate.add_argument("--run", help="the --output-dir of a finished `kasa-peft train`")
     evaluate.add_argument("--adapter", help="an adapter directory (with --model and --task)")
-    _add_run_options(evaluate, ["task", "model", "method", "seed", *EVAL_OVERRIDES])
+    _add_run_options(evaluate, ["task", "model", "quantize", "method", "seed", *EVAL_OVERRIDES])
     evaluate.add_argument("--output-dir", dest="predictions_dir", help="write the prediction files here")
     evaluate.set_defaults(handler=_evaluate)
 

@@ -62,7 +62,11 @@ def test_train_on_a_4bit_base_and_load_the_adapter_on_either_base(cli, llama64_d
     result = cli("train", "--task", "sft", "--model", llama64_dir, "--quantize", "4bit", "--train-file", train_file,
                  "--eval-file", train_file, "--output-dir", out, *COMMON)
     assert result.code == 0, result.err
-    assert json.loads((out / "metrics.json").read_text())["config"]["quantize"] == "4bit"
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["config"]["quantize"] == "4bit"
+    evaluated = cli("eval", "--run", out)  # on the base the run recorded: 4-bit again, so the same metrics
+    assert evaluated.code == 0, evaluated.err
+    assert json.loads(evaluated.out) == record["final"]["metrics"]
     adapter = out  # the run directory holds the adapter
     saved = kp.read_adapter(adapter)[1]
     assert any(saved[k].abs().max() > 0 for k in saved if k.endswith(".B"))  # it trained
