@@ -24,7 +24,6 @@ from ..core.quantized import QuantizedLinear, register_quantized_layer
 
 Quantize = Literal["4bit", "8bit"]
 QUANTIZE_CHOICES: tuple[Quantize, ...] = ("4bit", "8bit")
-SUPPORTED = "bitsandbytes Linear4bit (NF4, FP4, double quantization) and Linear8bitLt"
 # How far the fingerprint (core/io.py) of a dequantized weight may lie from the float weight's, relative to
 # ||W||_F: quantization noise moves it by about its relative error (NF4 ~0.09, FP4 ~0.14, int8 ~0.01). Largest
 # distance measured over the 210 linear layers of SmolLM2-135M: 0.165 (NF4), 0.162 (FP4), 0.013 (int8).
