@@ -121,11 +121,14 @@ def test_nist_of_a_two_segment_example():
     assert scores["NIST"] == pytest.approx(expected * nist_penalty(4 / 5))
 
 
-def test_nist_averages_reference_length_over_the_largest_reference_count():
-    # 6 reference words over max(2, 1) reference sets: average 3 against 2 candidate words, ratio 2/3 -> 0.5.
-    # info(a) = log2(6/2), info(c) = log2(6/1); no candidate bigrams.
-    scores = mteval_scores(["a", "c"], [["a b", "a b"], ["c d"]])
-    assert scores["NIST"] == pytest.approx(0.5 * (math.log2(3) + math.log2(6)) / 2)
+def test_nist_averages_reference_length_over_the_mean_non_empty_reference_count():
+    # mteval-v13a: average reference length = reference words / (non-empty references / segments).
+    # 6 reference words, 3 references over 2 segments: 6 / 1.5 = 4 against 2 candidate words, ratio 1/2.
+    # (Dividing by the largest reference count, 2, would give 3 and ratio 2/3.) Empty references are the
+    # official scorer's padding and count for nothing. info(a) = log2(6/2), info(c) = log2(6/1).
+    expected = nist_penalty(1 / 2) * (math.log2(3) + math.log2(6)) / 2
+    for refs in ([["a b", "a b"], ["c d"]], [["a b", "a b"], ["c d", ""]], [["a b", "", "a b"], ["", "c d"]]):
+        assert mteval_scores(["a", "c"], refs)["NIST"] == pytest.approx(expected)
 
 
 @pytest.mark.integration
@@ -188,9 +191,9 @@ def test_full_scorer_on_a_hand_worked_corpus(tmp_path):
     assert 0 < scores["METEOR"] < 1
     # NIST: 21 reference words; unigram info log2(21/count): "the", "vaults", "a", "pub" occur twice, "." three
     # times. Non-zero higher-order info: "vaults is", "pub ." (log2(2/1) each) of 10 candidate bigrams, and
-    # "the vaults is", "a pub ." of 6 trigrams. 14 candidate words against 21 / 2 (two reference sets): no penalty.
+    # "the vaults is", "a pub ." of 6 trigrams. 14 candidate words against 21 / (5 references / 4 segments) = 16.8.
     unigram_info = 8 * math.log2(21) + 4 * math.log2(21 / 2) + 2 * math.log2(21 / 3)
-    assert scores["NIST"] == pytest.approx(unigram_info / 14 + 2 / 10 + 2 / 6)
+    assert scores["NIST"] == pytest.approx((unigram_info / 14 + 2 / 10 + 2 / 6) * nist_penalty(14 / 16.8))
 
 
 def test_without_java_coco_metrics_are_none_with_a_reason(monkeypatch):
