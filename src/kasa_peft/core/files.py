@@ -1,0 +1,89 @@
+"""Files that appear whole or not at all, and the cleanup of what a killed writer left behind.
+
+A file is written to a temporary sibling ``.<name>.<pid>.<random>.tmp``, flushed to disk, then renamed over
+``<name>`` (``os.replace`` is atomic on POSIX): a reader, or a process killed at any instant, sees the old
+file or the new one. The writer's process id in the temporary's name lets a later writer remove the
+temporaries of writers that no longer run (``remove_stale``) without touching those of a live one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+STALE_SUFFIX = ".tmp"
+
+
+def temporary_prefix(name: str) -> str:
+    """The prefix of this process's temporaries for ``name``: ``.<name>.<pid>.``."""
+    return f".{name}.{os.getpid()}."
+
+
+def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary)``, flush the result to disk, and rename it to ``path``.
+
+    On any error the temporary is removed and ``path`` is unchanged.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, path.name)
+    handle, name = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=STALE_SUFFIX, dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (`write_file_atomically`)."""
+    write_file_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def remove_stale(directory: Path, name: str) -> list[Path]:
+    """Remove the temporaries for ``name`` in ``directory`` whose writer process no longer runs; returns them."""
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.glob(f".{name}.*{STALE_SUFFIX}*"):
+        pid = _writer_pid(entry.name, name)
+        if pid is None or pid == os.getpid() or _is_running(pid):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _writer_pid(entry: str, name: str) -> int | None:
+    """The pid in ``.<name>.<pid>.<random>.tmp...``, or ``None`` for a name of another form."""
+    pid = entry[len(name) + 2:].split(".", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a directory) to disk, so a rename never outlives the data it points to."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
