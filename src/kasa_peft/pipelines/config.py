@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,10 @@ class RunConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+                raise ValueError(f"--{_flag(field.name)} must be a finite number, got {value!r}")
         positive = ("r", "alpha", "epochs", "max_steps", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
                     "max_length", "eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "num_beams",
                     "max_new_tokens", "lr", "head_lr")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,9 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("alpha", "dropout", "beta", "gamma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"MethodSpec.{name} must be a finite number, got {getattr(self, name)!r}")
         for name in ("target_modules", "modules_to_save"):
             value = getattr(self, name)
             if not isinstance(value, str):
