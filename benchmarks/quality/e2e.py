@@ -54,7 +54,18 @@ def summarise(records: list[Record], out: Path) -> None:
         f"mean ± std over seeds {', '.join(map(str, SEEDS))}: "
         f"{TRAIN_SAMPLES} fixed training examples, 1 epoch (batch 8, lr 5e-4); {TEST_MRS} fixed test MRs "
         f"(all their references), beam {BEAMS}.\n\n"
-        f"{table}\nMachine: {machine_line(records)}.\nCommand: `python benchmarks/quality/e2e.py`\n")
+        f"{table}\n{_unscorable_nist(records, out)}Machine: {machine_line(records)}.\n"
+        "Command: `python benchmarks/quality/e2e.py`\n")
+
+
+def _unscorable_nist(records: list[Record], out: Path) -> str:
+    """A warning naming the runs whose NIST predates the mteval reference-length fix (issue 16): those saved
+    without their predictions (``<id>.predictions.txt``), which therefore cannot be rescored."""
+    stale = [r["id"] for r in records if not (out / "runs" / f"{r['id']}.predictions.txt").is_file()]
+    if not stale:
+        return ""
+    return (f"NIST of {', '.join(stale)} is not the official scorer's: it was computed before the fix of NIST's "
+            "reference length (issue 16), and these runs kept no predictions to rescore; rerun them.\n\n")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 The job (written by ``harness.worker_command``) holds the table, the run's id and labels, the `RunConfig`
 settings and where the record goes. The record is written only once training and evaluation have finished,
-through a temporary file and a rename, so a record on disk is always a finished run.
+through a temporary file and a rename, so a record on disk is always a finished run. A generation run's outputs
+(``e2e_predictions.txt``) are kept beside the record, as ``<id>.predictions.txt``, so that its scores can be
+recomputed when a metric is corrected.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 from common import machine_info  # noqa: E402
 from kasa_peft.pipelines.base import write_atomically  # noqa: E402
 from kasa_peft.pipelines.config import RunConfig  # noqa: E402
+from kasa_peft.pipelines.e2e import PREDICTIONS_FILE  # noqa: E402
 from kasa_peft.pipelines.run import read_run, train  # noqa: E402
 
 
@@ -31,6 +35,9 @@ def run_job(job: dict) -> dict:
 def main() -> None:
     job = json.loads(sys.argv[1])
     record = run_job(job)
+    predictions = Path(record["output_dir"]) / PREDICTIONS_FILE
+    if predictions.is_file():
+        shutil.copyfile(predictions, Path(job["record"]).with_suffix(".predictions.txt"))
     write_atomically(Path(job["record"]), json.dumps(record, indent=2) + "\n")
 
 
