@@ -3,17 +3,24 @@
 The output directory holds, when a run has finished, the trained adapter (the whole model for ``fft``), the
 evaluation's prediction files and ``metrics.json``, which is written last and atomically: a directory without
 ``metrics.json`` is not a result. ``run_config.json`` (the resolved settings) is written when training starts,
-and Trainer checkpoints go to ``checkpoints/``; ``--resume`` continues from the latest one and they are removed
-once the run has finished.
+and Trainer checkpoints go to ``checkpoints/``; ``--resume`` continues from the newest complete one (a
+checkpoint being written when the run was killed is skipped, with a warning) and they are removed once the run
+has finished. Once training and the final evaluation are done, the record is kept in ``checkpoints/record.json``
+before the adapter is written, so a run killed before ``metrics.json`` is finished by ``--resume`` from the last
+checkpoint and that record, without training again. One process at a time trains into a directory
+(`run_lock.run_directory_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
+import re
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -23,7 +30,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 from transformers import TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core.config import ALL_LINEAR
 from ..models import load_model
@@ -36,11 +44,14 @@ from .config import RunConfig
 from .evaluation import PeriodicEvaluation, best_evaluation, evaluations
 from .generation import PromptTargetPipeline
 from .registry import build_pipeline
+from .run_lock import run_directory_lock
 from .targets import default_target_modules
 
 METRICS_FILE = "metrics.json"
 RUN_CONFIG_FILE = "run_config.json"
 CHECKPOINTS_DIR = "checkpoints"
+PENDING_RECORD = "record.json"  # in checkpoints/: the finished run's record, before its adapter is written
+TRAINER_STATE = "trainer_state.json"  # Trainer writes it last into a checkpoint
 
 
 @dataclass
@@ -61,10 +72,25 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     if not config.output_dir:
         raise ValueError("missing --output-dir: name the directory that receives the adapter and metrics.json")
     output_dir = Path(config.output_dir)
+    with run_directory_lock(output_dir) if is_main_process() else contextlib.nullcontext():
+        return _train_locked(config, output_dir, started, callbacks)
+
+
+def _train_locked(config: RunConfig, output_dir: Path, started: float,
+                  callbacks: Sequence[TrainerCallback]) -> RunResult:
     check_output_dir(output_dir, config)
     barrier()  # no rank may write before every rank has checked the directory
     config, pipeline, tokenizer, features, steps, prepared = start(config)
     on_main_process(lambda: start_run_dir(output_dir, config), f"starting the run in {output_dir}")
+    pending = output_dir / CHECKPOINTS_DIR / PENDING_RECORD
+    checkpoint = latest_checkpoint(output_dir) if config.resume else None
+    if checkpoint is not None and pending.is_file():  # trained and evaluated; killed before metrics.json
+        record = json.loads(pending.read_text())
+        if TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE)).global_step != record["optimizer_steps"]:
+            raise ValueError(f"--resume: {pending} records {record['optimizer_steps']} steps but the newest complete "
+                             f"checkpoint is {checkpoint}; delete {output_dir} and train again")
+        prepared.load_checkpoint(checkpoint)
+        return _finish(output_dir, prepared, record)
 
     predictions_dir = output_dir if is_main_process() else None
     evaluation = PeriodicEvaluation(lambda m: pipeline.evaluate(m, tokenizer, predictions_dir), config.eval_steps,
@@ -72,11 +98,9 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     trainer = KasaTrainer(model=prepared.model, args=training_arguments(config, output_dir / CHECKPOINTS_DIR, steps),
                           train_dataset=features, data_collator=pipeline.data_collator(tokenizer),
                           prepared=prepared, head_lr=config.head_lr, callbacks=[evaluation, *callbacks])
-    checkpoint = latest_checkpoint(output_dir) if config.resume else None
     outcome = trainer.train(resume_from_checkpoint=checkpoint)
     final = evaluation.run(trainer.state, prepared.model)
 
-    prepared.save(output_dir)
     history = evaluations(trainer.state.log_history)
     record = {
         "task": config.task, "method": config.method, "model": config.model, "main_metric": pipeline.main_metric,
@@ -91,6 +115,14 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
         "versions": versions(), "device": str(next(prepared.model.parameters()).device),
         "config": config.to_dict(),
     }
+    on_main_process(lambda: write_atomically(pending, json.dumps(record, indent=2) + "\n"),
+                    f"writing {pending}")
+    return _finish(output_dir, prepared, record)
+
+
+def _finish(output_dir: Path, prepared: PreparedModel, record: dict[str, Any]) -> RunResult:
+    """Write the trained adapter, then ``metrics.json``, then remove the checkpoints."""
+    prepared.save(output_dir)
 
     def finish() -> None:
         write_atomically(output_dir / METRICS_FILE, json.dumps(record, indent=2) + "\n")
@@ -138,9 +170,35 @@ def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:
-    """The last Trainer checkpoint of an unfinished run (``None``: start from the beginning)."""
+    """The newest complete Trainer checkpoint of an unfinished run (``None``: start from the beginning).
+
+    Trainer writes ``trainer_state.json`` after the model, optimizer, scheduler and RNG states; a checkpoint
+    without a readable one was being written when the run was killed, and is skipped with a warning.
+    """
     checkpoints = output_dir / CHECKPOINTS_DIR
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if not checkpoints.is_dir():
+        return None
+    numbered = {int(match[1]): p for p in checkpoints.iterdir()
+                if p.is_dir() and (match := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name))}
+    for _, checkpoint in sorted(numbered.items(), reverse=True):
+        problem = _incomplete(checkpoint)
+        if problem is None:
+            return str(checkpoint)
+        warnings.warn(f"--resume: skipping {checkpoint}: {problem}, so it was still being written when the run "
+                      "stopped; resuming from the checkpoint before it", stacklevel=2)
+    return None
+
+
+def _incomplete(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` is incomplete, or ``None`` when its ``trainer_state.json`` is whole."""
+    state = checkpoint / TRAINER_STATE
+    if not state.is_file():
+        return f"it has no {TRAINER_STATE}"
+    try:
+        TrainerState.load_from_json(str(state))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return f"its {TRAINER_STATE} is cut off"
+    return None
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""The runner after a kill: incomplete checkpoints, a kill before metrics.json, two runs into one directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+import kasa_peft.pipelines.run as run_module
+from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, train
+from kasa_peft.pipelines.run_lock import RunDirectoryBusy, lock_path
+
+from .test_run import Interrupt, config  # noqa: F401  (config is a fixture)
+
+
+def cut_off_state(checkpoint: Path) -> None:
+    state = checkpoint / "trainer_state.json"
+    state.write_text(state.read_text()[:40])
+
+
+def no_state_and_empty_optimizer(checkpoint: Path) -> None:
+    (checkpoint / "trainer_state.json").unlink()
+    (checkpoint / "optimizer.pt").write_bytes(b"")
+
+
+@pytest.mark.parametrize("kill, reason", [(no_state_and_empty_optimizer, "it has no trainer_state.json"),
+                                          (cut_off_state, "its trainer_state.json is cut off")])
+def test_resume_skips_a_checkpoint_killed_while_being_written(config, kill, reason):  # noqa: F811
+    interrupted = config("b")
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, callbacks=[Interrupt(at_step=5)])  # checkpoints 2 and 4 written
+    kill(Path(interrupted.output_dir) / CHECKPOINTS_DIR / "checkpoint-4")
+    with pytest.warns(UserWarning, match=rf"skipping .*checkpoint-4: {reason}"):
+        resumed = train(interrupted.replace(resume=True))
+    assert resumed.record["resumed_from"].endswith("checkpoint-2")
+    assert resumed.record["optimizer_steps"] == 5
+
+
+def test_a_kill_between_the_adapter_and_metrics_json_is_finished_as_that_run(config, monkeypatch):  # noqa: F811
+    uninterrupted = train(config("a"))
+    killed = config("b")
+    real_write = run_module.write_atomically
+
+    def killed_at_metrics(path: Path, text: str) -> None:
+        if path.name == METRICS_FILE:
+            raise KeyboardInterrupt
+        real_write(path, text)
+    monkeypatch.setattr(run_module, "write_atomically", killed_at_metrics)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed)
+    monkeypatch.setattr(run_module, "write_atomically", real_write)
+
+    resumed = train(killed.replace(resume=True))
+    assert resumed.record["optimizer_steps"] == uninterrupted.record["optimizer_steps"] == 5
+    assert resumed.record["train_loss"] == pytest.approx(uninterrupted.record["train_loss"], rel=1e-6)
+    assert resumed.record["final"]["metrics"] == pytest.approx(uninterrupted.record["final"]["metrics"])
+    assert resumed.record["resumed_from"] is None  # the record of the invocation that trained it
+    assert json.loads((resumed.output_dir / METRICS_FILE).read_text()) == resumed.record
+    expected, actual = (load_file(r.output_dir / "adapter_model.safetensors") for r in (uninterrupted, resumed))
+    assert all((expected[k] - actual[k]).abs().max() <= 1e-6 for k in expected)
+    assert not (resumed.output_dir / CHECKPOINTS_DIR).exists()
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from kasa_peft.pipelines.run_lock import run_directory_lock
+with run_directory_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_run_into_a_busy_directory_is_refused_naming_the_first(config):  # noqa: F811
+    busy = config("busy", max_steps=1)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, busy.output_dir], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryBusy, match=rf"busy is in use by a running `kasa-peft train` \(pid "
+                                                   rf"{holder.pid}: "):
+            train(busy)
+        assert not Path(busy.output_dir).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_path(Path(busy.output_dir)).exists()  # left by the kill -9, but no longer locked
+    assert train(busy).record["optimizer_steps"] == 1
+    assert not lock_path(Path(busy.output_dir)).exists()
