@@ -66,6 +66,15 @@ def test_read_predictions_strips_lines_and_keeps_empty_ones(tmp_path):
     assert read_predictions(path) == ["a pub.", "", "X"]
 
 
+def test_non_utf8_files_are_named(tmp_path):
+    (tmp_path / "out.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(ValueError, match=r"out\.txt is not UTF-8 text \(byte 0xe9 at byte 3\)"):
+        read_predictions(tmp_path / "out.txt")
+    (tmp_path / "refs.csv").write_bytes(b"mr,ref\nname[X],caf\xe9\n")
+    with pytest.raises(ValueError, match=r"refs\.csv is not UTF-8 text"):
+        e2e.read_e2e_csv(tmp_path / "refs.csv")
+
+
 def test_score_files_requires_one_line_per_distinct_mr(tmp_path):
     refs = tmp_path / "refs.csv"
     refs.write_text("mr,ref\nm1,a\nm1,b\nm2,c\n", encoding="utf-8")

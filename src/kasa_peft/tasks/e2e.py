@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 
-from ._common import PathLike, check_choice, data_path, read_csv, require_columns, require_path
+from ._common import PathLike, check_choice, data_path, read_csv, read_lines, require_columns
 from .hub import E2E, hub_records, hub_split
 from .metrics import check_lengths
 
@@ -84,8 +84,7 @@ def format_target(ref: str) -> str:
 
 def read_predictions(path: PathLike) -> list[str]:
     """One system output per line, whitespace-stripped, empty lines kept (as the official scorer)."""
-    with require_path(path).open(encoding="utf-8") as handle:
-        return [line.strip() for line in handle]
+    return [line.strip() for line in read_lines(path, "utf-8")]
 
 
 def score_e2e_files(predictions_path: PathLike, references_csv: PathLike) -> Scores:
