@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 import kasa_peft.pipelines.run as run_module
 from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, train
 from kasa_peft.pipelines.run_lock import RunDirectoryBusy, lock_path
+from kasa_peft.training.trainer import NonFiniteLossError
 
 from .test_run import Interrupt, config  # noqa: F401  (config is a fixture)
 
@@ -90,3 +93,24 @@ def test_a_second_run_into_a_busy_directory_is_refused_naming_the_first(config):
     assert lock_path(Path(busy.output_dir)).exists()  # left by the kill -9, but no longer locked
     assert train(busy).record["optimizer_steps"] == 1
     assert not lock_path(Path(busy.output_dir)).exists()
+
+
+class Poison(TrainerCallback):
+    """Writes NaN into one trainable parameter when step ``at_step`` begins (1-based)."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 == self.at_step:
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if n.endswith("sigma")).fill_(float("nan"))
+
+
+def test_a_non_finite_loss_stops_training_and_saves_no_adapter(config):  # noqa: F811
+    diverging = config("nan")
+    with pytest.raises(NonFiniteLossError, match="the training loss became nan at step 3, so training diverged"):
+        train(diverging, callbacks=[Poison(at_step=3)])
+    out = Path(diverging.output_dir)
+    assert not (out / "adapter_model.safetensors").exists() and not (out / METRICS_FILE).exists()
+    assert sorted(p.name for p in (out / CHECKPOINTS_DIR).iterdir()) == ["checkpoint-2"]
