@@ -40,6 +40,7 @@ from ..core import (
     KasaConfig, ParameterCount, RegularizationTerms, load_adapter, orthogonality_penalty, regularization_terms,
     restore_adapter, singular_value_penalty, trainable_parameters, truncate_smallest,
 )
+from ..core.files import write_text_atomically
 from ..core.layer import weight_matrix
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
 
@@ -133,7 +134,7 @@ class PreparedModel:
                 self.model.save_pretrained(directory)
             if self.spec.method == "adalora":
                 save_adalora_state(self.model, directory)
-            (directory / METHOD_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2) + "\n")
+            write_text_atomically(directory / METHOD_FILE, json.dumps(self.spec.to_dict(), indent=2) + "\n")
         on_main_process(write, f"saving the {self.spec.method} model to {directory}")
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
