@@ -140,6 +140,11 @@ def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, to
     return path
 
 
+def base_model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "name_or_path", "") or type(model).__name__)
+
+
 def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the tensors in name order: each one's name, dtype, shape and bytes."""
     digest = hashlib.sha256()
@@ -156,11 +161,6 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str, fix: str) -> No
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ValueError(f"{what}: tensor '{name}' holds {bad} NaN or infinite value(s); {fix}")
-
-
-def base_model_name(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    return str(getattr(config, "name_or_path", "") or type(model).__name__)
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
