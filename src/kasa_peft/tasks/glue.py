@@ -175,7 +175,8 @@ def load_classification_file(path: PathLike, text_columns: list[str], label_colu
     ``text_columns`` names one column (single sentence) or two (sentence pair). Labels
     are mapped to ids by their position in ``label_names``; when it is not given, the
     sorted distinct labels of this file are used (numerically when all are integers),
-    so pass the training file's ``label_names`` when loading its dev/test files.
+    so pass the training file's ``label_names`` when loading its dev/test files. Blank lines are skipped; an
+    empty text or label cell, a file without examples and (without ``label_names``) a single class are errors.
     """
     if len(text_columns) not in (1, 2):
         raise ValueError(f"text_columns must name 1 or 2 columns, got {len(text_columns)}")
