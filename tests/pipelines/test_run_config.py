@@ -65,6 +65,9 @@ def test_config_file_errors(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_config_file(tmp_path / "broken.json")
+    (tmp_path / "latin1.yaml").write_bytes(b"model: caf\xe9\n")
+    with pytest.raises(ValueError, match=r"latin1\.yaml is not UTF-8 text \(byte 0xe9 at byte 10\)"):
+        read_config_file(tmp_path / "latin1.yaml")
 
 
 def test_task_names():

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..tasks._common import read_text
 from .task_names import parse_task
 
 
@@ -144,8 +145,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found: check the --config path")
+    text = read_text(path)
     try:
-        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ValueError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}"
                          ) from None

@@ -119,7 +119,7 @@ def _file_split(spec: GlueTask, data_dir: PathLike, split: str) -> tuple[list[di
     return rows, spec.text_fields, labels
 
 
-def scores(raw_labels: Sequence[str], source: PathLike) -> list[float]:
+def scores(raw_labels: Sequence[str | float], source: PathLike) -> list[float]:
     """Regression targets as finite floats; anything else is an error naming the row."""
     values = []
     for number, value in enumerate(raw_labels, start=1):
@@ -135,8 +135,9 @@ def scores(raw_labels: Sequence[str], source: PathLike) -> list[float]:
 
 def _hub_split(spec: GlueTask, split: str) -> tuple[list[dict], tuple[str, ...], list]:
     rows = hub_records(HubSource(GLUE, spec.name), hub_split(split))
-    label_type = float if spec.is_regression else int
-    return rows, spec.hub_text_fields, [label_type(row["label"]) for row in rows]
+    raw_labels = [row["label"] for row in rows]
+    labels = scores(raw_labels, f"{GLUE}/{spec.name} ({split})") if spec.is_regression else list(map(int, raw_labels))
+    return rows, spec.hub_text_fields, labels
 
 
 def _read_glue_tsv(path: Path, columns: tuple[str, ...] | None) -> tuple[list[str], list[dict[str, str]]]:
