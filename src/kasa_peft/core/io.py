@@ -318,8 +318,8 @@ def _check_ranks(path, config: KasaConfig, layers: dict, tensors: dict[str, torc
     for name in layers:
         rank = tensors[f"{name}.sigma"].shape[0]
         if rank != config.r:
-            raise ValueError(f"{path}: {CONFIG_NAME} says r = {config.r} but layer '{name}' has rank {rank} in "
-                             f"{WEIGHTS_NAME}; the adapter is inconsistent, save it again")
+            raise ValueError(f"{path}: its config says r = {config.r} but layer '{name}' has rank {rank}; the "
+                             "adapter is inconsistent, save it again")
 
 
 def _check_saved_modules(model: nn.Module, path, modules: list[str], tensors: dict[str, torch.Tensor]) -> None:
