@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -355,3 +356,19 @@ def test_save_refuses_non_finite_tensors_unless_allowed(saved, tmp_path):
     written = save_adapter(model, tmp_path / "diverged", allow_non_finite=True)
     with pytest.raises(ValueError, match="holds 1 NaN or infinite value"):
         read_adapter(written)
+
+
+def test_saving_removes_what_killed_writers_left_and_keeps_a_live_writers_files(saved):
+    """Staging directories of kasa-peft 0.1 (``.<name>.tmp-*``, no pid) and temporaries of dead writers go; the
+    temporary of a writer that still runs (here the test's parent process) stays."""
+    model, path = saved
+    legacy = path.parent / ".adapter.tmp-k2x9q1"
+    legacy.mkdir()
+    (legacy / "adapter_model.safetensors").write_bytes(b"half")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = path / f".adapter_model.safetensors.{int(dead.stdout)}.abc123.tmp"
+    orphan.write_bytes(b"half")
+    live = path / f".adapter_config.json.{os.getppid()}.abc123.tmp"
+    live.write_text("{")
+    save_adapter(model, path)
+    assert not legacy.exists() and not orphan.exists() and live.exists()

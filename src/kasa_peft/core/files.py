@@ -9,12 +9,14 @@ temporaries of writers that no longer run (``remove_stale``) without touching th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 STALE_SUFFIX = ".tmp"
+LEGACY_STAGING = ".tmp-"  # how kasa-peft 0.1's staging directories were named: .<name>.tmp-<random>
 
 
 def temporary_prefix(name: str) -> str:
@@ -48,13 +50,15 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def remove_stale(directory: Path, name: str) -> list[Path]:
-    """Remove the temporaries for ``name`` in ``directory`` whose writer process no longer runs; returns them."""
+    """Remove the temporaries for ``name`` in ``directory`` whose writer process no longer runs, and the
+    ``.<name>.tmp-*`` staging directories of kasa-peft versions that did not record it; returns them."""
     if not directory.is_dir():
         return []
     removed = []
-    for entry in directory.glob(f".{name}.*{STALE_SUFFIX}*"):
+    for entry in directory.glob(f".{name}.*"):
         pid = _writer_pid(entry.name, name)
-        if pid is None or pid == os.getpid() or _is_running(pid):
+        legacy = entry.name.startswith(f".{name}{LEGACY_STAGING}")
+        if not legacy and (pid is None or pid == os.getpid() or _is_running(pid)):
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -65,9 +69,9 @@ def remove_stale(directory: Path, name: str) -> list[Path]:
 
 
 def _writer_pid(entry: str, name: str) -> int | None:
-    """The pid in ``.<name>.<pid>.<random>.tmp...``, or ``None`` for a name of another form."""
-    pid = entry[len(name) + 2:].split(".", 1)[0]
-    return int(pid) if pid.isdigit() else None
+    """The pid in ``.<name>.<pid>.<random>.tmp`` (mkstemp's random part has no dot), else ``None``."""
+    match = re.fullmatch(rf"\.{re.escape(name)}\.(\d+)\.[a-z0-9_]+{re.escape(STALE_SUFFIX)}", entry)
+    return int(match[1]) if match else None
 
 
 def _is_running(pid: int) -> bool:

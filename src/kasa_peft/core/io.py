@@ -31,7 +31,7 @@ from torch import nn
 
 from ..version import __version__
 from .config import KasaConfig
-from .files import write_file_atomically, write_text_atomically
+from .files import remove_stale, write_file_atomically, write_text_atomically
 from .layer import KasaLayer, ModulesToSave, copy_full_into, full_tensor, weight_matrix
 from .model import (
     _base_layer, inject, kasa_layers, kasa_state, original_weight, saved_modules,
@@ -130,6 +130,7 @@ def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, to
     metadata = {**metadata, CHECKSUM_KEY: tensor_checksum(tensors)}
     header = {"format": "pt", HEADER_KEY: json.dumps(metadata)}
     created = not path.exists()
+    remove_stale(path.parent, path.name)
     try:
         write_file_atomically(path / WEIGHTS_NAME, lambda file: save_file(tensors, str(file), metadata=header))
         write_text_atomically(path / CONFIG_NAME, json.dumps(metadata, indent=2) + "\n")
