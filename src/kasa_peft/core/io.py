@@ -25,7 +25,7 @@ from ..version import __version__
 from .config import KasaConfig
 from .layer import KasaLayer, copy_full_into, full_tensor, weight_matrix
 from .model import (
-    _base_layer, inject, kasa_layers, kasa_state, original_weight, saved_modules,
+    _base_layer, check_adapter_name, inject, kasa_layers, kasa_state, original_weight, saved_modules,
 )
 from .truncation import DroppedComponents
 
@@ -173,6 +173,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     """
     metadata, tensors = read_adapter(path)
     name = adapter_name or metadata["adapter_name"]
+    if adapter_name is None:
+        try:
+            check_adapter_name(name)
+        except ValueError as err:
+            raise ValueError(f"{Path(path) / CONFIG_NAME}: {err}; load it under another name "
+                             "(adapter_name=..., or NAME=DIR on the command line)") from None
     config = KasaConfig.from_dict(metadata["config"])
     layers = metadata["layers"]
     _check_tensors(path, layers, metadata["modules_to_save"], tensors)

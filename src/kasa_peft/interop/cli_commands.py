@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..core.model import check_adapter_name
 from .inspection import format_inspection, inspect_adapter, plot_sigma
 from .lora_export import export_lora
 from .merged import export_merged
@@ -44,6 +45,10 @@ def parse_adapter_specs(specs: Iterable[str]) -> dict[str, str]:
         name, path = (name, path) if sep else ("default", spec)
         if not name or not path:
             raise ValueError(f"--adapter {spec!r}: expected NAME=DIR")
+        try:
+            check_adapter_name(name)
+        except ValueError as err:
+            raise ValueError(f"--adapter {spec!r}: {err}") from None
         if name in adapters:
             raise ValueError(f"--adapter name {name!r} is used twice ({adapters[name]} and {path}); "
                              "give each adapter its own name")
