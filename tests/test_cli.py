@@ -198,12 +198,13 @@ def test_score_without_data_dir_reads_the_hub(cli, monkeypatch, tmp_path):
     score as the same references given as a file; a failed hub load ends in one line naming the fix."""
     import datasets
 
-    from kasa_peft.tasks import e2e
+    from kasa_peft.tasks import e2e, hub
 
     monkeypatch.setattr(e2e.shutil, "which", lambda name: None)  # BLEU and NIST only: no Java metrics
     pairs = [("name[A]", "A is here."), ("name[A]", "Here is A."), ("name[B]", "B is a pub.")]
     rows = [{"meaning_representation": mr, "human_reference": ref} for mr, ref in pairs]
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: rows)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     predictions, references = tmp_path / "out.txt", tmp_path / "refs.csv"
     predictions.write_text("A is here.\nB is a pub.\n")
     references.write_text("mr,ref\n" + "".join(f"{mr},{ref}\n" for mr, ref in pairs))

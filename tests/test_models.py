@@ -198,8 +198,37 @@ def test_invalid_arguments(bert, task, num_labels, message):
 def test_unreachable_hub_id_is_explained(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network attempts, no retries
-    with pytest.raises(ModelLoadError, match="'kasa-peft-tests/no-such-model' from the Hugging Face Hub"):
+    with pytest.raises(ModelLoadError, match="could not load 'kasa-peft-tests/no-such-model': the Hugging Face hub "
+                                             r"\(https://huggingface.co\) cannot be reached from this machine and the "
+                                             "model is not in the local Hugging Face cache; pass a local model"):
         load_model("kasa-peft-tests/no-such-model", "causal_lm")
+
+
+def test_without_a_network_a_hub_id_fails_without_asking_the_hub(monkeypatch, tmp_path):
+    """Offline, huggingface_hub retries each request for about a minute (57 s per model here): one probe
+    connection fails first, and transformers then reads only the local cache."""
+    import socket
+
+    from kasa_peft.tasks import hub
+
+    attempts = []
+
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    hub.hub_reachable.cache_clear()
+    try:
+        with pytest.raises(ModelLoadError, match="cannot be reached from this machine and the model is not in the "
+                                                 "local Hugging Face cache"):
+            load_model("kasa-peft-tests/no-such-model", "causal_lm")
+    finally:
+        hub.hub_reachable.cache_clear()
+    assert attempts == [("huggingface.co", 443)]
 
 
 # ------------------------------------------------------------------------------------------------- GGUF caching

@@ -34,6 +34,7 @@ import torch
 import transformers
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from .tasks.hub import hub_reachable, unreachable_hub_message
 from transformers import (
     AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GgufConfig, PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -182,8 +183,9 @@ def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torc
     source = resolve_model_path(spec)
     location = _gguf_converted_dir(source) if source.kind == "gguf" else source.path
     with _explain_load_failure(source):
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = _AUTO_CLASSES[task].from_pretrained(location, **model_kwargs)
+        hub = _hub_kwargs(source)
+        tokenizer = AutoTokenizer.from_pretrained(location, **hub)
+        model = _AUTO_CLASSES[task].from_pretrained(location, **model_kwargs, **hub)
     tokenizer.padding_side = padding_side
     _ensure_pad_token(model, tokenizer)
     model.config.name_or_path = reloadable_spec(spec, source)
@@ -222,6 +224,12 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
+def _hub_kwargs(source: ModelSource) -> dict:
+    """``local_files_only=True`` for a hub id when the hub cannot be reached: the local cache, or a fast failure
+    (instead of a minute of retries)."""
+    return {"local_files_only": True} if source.kind == "hub_id" and not hub_reachable() else {}
+
+
 @contextmanager
 def _explain_load_failure(source: ModelSource) -> Iterator[None]:
     """Turn transformers' OSErrors (missing files, no network, unknown hub id) into an actionable error."""
@@ -229,8 +237,12 @@ def _explain_load_failure(source: ModelSource) -> Iterator[None]:
         yield
     except OSError as error:
         if source.kind == "hub_id":
-            hint = ("Check the id and your network connection (downloads are off when HF_HUB_OFFLINE=1), or pass a "
-                    f"local model directory, a .gguf file or a shortcut ({', '.join(SHORTCUTS)}).")
+            alternatives = f"a local model directory, a .gguf file or a shortcut ({', '.join(SHORTCUTS)})"
+            if not hub_reachable():
+                raise ModelLoadError(f"could not load {source.path!r}: {unreachable_hub_message()} and the model is "
+                                     f"not in the local Hugging Face cache; pass {alternatives}") from error
+            hint = ("Check the id and your network connection (downloads are off when HF_HUB_OFFLINE=1), or pass "
+                    f"{alternatives}.")
             raise ModelLoadError(f"could not load {source.path!r} from the Hugging Face Hub: {error}\n{hint}"
                                  ) from error
         raise ModelLoadError(f"could not load the model at {source.path!r} ({source.description}): {error}") from error
