@@ -162,6 +162,36 @@ def test_trained_classifier_serves_predict_and_inspect(cli, bert_dir, files, tmp
     assert inspected.code == 0 and "sigma" in inspected.out and "classifier" in inspected.out
 
 
+def test_predict_with_several_adapters_uses_each_ones_head_and_label_names(cli, bert_dir, files, tmp_path):
+    """Three runs: 3 classes, and two of 2 classes with different names. Mixed in one predict call, each line
+    gets exactly the label its own run's evaluation gave it (no size mismatch, no other run's names)."""
+    two_class = {}
+    for name, (negative, positive) in {"yesno": ("no", "yes"), "badgood": ("bad", "good")}.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        for path in files:
+            rows = path.read_text().splitlines()
+            kept = [row.replace(",neg", f",{negative}").replace(",pos", f",{positive}") for row in rows[1:]
+                    if not row.endswith(",neutral")]
+            (directory / path.name).write_text("\n".join([rows[0], *kept]) + "\n")
+        two_class[name] = (directory / files[0].name, directory / files[1].name)
+    runs = {"three": files, **two_class}
+    lines, expected = [], []
+    for name, (train_file, eval_file) in runs.items():
+        assert cli(*classify_args(bert_dir, (train_file, eval_file), tmp_path / f"run-{name}")).code == 0
+        texts = [row.rsplit(",", 1)[0] for row in eval_file.read_text().splitlines()[1:]]
+        lines += [f"{name}\t{text}" for text in texts]
+        expected += (tmp_path / f"run-{name}" / "predictions_eval.txt").read_text().splitlines()
+    (tmp_path / "mixed.txt").write_text("\n".join(lines) + "\n")
+    adapters = [arg for name in ("yesno", "three", "badgood")
+                for arg in ("--adapter", f"{name}={tmp_path / f'run-{name}'}")]
+    result = cli("predict", "--model", bert_dir, *adapters, "--input", tmp_path / "mixed.txt", "--max-length", 64)
+    assert result.code == 0, result.err
+    rows = [json.loads(line) for line in result.out.splitlines()]
+    assert [row["label"] for row in rows] == expected
+    assert {row["label"] for row in rows if row["adapter"] == "yesno"} <= {"no", "yes"}
+
+
 def test_demo_compares_untrained_kasa_and_lora(cli, bert_dir, tmp_path):
     result = cli("demo", "--output-dir", tmp_path / "demo", "--model", bert_dir, "--max-train-samples", 24,
                  "--max-eval-samples", 30, "--max-steps", 2, "--batch-size", 8)

@@ -330,16 +330,27 @@ def _publish(staging: Path, entry: Path) -> None:
             raise
 
 
-def load_base_for_adapter(adapter_dir: str | os.PathLike, spec: str | None = None) -> PreTrainedModel:
-    """The base model a saved adapter was trained on (``spec``, default the one it records), with its task head.
+def head_size(adapter_dir: str | os.PathLike) -> int | None:
+    """The number of outputs of the classification head a saved adapter trained (``None``: it has none).
 
-    An adapter whose ``modules_to_save`` hold a trained head (a classifier) gets a sequence classifier whose
-    label count is the output size of the head's last weight; any other adapter gets a causal LM.
+    That is the output size of the last 2-D weight among its ``modules_to_save`` (a classifier).
     """
     from .core import read_adapter
 
-    metadata, tensors = read_adapter(adapter_dir)
+    _, tensors = read_adapter(adapter_dir)
     head = [t for k, t in tensors.items() if k.startswith("modules_to_save.") and k.endswith("weight") and t.dim() == 2]
-    task: Task = "sequence_classification" if head else "causal_lm"
-    model, _ = load_model(spec or metadata["base_model"], task, head[-1].shape[0] if head else None)
+    return head[-1].shape[0] if head else None
+
+
+def load_base_for_adapter(adapter_dir: str | os.PathLike, spec: str | None = None) -> PreTrainedModel:
+    """The base model a saved adapter was trained on (``spec``, default the one it records), with its task head.
+
+    An adapter whose ``modules_to_save`` hold a trained head (a classifier) gets a sequence classifier with a
+    head of that size (`head_size`); any other adapter gets a causal LM.
+    """
+    from .core import read_adapter
+
+    metadata, _ = read_adapter(adapter_dir)
+    size = head_size(adapter_dir)
+    model, _ = load_model(spec or metadata["base_model"], "sequence_classification" if size else "causal_lm", size)
     return model
