@@ -22,6 +22,7 @@ from transformers import BertForSequenceClassification, LlamaForSequenceClassifi
 
 import kasa_peft
 from kasa_peft import models
+from kasa_peft.interop.base_model import adapted_model
 from kasa_peft.models import ModelLoadError, ModelSource, gguf_cache_dir, load_model, resolve_model_path
 
 WORDS = ["hello", "world", "good", "bad", "movie", "plot", "acting"]
@@ -396,11 +397,9 @@ def test_base_for_a_classifier_adapter_gets_the_trained_head_size(tmp_path, num_
     model, _ = load_model(str(directory), "sequence_classification", num_labels=num_labels)
     kasa_peft.inject(model, kasa_peft.KasaConfig(r=2, modules_to_save=("classifier",)))
     kasa_peft.save_adapter(model, tmp_path / "adapter")
-    base = models.load_base_for_adapter(tmp_path / "adapter")
-    assert isinstance(base, BertForSequenceClassification) and base.config.num_labels == num_labels
-    kasa_peft.load_adapter(base, tmp_path / "adapter")
     ids = torch.tensor([[2, 3, 4, 5]])
-    with torch.no_grad():
+    with adapted_model(tmp_path / "adapter") as (base, _), torch.no_grad():
+        assert isinstance(base, BertForSequenceClassification) and base.config.num_labels == num_labels
         assert torch.equal(base(ids).logits, model(ids).logits)
 
 
@@ -408,4 +407,5 @@ def test_base_for_an_adapter_without_a_head_is_a_causal_lm(llama, tmp_path):
     model, _ = load_model(str(llama.dir), "causal_lm")
     kasa_peft.inject(model, kasa_peft.KasaConfig(r=2, target_modules=("q_proj",)))
     kasa_peft.save_adapter(model, tmp_path / "adapter")
-    assert type(models.load_base_for_adapter(tmp_path / "adapter")).__name__ == "LlamaForCausalLM"
+    with adapted_model(tmp_path / "adapter") as (base, _):
+        assert type(base).__name__ == "LlamaForCausalLM"

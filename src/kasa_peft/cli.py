@@ -290,10 +290,10 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from .interop.cli_commands import export_command
-    from .models import load_base_for_adapter
+    from .pipelines.inference import recorded_label_names
 
-    base = load_base_for_adapter(args.adapter_dir, args.base)
-    print(f"wrote {export_command(args.adapter_dir, args.format, args.out, base)}")
+    out = export_command(args.adapter_dir, args.format, args.out, args.base, recorded_label_names(args.adapter_dir))
+    print(f"wrote {out}")
 
 
 def _import(args: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,7 @@ Task = Literal["sequence_classification", "causal_lm"]
 
 _AUTO_CLASSES = {"sequence_classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 _CACHE_MARKER = "kasa-peft-cache.json"
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
 class ModelLoadError(RuntimeError):
@@ -330,27 +331,46 @@ def _publish(staging: Path, entry: Path) -> None:
             raise
 
 
-def head_size(adapter_dir: str | os.PathLike) -> int | None:
-    """The number of outputs of the classification head a saved adapter trained (``None``: it has none).
+def head_size(tensors: Mapping[str, torch.Tensor], prefixes: tuple[str, ...] = ("modules_to_save.",)) -> int | None:
+    """The number of outputs of the classification head among an adapter's tensors (``None``: it has none).
 
-    That is the output size of the last 2-D weight among its ``modules_to_save`` (a classifier).
+    That is the output size of the last 2-D weight under ``prefixes`` (a classifier among the ``modules_to_save``).
     """
-    from .core import read_adapter
-
-    _, tensors = read_adapter(adapter_dir)
-    head = [t for k, t in tensors.items() if k.startswith("modules_to_save.") and k.endswith("weight") and t.dim() == 2]
+    head = [t for k, t in tensors.items() if k.startswith(prefixes) and k.endswith("weight") and t.dim() == 2]
     return head[-1].shape[0] if head else None
 
 
-def load_base_for_adapter(adapter_dir: str | os.PathLike, spec: str | None = None) -> PreTrainedModel:
-    """The base model a saved adapter was trained on (``spec``, default the one it records), with its task head.
+def loadable_name(spec: str) -> str:
+    """What other tools load ``spec`` from: a shortcut becomes the directory it stands for (a GGUF shortcut:
+    its dequantized copy in the cache); anything else is returned as it is."""
+    if spec not in SHORTCUTS:
+        return spec
+    source = resolve_model_path(spec)
+    return str(gguf_cache_dir(Path(source.path, source.gguf_file))) if source.kind == "gguf" else source.path
 
-    An adapter whose ``modules_to_save`` hold a trained head (a classifier) gets a sequence classifier with a
-    head of that size (`head_size`); any other adapter gets a causal LM.
+
+def load_base(spec: str, task: Task, num_labels: int | None = None) -> PreTrainedModel:
+    """The model a ``--model`` spec points to, without a tokenizer (``load_model``'s model, in float32).
+
+    The pad token id comes from the tokenizer when the model directory has one.
     """
-    from .core import read_adapter
+    source = resolve_model_path(spec)
+    location = _gguf_converted_dir(source) if source.kind == "gguf" else source.path
+    with _explain_load_failure(source):
+        model = _AUTO_CLASSES[task].from_pretrained(location, **_model_kwargs(task, num_labels, torch.float32),
+                                                    **_hub_kwargs(source))
+        tokenizer = load_tokenizer(spec)
+    if tokenizer is not None:
+        _ensure_pad_token(model, tokenizer)
+    model.config.name_or_path = reloadable_spec(spec, source)
+    return model.eval()
 
-    metadata, _ = read_adapter(adapter_dir)
-    size = head_size(adapter_dir)
-    model, _ = load_model(spec or metadata["base_model"], "sequence_classification" if size else "causal_lm", size)
-    return model
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase | None:
+    """The tokenizer of a ``--model`` spec; ``None`` for a local directory that holds no tokenizer files."""
+    source = resolve_model_path(spec)
+    location = _gguf_converted_dir(source) if source.kind == "gguf" else source.path
+    if source.kind != "hub_id" and not any((Path(location) / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    with _explain_load_failure(source):
+        return AutoTokenizer.from_pretrained(location, **_hub_kwargs(source))

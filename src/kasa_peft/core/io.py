@@ -23,7 +23,7 @@ from torch import nn
 
 from ..version import __version__
 from .config import KasaConfig
-from .layer import KasaLayer, copy_full_into, full_tensor, weight_matrix
+from .layer import KasaLayer, copy_full_into, full_tensor, is_transposed, weight_matrix
 from .model import (
     _base_layer, check_adapter_name, inject, kasa_layers, kasa_state, original_weight, saved_modules,
 )
@@ -79,10 +79,12 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         raise ValueError(f"no adapter named '{name}' to save; this model has {sorted(state.configs)}")
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, list[int]] = {}
+    transposed = False
     for layer_name, layer in kasa_layers(model):
         if name not in layer.adapters:
             continue
         adapter = layer.adapters[name]
+        transposed = transposed or is_transposed(layer.base_layer)
         with gathered(layer):
             for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
                                ("dropped_us", adapter.dropped_us), ("dropped_vt", adapter.dropped_vt)):
@@ -100,6 +102,7 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         "format": FORMAT, "format_version": FORMAT_VERSION, "kasa_peft_version": __version__,
         "adapter_name": name, "base_model": base_model_name(model), "config": state.configs[name].to_dict(),
         "layers": layers, "modules_to_save": saved,
+        "fan_in_fan_out": transposed,  # the base stores these weights as (in, out): Conv1D (PEFT's name for it)
     }
     return metadata, {k: v.to("cpu").contiguous() for k, v in tensors.items()}
 
@@ -112,8 +115,9 @@ def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, to
 
 
 def base_model_name(model: nn.Module) -> str:
+    """Where the model was loaded from (a Hugging Face ``config.name_or_path``); ``""`` when that is unknown."""
     config = getattr(model, "config", None)
-    return str(getattr(config, "name_or_path", "") or type(model).__name__)
+    return str(getattr(config, "name_or_path", "") or "")
 
 
 def _write_atomically(target: Path, writers: dict) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..core.model import check_adapter_name
@@ -16,10 +16,15 @@ EXPORTERS = {"lora": export_lora, "peft-kasa": export_peft_kasa, "merged": expor
 
 
 def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
-                   base: str | os.PathLike | None = None) -> Path:
-    """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged} --out OUT [--base PATH]``."""
+                   base: str | os.PathLike | None = None, label_names: Sequence[str] | None = None) -> Path:
+    """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged} --out OUT [--base PATH]``.
+
+    ``label_names`` (a classifier's classes) go into a merged model's ``id2label`` / ``label2id``.
+    """
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORTERS)}")
+    if fmt == "merged":
+        return export_merged(adapter_dir, out, base_model=base, label_names=label_names)
     return EXPORTERS[fmt](adapter_dir, out, base_model=base)
 
 

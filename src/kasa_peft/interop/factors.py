@@ -25,9 +25,15 @@ def update_factors(A: torch.Tensor, B: torch.Tensor, sigma: torch.Tensor,
 
 def stacked_factors(adapter: KasaAdapter) -> tuple[torch.Tensor, torch.Tensor]:
     """``(P, Q)`` with ``P Q = scale B diag(sigma) A - us vt = adapter.delta_weight()``."""
-    p_update, q_update = update_factors(adapter.A, adapter.B, adapter.sigma, adapter.scale)
-    p = torch.cat([p_update, -adapter.dropped_us.to(p_update.dtype)], dim=1)
-    q = torch.cat([q_update, adapter.dropped_vt.to(q_update.dtype)], dim=0)
+    return delta_factors(adapter.A, adapter.B, adapter.sigma, adapter.dropped_us, adapter.dropped_vt, adapter.scale)
+
+
+def delta_factors(A: torch.Tensor, B: torch.Tensor, sigma: torch.Tensor, dropped_us: torch.Tensor,
+                  dropped_vt: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P, Q)`` with ``P Q = scale B diag(sigma) A - us vt`` (module docstring)."""
+    p_update, q_update = update_factors(A, B, sigma, scale)
+    p = torch.cat([p_update, -dropped_us.to(p_update.dtype)], dim=1)
+    q = torch.cat([q_update, dropped_vt.to(q_update.dtype)], dim=0)
     return p.detach().contiguous(), q.detach().contiguous()
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..core import read_adapter
 from ..interop import TaggedInput, load_adapters, read_tagged_inputs, run_by_adapter
 from ..models import head_size, load_model
 from ..tasks.glue import ClassificationExamples
@@ -43,7 +44,7 @@ def predict_labels(model_spec: str, adapters: Mapping[str, str], lines: Iterable
     copy of its own. Lines for the base model (or every line, when no adapter is given) run on the first
     of these models.
     """
-    sizes = {name: head_size(path) for name, path in adapters.items()}
+    sizes = {name: head_size(read_adapter(path)[1]) for name, path in adapters.items()}
     label_names = {name: recorded_label_names(path) for name, path in adapters.items()}
     inputs = read_tagged_inputs(lines, list(adapters), next(iter(adapters), None))
     groups: dict[int | None, list[str]] = {}
