@@ -7,8 +7,10 @@ import json
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+import torch
 
 from kasa_peft.cli import EXIT_ERROR
 from pipelines.helpers import run_cli, save_model, write_classification_files
@@ -190,6 +192,49 @@ def test_predict_with_several_adapters_uses_each_ones_head_and_label_names(cli, 
     rows = [json.loads(line) for line in result.out.splitlines()]
     assert [row["label"] for row in rows] == expected
     assert {row["label"] for row in rows if row["adapter"] == "yesno"} <= {"no", "yes"}
+
+
+def test_exports_of_a_trained_classifier_work_in_transformers_peft_and_import(cli, bert_dir, files, tmp_path):
+    """The run's base is a bare encoder directory (like minilm). Merged: a complete model directory whose
+    text-classification pipeline labels like `kasa-peft predict`. LoRA: a config naming the real base and the
+    task, so AutoPeftModelForSequenceClassification loads it. PEFT-KaSA: `kasa-peft import` reads it back."""
+    import transformers
+    from peft import AutoPeftModelForSequenceClassification
+
+    run = tmp_path / "run"
+    assert cli(*classify_args(bert_dir, files, run)).code == 0
+    texts = [line.rsplit(",", 1)[0] for line in files[1].read_text().splitlines()[1:]]
+    (tmp_path / "inputs.txt").write_text("\n".join(texts) + "\n")
+
+    def predicted(*adapter_args) -> list[str]:
+        result = cli("predict", "--model", bert_dir, *adapter_args, "--input", tmp_path / "inputs.txt",
+                     "--max-length", 64)
+        assert result.code == 0, result.err
+        return [json.loads(line)["label"] for line in result.out.splitlines()]
+
+    expected = predicted("--adapter", run)
+    assert set(expected) <= {"neg", "neutral", "pos"}
+    for fmt in ("merged", "lora", "peft-kasa"):
+        result = cli("export", run, "--format", fmt, "--out", tmp_path / fmt)
+        assert result.code == 0, result.err
+
+    merged = tmp_path / "merged"
+    assert (merged / "tokenizer_config.json").is_file()
+    classify = transformers.pipeline("text-classification", model=str(merged), device="cpu")
+    assert [row["label"] for row in classify(texts)] == expected
+
+    written = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert (written["task_type"], written["base_model_name_or_path"]) == ("SEQ_CLS", str(Path(bert_dir).resolve()))
+    model = AutoPeftModelForSequenceClassification.from_pretrained(str(tmp_path / "lora"), num_labels=3).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bert_dir)
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    assert [["neg", "neutral", "pos"][i] for i in logits.argmax(-1).tolist()] == expected
+
+    imported = cli("import", tmp_path / "peft-kasa", "--out", tmp_path / "imported", "--base", bert_dir)
+    assert imported.code == 0, imported.err
+    class_ids = [["neg", "neutral", "pos"].index(label) for label in expected]
+    assert predicted("--adapter", tmp_path / "imported") == class_ids  # no metrics.json beside it: class ids
 
 
 def test_demo_compares_untrained_kasa_and_lora(cli, bert_dir, tmp_path):

@@ -12,6 +12,7 @@ from tiny_models import tiny_llama, token_batch
 from transformers import LlamaForCausalLM
 
 import kasa_peft as kp
+from kasa_peft.cli import main
 from kasa_peft.interop import BaseModelNotFound, export_lora, export_merged, export_peft_kasa, load_pretrained
 from kasa_peft.interop.cli_commands import export_command, import_command
 
@@ -62,7 +63,9 @@ def test_a_merged_export_needs_a_base_and_says_how_to_give_one(tmp_path, offline
 def test_a_merged_export_onto_a_base_without_a_tokenizer_copies_none(tmp_path, offline):
     tiny_llama().save_pretrained(tmp_path / "base")  # weights only, as a model saved from Python
     adapter = adapter_of_an_unsaved_base(tmp_path / "adapter")
-    out = export_command(adapter, "merged", tmp_path / "out", base=str(tmp_path / "base"))
+    out = tmp_path / "out"
+    base = str(tmp_path / "base")
+    assert main(["export", str(adapter), "--format", "merged", "--out", str(out), "--base", base]) == 0
     assert (out / "config.json").is_file() and not (out / "tokenizer_config.json").exists()
     with torch.no_grad():
         merged = LlamaForCausalLM.from_pretrained(out)(token_batch()).logits
