@@ -154,9 +154,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     if not isinstance(metadata, dict):
         raise ValueError(f"{config_file} is corrupt (not a JSON object); save the adapter again")
     if metadata.get("format") != FORMAT:
-        hint = (" It looks like a PEFT adapter: convert it with `kasa-peft import` "
-                "(kasa_peft.interop.import_peft_kasa)." if "peft_type" in metadata else "")
-        raise ValueError(f"{config_file} is not a kasa-peft adapter config.{hint}")
+        raise ValueError(f"{config_file} is not a kasa-peft adapter config.{_peft_hint(metadata)}")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer kasa-peft (format {metadata['format_version']}); "
                          "upgrade kasa-peft")
@@ -168,6 +166,16 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights_file} is corrupt or truncated ({err}); save the adapter again") from None
     return metadata, tensors
+
+
+def _peft_hint(metadata: dict) -> str:
+    """What to do with a PEFT adapter directory given where a KaSA adapter was expected."""
+    if "peft_type" not in metadata:
+        return ""
+    if metadata.get("kasa_config"):
+        return " It is a PEFT KaSA adapter: convert it with `kasa-peft import` (kasa_peft.interop.import_peft_kasa)."
+    return (f" It is a PEFT {metadata['peft_type']} adapter (a `--method` baseline run saves one): evaluate the run "
+            "with `kasa-peft eval --run DIR`, or load it with peft.PeftModel.from_pretrained(base, DIR).")
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
