@@ -7,10 +7,13 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+import kasa_peft
 
 from kasa_peft.cli import EXIT_ERROR
 from pipelines.helpers import run_cli, save_model, write_classification_files
@@ -48,6 +51,35 @@ def test_console_script_lists_the_subcommands():
     result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
     for command in SUBCOMMANDS:
         assert command in result.stdout
+
+
+HEAVY_MODULES = ("torch", "transformers", "peft", "datasets", "scipy", "sklearn", "yaml")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["--version"], ["train", "--no-such-flag"],
+                                  ["train", "--task", "classify", "--model", "m", "--r", "-1"],
+                                  ["train", "--task", "glue:colaa", "--model", "m"],
+                                  ["predict", "--model", "m", "--max-length", "0", "--text", "hi"]])
+def test_help_and_argument_errors_load_no_model_library(args):
+    """They answer before torch, transformers, PEFT or the metric libraries are imported (each takes seconds);
+    measured startup times are in the README's command-line section."""
+    code = ("import sys\nfrom kasa_peft.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "kasa_peft.cli", "--version"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == f"kasa-peft {kasa_peft.__version__}"
+
+
+def test_the_package_exports_the_core_api_lazily():
+    import kasa_peft.core
+
+    assert sorted(kasa_peft.__all__) == sorted([*kasa_peft.core.__all__, "__version__"])
+    assert all(getattr(kasa_peft, name) is getattr(kasa_peft.core, name) for name in kasa_peft.core.__all__)
 
 
 def test_config_file_with_command_line_overrides(cli, bert_dir, files, tmp_path):

@@ -12,12 +12,12 @@ import contextlib
 import json
 import sys
 import typing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .pipelines.base import format_value
 from .pipelines.config import RunConfig
+from .version import __version__
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -77,11 +77,15 @@ DECODING_OPTIONS = ("eval_batch_size", "max_new_tokens", "num_beams", "length_pe
                     "use_chat_template")
 
 
+Work = Callable[[], None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        work = args.handler(args)  # checks the arguments first: fast, no model library is imported yet
         with _quiet_transformers():
-            args.handler(args)
+            work()
     except KeyboardInterrupt:
         print("kasa-peft: interrupted (an unfinished training run continues with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -95,9 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_user_error(err: Exception) -> bool:
     """Errors the library raises for input the user can fix; anything else is a bug and keeps its traceback."""
-    from .models import ModelLoadError
-
-    return isinstance(err, (ValueError, OSError, ImportError, ModelLoadError))
+    models = sys.modules.get(f"{__package__}.models")  # a ModelLoadError needs it loaded; importing it costs seconds
+    return isinstance(err, (ValueError, OSError, ImportError)) or (
+        models is not None and isinstance(err, models.ModelLoadError))
 
 
 def _message(err: BaseException) -> str:
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kasa-peft", description="Fine-tune language models with KaSA "
                                      "(Knowledge-aware Singular-value Adaptation) and compare it with baselines.")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="fine-tune a model on a task and write DIR/metrics.json",
@@ -212,20 +217,24 @@ def _run_values(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- commands
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> Work:
     from .pipelines.config import read_config_file, resolve_config
-    from .pipelines.run import train
-    from .training.distributed import is_main_process
 
     config = resolve_config(read_config_file(args.config) if args.config else {}, _run_values(args))
-    result = train(config)
-    if is_main_process():
-        print(format_run_summary(result.record, result.output_dir))
+
+    def work() -> None:
+        from .pipelines.run import train
+        from .training.distributed import is_main_process
+
+        result = train(config)
+        if is_main_process():
+            print(format_run_summary(result.record, result.output_dir))
+    return work
 
 
-def _evaluate(args: argparse.Namespace) -> None:
+def _evaluate(args: argparse.Namespace) -> Work:
     from .pipelines.config import resolve_config
-    from .pipelines.run import evaluate, read_run
+    from .pipelines.run import read_run
 
     values = _run_values(args)
     if args.run:
@@ -234,9 +243,14 @@ def _evaluate(args: argparse.Namespace) -> None:
         recorded, adapter = {}, args.adapter
     else:
         raise ValueError("`kasa-peft eval` needs --run DIR (a finished run) or --adapter DIR with --model and --task")
+    config = resolve_config(recorded, values)
     predictions_dir = Path(args.predictions_dir) if args.predictions_dir else None
-    metrics = evaluate(resolve_config(recorded, values), adapter, predictions_dir)
-    print(json.dumps(metrics, indent=2))
+
+    def work() -> None:
+        from .pipelines.run import evaluate
+
+        print(json.dumps(evaluate(config, adapter, predictions_dir), indent=2))
+    return work
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
@@ -253,59 +267,80 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def _generate(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import parse_adapter_specs
+def _generate(args: argparse.Namespace) -> Work:
     from .pipelines.config import resolve_config
-    from .pipelines.generation import Decoding
-    from .pipelines.inference import generate_outputs
 
-    decoding = Decoding.from_config(resolve_config({}, {"task": "sft", "model": args.model, **_run_values(args)}))
-    for row in generate_outputs(args.model, parse_adapter_specs(args.adapter), _inputs(args), decoding):
-        print(json.dumps(row, ensure_ascii=False))
+    config = resolve_config({}, {"task": "sft", "model": args.model, **_run_values(args)})
+    lines = _inputs(args)
+
+    def work() -> None:
+        from .interop.cli_commands import parse_adapter_specs
+        from .pipelines.generation import Decoding
+        from .pipelines.inference import generate_outputs
+
+        adapters = parse_adapter_specs(args.adapter)
+        for row in generate_outputs(args.model, adapters, lines, Decoding.from_config(config)):
+            print(json.dumps(row, ensure_ascii=False))
+    return work
 
 
-def _predict(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import parse_adapter_specs
+def _predict(args: argparse.Namespace) -> Work:
     from .pipelines.config import resolve_config
-    from .pipelines.inference import predict_labels
 
     config = resolve_config({}, {"task": "classify", "model": args.model, **_run_values(args)})
-    rows = predict_labels(args.model, parse_adapter_specs(args.adapter), _inputs(args), config.max_length,
-                          config.eval_batch_size or config.batch_size)
-    for row in rows:
-        print(json.dumps(row, ensure_ascii=False))
+    lines = _inputs(args)
+
+    def work() -> None:
+        from .interop.cli_commands import parse_adapter_specs
+        from .pipelines.inference import predict_labels
+
+        adapters = parse_adapter_specs(args.adapter)
+        for row in predict_labels(args.model, adapters, lines, config.max_length,
+                                  config.eval_batch_size or config.batch_size):
+            print(json.dumps(row, ensure_ascii=False))
+    return work
 
 
-def _score(args: argparse.Namespace) -> None:
-    from .pipelines.scoring import score
+def _score(args: argparse.Namespace) -> Work:
+    def work() -> None:
+        from .pipelines.scoring import score
 
-    print(json.dumps(score(args.task, args.predictions, args.references, args.data_dir), indent=2))
-
-
-def _demo(args: argparse.Namespace) -> None:
-    from .pipelines.demo import run_demo
-
-    print(format_demo(run_demo(args.demo_dir, **_run_values(args))))
+        print(json.dumps(score(args.task, args.predictions, args.references, args.data_dir), indent=2))
+    return work
 
 
-def _export(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import export_command
-    from .pipelines.inference import recorded_label_names
+def _demo(args: argparse.Namespace) -> Work:
+    def work() -> None:
+        from .pipelines.demo import run_demo
 
-    out = export_command(args.adapter_dir, args.format, args.out, args.base, recorded_label_names(args.adapter_dir))
-    print(f"wrote {out}")
-
-
-def _import(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import import_command
-
-    print(f"wrote {import_command(args.peft_dir, args.out, args.base)}")
+        print(format_demo(run_demo(args.demo_dir, **_run_values(args))))
+    return work
 
 
-def _inspect(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import inspect_command
+def _export(args: argparse.Namespace) -> Work:
+    def work() -> None:
+        from .interop.cli_commands import export_command
+        from .pipelines.inference import recorded_label_names
 
-    print(inspect_command(args.adapter_dir, args.plot))
+        labels = recorded_label_names(args.adapter_dir)
+        print(f"wrote {export_command(args.adapter_dir, args.format, args.out, args.base, labels)}")
+    return work
+
+
+def _import(args: argparse.Namespace) -> Work:
+    def work() -> None:
+        from .interop.cli_commands import import_command
+
+        print(f"wrote {import_command(args.peft_dir, args.out, args.base)}")
+    return work
+
+
+def _inspect(args: argparse.Namespace) -> Work:
+    def work() -> None:
+        from .interop.cli_commands import inspect_command
+
+        print(inspect_command(args.adapter_dir, args.plot))
+    return work
 
 
 # -------------------------------------------------------------------------------------------------- printing
@@ -313,6 +348,8 @@ def _inspect(args: argparse.Namespace) -> None:
 
 def format_run_summary(record: dict[str, Any], output_dir: Path) -> str:
     """What a finished run achieved and where its files are."""
+    from .pipelines.base import format_value
+
     main = record["main_metric"]
     best, final = record["best"], record["final"]
     trainable, total = record["trainable_parameters"], record["total_parameters"]
