@@ -3,6 +3,7 @@ ending in one clear error line, exit code 1 and no run directory."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -67,6 +68,35 @@ def test_help_and_argument_errors_load_no_model_library(args):
             f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+
+
+def subcommand_help(name: str) -> str:
+    from kasa_peft.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name].format_help()
+
+
+@pytest.mark.parametrize(("command", "positional"), [("export", "ADAPTER_DIR"), ("import", "PEFT_DIR"),
+                                                     ("inspect", "ADAPTER_DIR")])
+def test_positionals_and_export_format_are_explained(command, positional):
+    text = " ".join(subcommand_help(command).split())
+    assert f"{positional} a " in text  # the positional is listed with a help text
+    if command == "export":
+        assert "--format {lora,peft-kasa,merged} lora: a plain PEFT LoRA" in text
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "generate"])
+def test_inference_commands_do_not_borrow_trains_help(command):
+    text = " ".join(subcommand_help(command).split())
+    for phrase in ("training example", "(default: --batch-size)", "(task default)", "(E2E default"):
+        assert phrase not in text
+
+
+def test_eval_of_an_adapter_without_model_names_its_own_options(cli, tmp_path):
+    line = one_error_line(cli("eval", "--adapter", tmp_path, "--task", "classify"))
+    assert "`kasa-peft eval --adapter DIR` needs --model" in line and "--config" not in line
 
 
 def test_version():

@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +66,10 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     barrier()  # no rank may write before every rank has checked the directory
     config, pipeline, tokenizer, features, steps, prepared = start(config)
     on_main_process(lambda: start_run_dir(output_dir, config), f"starting the run in {output_dir}")
+    if is_main_process():
+        print(f"kasa-peft: {steps} optimizer steps on {len(features)} examples; each evaluation "
+              f"({evaluation_times(config)}) covers {pipeline.evaluation_summary()} "
+              "(--max-eval-samples N evaluates a fixed subset)", file=sys.stderr)
 
     predictions_dir = output_dir if is_main_process() else None
     evaluation = PeriodicEvaluation(lambda m: pipeline.evaluate(m, tokenizer, predictions_dir), config.eval_steps,
@@ -193,6 +198,13 @@ def finalise(config: RunConfig, model: nn.Module, tokenizer, pipeline: TaskPipel
     if isinstance(pipeline, PromptTargetPipeline):
         changes["use_chat_template"] = pipeline.decoding.chat_template(tokenizer)
     return config.replace(**changes)
+
+
+def evaluation_times(config: RunConfig) -> str:
+    """When a run evaluates, for people."""
+    times = [f"every {config.eval_steps} steps"] if config.eval_steps else []
+    times += ["every epoch"] if config.eval_every_epoch else []
+    return ", ".join([*times, "at the end"])
 
 
 def method_spec(config: RunConfig, steps: int) -> MethodSpec:
