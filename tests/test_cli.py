@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 import shutil
 import subprocess
@@ -297,6 +298,26 @@ def test_exports_of_a_trained_classifier_work_in_transformers_peft_and_import(cl
     assert imported.code == 0, imported.err
     class_ids = [["neg", "neutral", "pos"].index(label) for label in expected]
     assert predicted("--adapter", tmp_path / "imported") == class_ids  # no metrics.json beside it: class ids
+
+
+@pytest.fixture
+def group_writable_umask():
+    previous = os.umask(0o002)
+    yield
+    os.umask(previous)
+
+
+def test_written_files_follow_the_umask(cli, bert_dir, files, tmp_path, group_writable_umask):
+    """tempfile (0600 files, 0700 directories) and safetensors (0600) must not make results private."""
+    run = tmp_path / "run"
+    assert cli(*classify_args(bert_dir, files, run)).code == 0
+    assert cli("export", run, "--format", "merged", "--out", tmp_path / "merged").code == 0
+    assert cli("export", run, "--format", "lora", "--out", tmp_path / "lora").code == 0
+    for directory in (run, tmp_path / "merged", tmp_path / "lora"):
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (directory, *directory.iterdir())}
+        expected = {name: oct(0o775 if (directory / name).is_dir() or name == directory.name else 0o664)
+                    for name in modes}
+        assert modes == expected
 
 
 def test_demo_compares_untrained_kasa_and_lora(cli, bert_dir, tmp_path):

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..version import __version__
 from .config import KasaConfig
+from .files import default_permissions
 from .layer import KasaLayer, copy_full_into, full_tensor, is_transposed, weight_matrix
 from .model import (
     _base_layer, check_adapter_name, inject, kasa_layers, kasa_state, original_weight, saved_modules,
@@ -127,6 +128,7 @@ def _write_atomically(target: Path, writers: dict) -> None:
     try:
         for filename, write in writers.items():
             write(staging / filename)
+        default_permissions(staging)
         if target.exists():
             _merge_into(staging, target)
         else:

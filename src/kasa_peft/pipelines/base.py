@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 from torch import nn
 
+from ..core.files import default_permissions
+
 ModelTask = Literal["sequence_classification", "causal_lm"]
 Metrics = dict[str, Any]
 T = TypeVar("T")
@@ -66,6 +68,7 @@ def write_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
+        default_permissions(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..core.config import ALL_LINEAR
+from ..core.files import default_permissions
 from ..models import load_model
 from ..training import KasaTrainer, MethodSpec, PreparedModel, load_trained, prepare_model
 from ..training.distributed import barrier, is_main_process, on_main_process
@@ -98,6 +99,7 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     }
 
     def finish() -> None:
+        default_permissions(output_dir)  # what the method's saving wrote (safetensors files are 0600)
         write_atomically(output_dir / METRICS_FILE, json.dumps(record, indent=2) + "\n")
         shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     on_main_process(finish, f"writing {output_dir / METRICS_FILE}")
