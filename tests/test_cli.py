@@ -368,6 +368,7 @@ def test_score_without_data_dir_reads_the_hub(cli, monkeypatch, tmp_path):
     references.write_text("mr,ref\n" + "".join(f"{mr},{ref}\n" for mr, ref in pairs))
     online = cli("score", "e2e", "--predictions", predictions)
     assert online.code == 0, online.err
+    assert "BLEU, METEOR and ROUGE_L are fractions (0-1)" in online.err and "x100" in online.err
     assert json.loads(online.out) == json.loads(cli("score", "e2e", "--predictions", predictions,
                                                     "--references", references).out)
 

@@ -19,6 +19,8 @@ from typing import Any
 from .pipelines.config import TASK_DEFAULTS, RunConfig
 from .version import __version__
 
+E2E_SCALE = ("e2e: BLEU, METEOR and ROUGE_L are fractions (0-1) as the official E2E scorer prints them (the "
+             "README's tables show them x100); NIST and CIDEr are unscaled")
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
@@ -201,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                          COMMAND_HELP[name])
         sub.set_defaults(handler=handler)
 
-    score = commands.add_parser("score", help="score a predictions file with a task's metrics (prints JSON)")
+    score = commands.add_parser("score", help="score a predictions file with a task's metrics (prints JSON)",
+                                description=f"Scales: {E2E_SCALE}; GLUE, classify and commonsense: fractions (0-1); "
+                                            "sft: 0-100 (as Super-NaturalInstructions reports them).")
     score.add_argument("task", help="e2e, glue:<task>, classify, commonsense:<set> or sft")
     score.add_argument("--predictions", required=True, help="one output per line (for e2e: per distinct MR)")
     score.add_argument("--references", help="the references (e2e: the CSV; others: one gold item per line); "
@@ -364,6 +368,8 @@ def _score(args: argparse.Namespace) -> Work:
         from .pipelines.scoring import score
 
         print(json.dumps(score(args.task, args.predictions, args.references, args.data_dir), indent=2))
+        if args.task == "e2e":
+            print(f"kasa-peft: {E2E_SCALE}", file=sys.stderr)
     return work
 
 
