@@ -14,18 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from ..core import KasaAdapter
-
 
 def update_factors(A: torch.Tensor, B: torch.Tensor, sigma: torch.Tensor,
                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B diag(scale sigma), A)``: the update ``scale B diag(sigma) A`` as one pair."""
     return B * (scale * sigma), A
-
-
-def stacked_factors(adapter: KasaAdapter) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(P, Q)`` with ``P Q = scale B diag(sigma) A - us vt = adapter.delta_weight()``."""
-    return delta_factors(adapter.A, adapter.B, adapter.sigma, adapter.dropped_us, adapter.dropped_vt, adapter.scale)
 
 
 def delta_factors(A: torch.Tensor, B: torch.Tensor, sigma: torch.Tensor, dropped_us: torch.Tensor,

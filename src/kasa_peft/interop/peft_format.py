@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core import KasaConfig, KasaLayer, ModulesToSave, kasa_layers, read_adapter
+from ..core import KasaConfig, KasaLayer, ModulesToSave, read_adapter
 from ..core.config import matches
 from ..core.io import adapter_contents
 from ..core.model import CLASSIFICATION_HEADS
@@ -67,10 +67,6 @@ def target_suffixes(module_names: Sequence[str], adapted: Sequence[str]) -> list
         candidates = (".".join(parts[-depth:]) for depth in range(1, len(parts) + 1))
         suffixes.add(next((s for s in candidates if not any(matches(o, (s,)) for o in others)), name))
     return sorted(suffixes)
-
-
-def adapted_layers(model: nn.Module, adapter_name: str) -> list[tuple[str, KasaLayer]]:
-    return [(name, layer) for name, layer in kasa_layers(model) if adapter_name in layer.adapters]
 
 
 @dataclass(frozen=True)
