@@ -34,11 +34,12 @@ import torch
 import transformers
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from .tasks.hub import hub_reachable, unreachable_hub_message
 from transformers import (
     AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GgufConfig, PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from .tasks.hub import hub_reachable, unreachable_hub_message
 
 __all__ = ["SHORTCUTS", "ModelLoadError", "ModelSource", "Shortcut", "gguf_cache_dir", "load_model",
            "resolve_model_path"]
@@ -180,17 +181,51 @@ def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torc
         ModelLoadError: the spec cannot be resolved or loaded (see the message for the fix).
         ValueError: an unknown task, or ``num_labels`` given for a causal LM.
     """
+    model, tokenizer = _load(spec, task, num_labels, dtype, require_tokenizer=True)
+    tokenizer.padding_side = padding_side
+    return model, tokenizer
+
+
+def load_base(spec: str, task: Task, num_labels: int | None = None) -> PreTrainedModel:
+    """``load_model``'s model (float32) for a spec whose directory may hold no tokenizer (a model saved from
+    Python): its pad token id then stays as its config says."""
+    return _load(spec, task, num_labels, torch.float32, require_tokenizer=False)[0]
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase | None:
+    """The tokenizer of a ``--model`` spec; ``None`` for a local directory that holds no tokenizer files."""
+    source = resolve_model_path(spec)
+    location = _location(source)
+    if not _has_tokenizer(source, location):
+        return None
+    with _explain_load_failure(source):
+        return AutoTokenizer.from_pretrained(location, **_hub_kwargs(source))
+
+
+def _load(spec: str, task: Task, num_labels: int | None, dtype: torch.dtype, require_tokenizer: bool
+          ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     model_kwargs = _model_kwargs(task, num_labels, dtype)
     source = resolve_model_path(spec)
-    location = _gguf_converted_dir(source) if source.kind == "gguf" else source.path
+    location = _location(source)
     with _explain_load_failure(source):
         hub = _hub_kwargs(source)
-        tokenizer = AutoTokenizer.from_pretrained(location, **hub)
+        tokenizer = (AutoTokenizer.from_pretrained(location, **hub)
+                     if require_tokenizer or _has_tokenizer(source, location) else None)
         model = _AUTO_CLASSES[task].from_pretrained(location, **model_kwargs, **hub)
-    tokenizer.padding_side = padding_side
-    _ensure_pad_token(model, tokenizer)
+    if tokenizer is not None:
+        _ensure_pad_token(model, tokenizer)
     model.config.name_or_path = reloadable_spec(spec, source)
     return model.eval(), tokenizer
+
+
+def _location(source: ModelSource) -> str:
+    """What ``from_pretrained`` reads: the directory or hub id, or a GGUF file's dequantized copy."""
+    return _gguf_converted_dir(source) if source.kind == "gguf" else source.path
+
+
+def _has_tokenizer(source: ModelSource, location: str) -> bool:
+    """Checked by file for local models: transformers 5 builds an empty tokenizer for a directory without one."""
+    return source.kind == "hub_id" or any((Path(location) / name).is_file() for name in TOKENIZER_FILES)
 
 
 def reloadable_spec(spec: str, source: ModelSource) -> str:
@@ -347,30 +382,3 @@ def loadable_name(spec: str) -> str:
         return spec
     source = resolve_model_path(spec)
     return str(gguf_cache_dir(Path(source.path, source.gguf_file))) if source.kind == "gguf" else source.path
-
-
-def load_base(spec: str, task: Task, num_labels: int | None = None) -> PreTrainedModel:
-    """The model a ``--model`` spec points to, without a tokenizer (``load_model``'s model, in float32).
-
-    The pad token id comes from the tokenizer when the model directory has one.
-    """
-    source = resolve_model_path(spec)
-    location = _gguf_converted_dir(source) if source.kind == "gguf" else source.path
-    with _explain_load_failure(source):
-        model = _AUTO_CLASSES[task].from_pretrained(location, **_model_kwargs(task, num_labels, torch.float32),
-                                                    **_hub_kwargs(source))
-        tokenizer = load_tokenizer(spec)
-    if tokenizer is not None:
-        _ensure_pad_token(model, tokenizer)
-    model.config.name_or_path = reloadable_spec(spec, source)
-    return model.eval()
-
-
-def load_tokenizer(spec: str) -> PreTrainedTokenizerBase | None:
-    """The tokenizer of a ``--model`` spec; ``None`` for a local directory that holds no tokenizer files."""
-    source = resolve_model_path(spec)
-    location = _gguf_converted_dir(source) if source.kind == "gguf" else source.path
-    if source.kind != "hub_id" and not any((Path(location) / f).is_file() for f in TOKENIZER_FILES):
-        return None
-    with _explain_load_failure(source):
-        return AutoTokenizer.from_pretrained(location, **_hub_kwargs(source))

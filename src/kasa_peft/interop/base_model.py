@@ -10,9 +10,9 @@ from pathlib import Path
 import transformers
 from torch import nn
 
+from ..core import delete_adapter, kasa_layers, kasa_state, load_adapter, read_adapter, set_adapter, unload
 from ..models import ModelLoadError, head_size, load_base, load_tokenizer, loadable_name
 from ..tasks.hub import hub_reachable
-from ..core import delete_adapter, kasa_layers, kasa_state, load_adapter, read_adapter, set_adapter, unload
 
 
 class BaseModelNotFound(FileNotFoundError):
