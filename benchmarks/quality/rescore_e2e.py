@@ -26,14 +26,14 @@ from kasa_peft.pipelines.config import RunConfig  # noqa: E402
 from kasa_peft.pipelines.e2e import PREDICTIONS_FILE, e2e_pipeline  # noqa: E402
 from kasa_peft.tasks.e2e import mteval_scores, read_predictions  # noqa: E402
 from quality import e2e  # noqa: E402
-from quality.harness import DATA, RESULTS, Record, load_records  # noqa: E402
+from quality.harness import DATA, REPO, RESULTS, Record, load_records  # noqa: E402
 
 
 def kept_predictions(record_file: Path, record: Record) -> Path | None:
     """The run's predictions beside its record (copied there from its output directory when only there)."""
     kept = record_file.with_suffix(".predictions.txt")
     if not kept.is_file():
-        written = Path(record.get("output_dir", "")) / PREDICTIONS_FILE
+        written = REPO / record.get("output_dir", "") / PREDICTIONS_FILE  # recorded relative to the repository
         if not written.is_file():
             return None
         shutil.copyfile(written, kept)

@@ -4,6 +4,11 @@ A file is written to a temporary sibling ``.<name>.<pid>.<random>.tmp``, flushed
 ``<name>`` (``os.replace`` is atomic on POSIX): a reader, or a process killed at any instant, sees the old
 file or the new one. The writer's process id in the temporary's name lets a later writer remove the
 temporaries of writers that no longer run (``remove_stale``) without touching those of a live one.
+
+Files get the permissions the user's umask gives: ``tempfile`` creates files 0600 and directories 0700, and
+safetensors writes its files 0600, so a file written through them and renamed into place would be private,
+whatever the umask says. Everything the library writes goes through :func:`default_permissions` before it is
+moved into place.
 """
 
 from __future__ import annotations
@@ -36,12 +41,28 @@ def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
     temporary = Path(name)
     try:
         write(temporary)
+        default_permissions(temporary)
         _fsync(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     _fsync(path.parent)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def default_permissions(path: str | os.PathLike) -> None:
+    """Give ``path`` (for a directory: it and everything in it) the mode ``open`` / ``mkdir`` would have given:
+    0o666 for files and 0o777 for directories, less the umask."""
+    path = Path(path)
+    mask = current_umask()
+    for item in (path, *path.rglob("*")) if path.is_dir() else (path,):
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def write_text_atomically(path: Path, text: str) -> None:

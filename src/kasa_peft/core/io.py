@@ -32,9 +32,9 @@ from torch import nn
 from ..version import __version__
 from .config import KasaConfig
 from .files import remove_stale, write_file_atomically, write_text_atomically
-from .layer import KasaLayer, ModulesToSave, copy_full_into, full_tensor, weight_matrix
+from .layer import KasaLayer, ModulesToSave, copy_full_into, full_tensor, is_transposed, weight_matrix
 from .model import (
-    _base_layer, inject, kasa_layers, kasa_state, original_weight, saved_modules,
+    _base_layer, check_adapter_name, inject, kasa_layers, kasa_state, original_weight, saved_modules,
 )
 from .truncation import DroppedComponents
 
@@ -95,10 +95,12 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         raise ValueError(f"no adapter named '{name}' to save; this model has {sorted(state.configs)}")
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, list[int]] = {}
+    transposed = False
     for layer_name, layer in kasa_layers(model):
         if name not in layer.adapters:
             continue
         adapter = layer.adapters[name]
+        transposed = transposed or is_transposed(layer.base_layer)
         with gathered(layer):
             for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
                                ("dropped_us", adapter.dropped_us), ("dropped_vt", adapter.dropped_vt)):
@@ -116,6 +118,7 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         "format": FORMAT, "format_version": FORMAT_VERSION, "kasa_peft_version": __version__,
         "adapter_name": name, "base_model": base_model_name(model), "config": state.configs[name].to_dict(),
         "layers": layers, "modules_to_save": saved,
+        "fan_in_fan_out": transposed,  # the base stores these weights as (in, out): Conv1D (PEFT's name for it)
     }
     return metadata, {k: v.to("cpu").contiguous() for k, v in tensors.items()}
 
@@ -142,8 +145,9 @@ def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, to
 
 
 def base_model_name(model: nn.Module) -> str:
+    """Where the model was loaded from (a Hugging Face ``config.name_or_path``); ``""`` when that is unknown."""
     config = getattr(model, "config", None)
-    return str(getattr(config, "name_or_path", "") or type(model).__name__)
+    return str(getattr(config, "name_or_path", "") or "")
 
 
 def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -179,9 +183,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
         raise FileNotFoundError(f"{path} is not a KaSA adapter directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
     metadata = _parse_metadata(header, weights_file) if header is not None else _read_config_file(config_file)
     if metadata.get("format") != FORMAT:
-        hint = (" It looks like a PEFT adapter: convert it with `kasa-peft import` "
-                "(kasa_peft.interop.import_peft_kasa)." if "peft_type" in metadata else "")
-        raise ValueError(f"{config_file} is not a kasa-peft adapter config.{hint}")
+        raise ValueError(f"{config_file} is not a kasa-peft adapter config.{_peft_hint(metadata)}")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer kasa-peft (format {metadata['format_version']}); "
                          "upgrade kasa-peft")
@@ -232,6 +234,16 @@ def _read_config_file(config_file: Path) -> dict:
     return _parse_metadata(text, config_file)
 
 
+def _peft_hint(metadata: dict) -> str:
+    """What to do with a PEFT adapter directory given where a KaSA adapter was expected."""
+    if "peft_type" not in metadata:
+        return ""
+    if metadata.get("kasa_config"):
+        return " It is a PEFT KaSA adapter: convert it with `kasa-peft import` (kasa_peft.interop.import_peft_kasa)."
+    return (f" It is a PEFT {metadata['peft_type']} adapter (a `--method` baseline run saves one): evaluate the run "
+            "with `kasa-peft eval --run DIR`, or load it with peft.PeftModel.from_pretrained(base, DIR).")
+
+
 def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
     """Load a saved adapter onto ``model`` (the same base it was made for) without computing any SVD.
 
@@ -239,6 +251,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     """
     metadata, tensors = read_adapter(path)
     name = adapter_name or metadata["adapter_name"]
+    if adapter_name is None:
+        try:
+            check_adapter_name(name)
+        except ValueError as err:
+            raise ValueError(f"{Path(path) / CONFIG_NAME}: {err}; load it under another name "
+                             "(adapter_name=..., or NAME=DIR on the command line)") from None
     config = KasaConfig.from_dict(metadata["config"])
     layers = metadata["layers"]
     _check_tensors(path, layers, metadata["modules_to_save"], tensors)

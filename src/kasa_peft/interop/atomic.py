@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.files import STALE_SUFFIX, remove_stale, temporary_prefix
+from ..core.files import STALE_SUFFIX, default_permissions, remove_stale, temporary_prefix
 
 
 @contextmanager
@@ -29,6 +29,7 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(out.name), suffix=STALE_SUFFIX, dir=out.parent))
     try:
         yield staging
+        default_permissions(staging)
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

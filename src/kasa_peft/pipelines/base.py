@@ -42,6 +42,9 @@ class TaskPipeline(Protocol):
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         """Metrics on the evaluation data; prediction files go to ``output_dir`` when it is given."""
 
+    def evaluation_summary(self) -> str:
+        """What one evaluation covers, for people (e.g. ``"252 meaning representations, beam search ..."``)."""
+
 
 def best_device() -> torch.device:
     """Where evaluation and inference run: the GPU when there is one (training goes where the Trainer puts it)."""

@@ -19,6 +19,7 @@ import math
 import platform
 import re
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core.config import ALL_LINEAR
+from ..core.files import default_permissions
 from ..models import load_model
 from ..training import KasaTrainer, MethodSpec, PreparedModel, load_trained, prepare_model
 from ..training.distributed import barrier, is_main_process, on_main_process
@@ -91,6 +93,10 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
                              f"checkpoint is {checkpoint}; delete {output_dir} and train again")
         prepared.load_checkpoint(checkpoint)
         return _finish(output_dir, prepared, record)
+    if is_main_process():
+        print(f"kasa-peft: {steps} optimizer steps on {len(features)} examples; each evaluation "
+              f"({evaluation_times(config)}) covers {pipeline.evaluation_summary()} "
+              "(--max-eval-samples N evaluates a fixed subset)", file=sys.stderr)
 
     predictions_dir = output_dir if is_main_process() else None
     evaluation = PeriodicEvaluation(lambda m: pipeline.evaluate(m, tokenizer, predictions_dir), config.eval_steps,
@@ -125,6 +131,7 @@ def _finish(output_dir: Path, prepared: PreparedModel, record: dict[str, Any]) -
     prepared.save(output_dir)
 
     def finish() -> None:
+        default_permissions(output_dir)  # what the method's saving wrote (safetensors files are 0600)
         write_atomically(output_dir / METRICS_FILE, json.dumps(record, indent=2) + "\n")
         shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     on_main_process(finish, f"writing {output_dir / METRICS_FILE}")
@@ -251,6 +258,13 @@ def finalise(config: RunConfig, model: nn.Module, tokenizer, pipeline: TaskPipel
     if isinstance(pipeline, PromptTargetPipeline):
         changes["use_chat_template"] = pipeline.decoding.chat_template(tokenizer)
     return config.replace(**changes)
+
+
+def evaluation_times(config: RunConfig) -> str:
+    """When a run evaluates, for people."""
+    times = [f"every {config.eval_steps} steps"] if config.eval_steps else []
+    times += ["every epoch"] if config.eval_every_epoch else []
+    return ", ".join([*times, "at the end"])
 
 
 def method_spec(config: RunConfig, steps: int) -> MethodSpec:
