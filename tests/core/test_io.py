@@ -292,9 +292,12 @@ def test_kill_9_at_random_moments_of_repeated_saves_leaves_a_whole_adapter(tmp_p
 
 
 def rewrite_metadata(path: Path, **changes) -> None:
-    """Change the saved config in both places it is stored, as a hand edit or another tool might."""
+    """Change the saved metadata (``config`` fields, or top-level ones such as ``adapter_name``) in both places
+    it is stored, as a hand edit or another tool might."""
     metadata, tensors = read_adapter(path)
-    metadata["config"] = {**metadata["config"], **changes}
+    top = {k: v for k, v in changes.items() if k in metadata}
+    metadata = {**metadata, **top, "config": {**metadata["config"], **{k: v for k, v in changes.items()
+                                                                        if k not in top}}}
     (path / "adapter_config.json").write_text(json.dumps(metadata))
     save_file(tensors, path / "adapter_model.safetensors", {"format": "pt", "kasa_peft_metadata": json.dumps(metadata)})
 
