@@ -43,24 +43,34 @@ def test_resume_skips_a_checkpoint_killed_while_being_written(config, kill, reas
     assert resumed.record["optimizer_steps"] == 5
 
 
-def test_a_kill_between_the_adapter_and_metrics_json_is_finished_as_that_run(config, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("kill_at", ["final evaluation", "metrics.json"])
+def test_a_run_killed_after_training_is_finished_as_that_run(config, monkeypatch, kill_at):  # noqa: F811
+    """Killed after the last step: during the final evaluation, or between the adapter and metrics.json."""
     uninterrupted = train(config("a"))
     killed = config("b")
-    real_write = run_module.write_atomically
+    real_write, real_evaluations = run_module.write_atomically, run_module.evaluations
 
     def killed_at_metrics(path: Path, text: str) -> None:
         if path.name == METRICS_FILE:
             raise KeyboardInterrupt
         real_write(path, text)
-    monkeypatch.setattr(run_module, "write_atomically", killed_at_metrics)
+
+    def killed_at_evaluation(*args):
+        raise KeyboardInterrupt
+    if kill_at == "metrics.json":
+        monkeypatch.setattr(run_module, "write_atomically", killed_at_metrics)
+    else:
+        monkeypatch.setattr(run_module, "evaluations", killed_at_evaluation)
     with pytest.raises(KeyboardInterrupt):
         train(killed)
     monkeypatch.setattr(run_module, "write_atomically", real_write)
+    monkeypatch.setattr(run_module, "evaluations", real_evaluations)
 
     resumed = train(killed.replace(resume=True))
     assert resumed.record["optimizer_steps"] == uninterrupted.record["optimizer_steps"] == 5
     assert resumed.record["train_loss"] == pytest.approx(uninterrupted.record["train_loss"], rel=1e-6)
     assert resumed.record["final"]["metrics"] == pytest.approx(uninterrupted.record["final"]["metrics"])
+    assert [e["step"] for e in resumed.record["evaluations"]] == [1, 2, 3, 4, 5]
     assert resumed.record["resumed_from"] is None  # the record of the invocation that trained it
     assert json.loads((resumed.output_dir / METRICS_FILE).read_text()) == resumed.record
     expected, actual = (load_file(r.output_dir / "adapter_model.safetensors") for r in (uninterrupted, resumed))

@@ -5,9 +5,10 @@ evaluation's prediction files and ``metrics.json``, which is written last and at
 ``metrics.json`` is not a result. ``run_config.json`` (the resolved settings) is written when training starts,
 and Trainer checkpoints go to ``checkpoints/``; ``--resume`` continues from the newest complete one (a
 checkpoint being written when the run was killed is skipped, with a warning) and they are removed once the run
-has finished. Once training and the final evaluation are done, the record is kept in ``checkpoints/record.json``
-before the adapter is written, so a run killed before ``metrics.json`` is finished by ``--resume`` from the last
-checkpoint and that record, without training again. One process at a time trains into a directory
+has finished. Once training has ended, its steps and loss are kept in ``checkpoints/trained.json``, and once the
+final evaluation is done, the whole record in ``checkpoints/record.json``, before the adapter is written: a run
+killed after training is finished by ``--resume`` from the last checkpoint and these, without training again
+(Trainer, resumed from its last step, would take one more). One process at a time trains into a directory
 (`run_lock.run_directory_lock`).
 """
 
@@ -53,6 +54,7 @@ METRICS_FILE = "metrics.json"
 RUN_CONFIG_FILE = "run_config.json"
 CHECKPOINTS_DIR = "checkpoints"
 PENDING_RECORD = "record.json"  # in checkpoints/: the finished run's record, before its adapter is written
+TRAINED_FILE = "trained.json"  # in checkpoints/: steps and training loss, once training has ended
 TRAINER_STATE = "trainer_state.json"  # Trainer writes it last into a checkpoint
 
 
@@ -84,13 +86,11 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
     barrier()  # no rank may write before every rank has checked the directory
     config, pipeline, tokenizer, features, steps, prepared = start(config)
     on_main_process(lambda: start_run_dir(output_dir, config), f"starting the run in {output_dir}")
-    pending = output_dir / CHECKPOINTS_DIR / PENDING_RECORD
+    pending, trained = output_dir / CHECKPOINTS_DIR / PENDING_RECORD, output_dir / CHECKPOINTS_DIR / TRAINED_FILE
     checkpoint = latest_checkpoint(output_dir) if config.resume else None
     if checkpoint is not None and pending.is_file():  # trained and evaluated; killed before metrics.json
         record = json.loads(pending.read_text())
-        if TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE)).global_step != record["optimizer_steps"]:
-            raise ValueError(f"--resume: {pending} records {record['optimizer_steps']} steps but the newest complete "
-                             f"checkpoint is {checkpoint}; delete {output_dir} and train again")
+        _check_final_checkpoint(checkpoint, record["optimizer_steps"], pending)
         prepared.load_checkpoint(checkpoint)
         return _finish(output_dir, prepared, record)
     if is_main_process():
@@ -104,18 +104,25 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
     trainer = KasaTrainer(model=prepared.model, args=training_arguments(config, output_dir / CHECKPOINTS_DIR, steps),
                           train_dataset=features, data_collator=pipeline.data_collator(tokenizer),
                           prepared=prepared, head_lr=config.head_lr, callbacks=[evaluation, *callbacks])
-    outcome = trainer.train(resume_from_checkpoint=checkpoint)
-    final = evaluation.run(trainer.state, prepared.model)
+    if checkpoint is not None and trained.is_file():  # trained; killed before its record was kept
+        outcome = json.loads(trained.read_text())
+        state = _check_final_checkpoint(checkpoint, outcome["optimizer_steps"], trained)
+        prepared.load_checkpoint(checkpoint)
+    else:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        state = trainer.state
+        outcome = {"optimizer_steps": state.global_step, "train_loss": result.training_loss, "resumed_from": checkpoint}
+        on_main_process(lambda: write_atomically(trained, json.dumps(outcome) + "\n"), f"writing {trained}")
+    final = evaluation.run(state, prepared.model)
 
-    history = evaluations(trainer.state.log_history)
+    history = evaluations(state.log_history)
     record = {
         "task": config.task, "method": config.method, "model": config.model, "main_metric": pipeline.main_metric,
         "label_names": pipeline.label_names,
         "best": best_evaluation(history, pipeline.main_metric), "final": final, "evaluations": history,
         "trainable_parameters": prepared.trainable_parameters().trainable,
         "total_parameters": prepared.trainable_parameters().total,
-        "train_examples": len(features), "optimizer_steps": trainer.state.global_step,
-        "train_loss": outcome.training_loss, "resumed_from": checkpoint,
+        "train_examples": len(features), **outcome,
         "wall_time_seconds": time.perf_counter() - started,  # of this invocation (a resumed run: since resuming)
         "seed": config.seed, "processes": trainer.args.world_size, "fsdp": trainer.is_fsdp_enabled,
         "versions": versions(), "device": str(next(prepared.model.parameters()).device),
@@ -124,6 +131,16 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
     on_main_process(lambda: write_atomically(pending, json.dumps(record, indent=2) + "\n"),
                     f"writing {pending}")
     return _finish(output_dir, prepared, record)
+
+
+def _check_final_checkpoint(checkpoint: str, optimizer_steps: int, source: Path) -> TrainerState:
+    """The state of ``checkpoint``, which must be the one training ended at (``optimizer_steps``, from
+    ``source``)."""
+    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+    if state.global_step != optimizer_steps:
+        raise ValueError(f"--resume: {source} records {optimizer_steps} steps but the newest complete checkpoint is "
+                         f"{checkpoint}; delete {source.parent.parent} and train again")
+    return state
 
 
 def _finish(output_dir: Path, prepared: PreparedModel, record: dict[str, Any]) -> RunResult:
