@@ -38,9 +38,9 @@ def svd_calls(monkeypatch) -> list[int]:
     calls = []
     original = truncation._smallest_by_svd
 
-    def counting(w, r):
+    def counting(w, r, *budget):
         calls.append(r)
-        return original(w, r)
+        return original(w, r, *budget)
 
     monkeypatch.setattr(truncation, "_smallest_by_svd", counting)
     return calls
