@@ -98,6 +98,11 @@ class KasaAdapter(nn.Module):
         self.register_buffer("dropped_vt", dropped.vt.to(device=device, dtype=dtype))
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
+    @property
+    def dropped_rank(self) -> int:
+        """``d``, the number of singular components this adapter drops from the layer's weight."""
+        return self.dropped_vt.shape[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``scale * B diag(sigma) A dropout(x) - us vt x`` for ``x`` of any leading shape."""
         # one rank-(r + d) product [B diag(scale sigma), -us] [A; vt] x, so x and y are read and written once

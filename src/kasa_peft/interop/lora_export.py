@@ -1,35 +1,44 @@
-"""Export a KaSA adapter as a plain PEFT LoRA adapter of rank 2r on the untouched base model.
+"""Export a KaSA adapter as a plain PEFT LoRA adapter of rank r + d on the untouched base model.
 
-KaSA changes each targeted weight by ``delta = scale B diag(sigma) A - us vt`` (update minus the dropped
-components), a rank-2r matrix. PEFT's LoRA adds ``scaling * lora_B lora_A`` with ``scaling = lora_alpha / r'``.
-Writing ``r' = 2r``, ``lora_alpha = 2r`` (so ``scaling = 1`` exactly) and
+KaSA changes each targeted weight by ``delta = scale B diag(sigma) A - us vt`` (update minus the ``d`` dropped
+components), a rank-(r + d) matrix. PEFT's LoRA adds ``scaling * lora_B lora_A`` with
+``scaling = lora_alpha / r'``. Writing ``r' = r + d``, ``lora_alpha = r + d`` (so ``scaling = 1`` exactly) and
 
-    lora_A = [A; vt]                                  (2r x in)
-    lora_B = [B diag(scale sigma), -us]               (out x 2r)
+    lora_A = [A; vt]                                  ((r + d) x in)
+    lora_B = [B diag(scale sigma), -us]               (out x (r + d))
 
 gives ``scaling * lora_B lora_A = delta``: any LoRA runtime (PEFT, vLLM, TGI, llama.cpp) applying it to the
-original base computes exactly the KaSA model. ``lora_dropout`` is written as 0: the exported pair is for
+original base computes exactly the KaSA model. Where ``d`` differs between layers (``drop_rank="auto"``), the
+most common ``r + d`` is the config's ``r`` and ``lora_alpha``, and PEFT's ``rank_pattern`` / ``alpha_pattern``
+give every other layer (by its escaped full name) its own ``r + d`` for both, so the scaling stays 1 everywhere. ``lora_dropout`` is written as 0: the exported pair is for
 inference (PEFT's dropout would also hit the truncation half, which KaSA never drops out).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..core import KasaAdapter, kasa_state
+from ..core import KasaAdapter
 from .atomic import atomic_directory
 from .base_model import adapted_model
 from .factors import stacked_factors
-from .peft_format import write_peft_adapter
+from .peft_format import adapted_layers, write_peft_adapter
 
 
-def lora_config_fields(r: int) -> dict:
-    """The exported ``LoraConfig``'s rank and scaling: rank ``2r`` and ``lora_alpha = 2r``, so scaling is 1."""
-    return {"r": 2 * r, "lora_alpha": 2 * r, "lora_dropout": 0.0, "use_rslora": False}
+def lora_config_fields(ranks: dict[str, int]) -> dict:
+    """The exported ``LoraConfig``'s ranks and scaling, from each layer's rank ``r + d``: ``lora_alpha`` equal to
+    the rank everywhere (scaling 1); layers off the most common rank get it through ``rank_pattern`` and
+    ``alpha_pattern`` (PEFT matches a pattern as a regular expression on a suffix of the module name)."""
+    common = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {re.escape(name): rank for name, rank in ranks.items() if rank != common}
+    return {"r": common, "lora_alpha": common, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
+            "lora_dropout": 0.0, "use_rslora": False}
 
 
 def export_lora(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
@@ -41,8 +50,9 @@ def export_lora(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
     atomically. Returns ``out``.
     """
     with atomic_directory(out) as staging, adapted_model(source, base_model, adapter_name) as (model, name):
-        r = kasa_state(model).configs[name].r
-        write_peft_adapter(model, name, staging, lora_config_fields(r), lora_pair)
+        ranks = {layer_name: layer.adapters[name].A.shape[0] + layer.adapters[name].dropped_rank
+                 for layer_name, layer in adapted_layers(model, name)}
+        write_peft_adapter(model, name, staging, lora_config_fields(ranks), lora_pair)
     return Path(out)
 
 

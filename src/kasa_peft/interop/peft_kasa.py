@@ -5,7 +5,8 @@ the base weight (float32 SVD) every time it loads the adapter; its forward is th
 ``W_world x + scaling * B diag(lora_diag) A x`` with ``scaling = lora_alpha / r``. Differences that do not
 affect outputs: PEFT sums the regularisers over layers in the paper's r x r form (imported adapters get
 ``regularizer="paper", reduction="sum"``); exported ones keep beta and gamma as they are. PEFT's KaSA
-refuses Conv1D (GPT-2) layers: export those with ``export_lora``.
+refuses Conv1D (GPT-2) layers, and always drops ``r`` components: export those, and adapters with another
+``drop_rank``, with ``export_lora``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def export_peft_kasa(source: str | os.PathLike | nn.Module, out: str | os.PathLi
             raise ValueError(f"PEFT's KaSA does not support Conv1D layers ({transposed[0]}, ...): export this "
                              "adapter with --format lora (export_lora), an exact rank-2r LoRA any PEFT version loads")
         config = kasa_state(model).configs[name]
+        other = [(n, layer.adapters[name].dropped_rank) for n, layer in adapted_layers(model, name)
+                 if layer.adapters[name].dropped_rank != config.r]
+        if other:
+            raise ValueError(f"PEFT's KaSA always drops r={config.r} components per weight, and this adapter drops "
+                             f"d={other[0][1]} at {other[0][0]} ({len(other)} layers differ; drop_rank="
+                             f"{config.drop_rank!r}): export it with --format lora (export_lora), an exact LoRA of "
+                             "rank r + d per layer that any PEFT version loads")
         fields = {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
                   "use_rslora": config.use_rslora,
                   "kasa_config": peft.KasaConfig(beta=config.beta, gamma=config.gamma)}

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..core.config import KasaConfig
 from .task_names import parse_task
 
 
@@ -36,6 +37,8 @@ class RunConfig:
     regularizer: str = "paper"
     reduction: str = "mean"
     learn_sigma: bool = True
+    drop_rank: str = "r"  # "r", "auto" or an integer (held as int once checked)
+    drop_budget: float | None = None
     target_modules: list[str] | None = None
     # optimisation
     lr: float | None = None
@@ -86,6 +89,11 @@ class RunConfig:
         if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--dropout and --warmup-ratio must be in [0, 1), got {self.dropout!r} and "
                              f"{self.warmup_ratio!r}")
+        object.__setattr__(self, "drop_rank", _drop_rank(self.drop_rank))
+        try:
+            KasaConfig(r=self.r, drop_rank=self.drop_rank, drop_budget=self.drop_budget)
+        except ValueError as err:
+            raise ValueError(f"--drop-rank / --drop-budget: {err}".replace("invalid KasaConfig: ", "")) from None
         parse_task(self.task)  # an unknown task or method fails here, before anything is loaded
         from ..training.methods import METHODS  # here, so that `kasa-peft --help` does not load the Trainer
 
@@ -180,6 +188,12 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"setting {_flag(name)!r} must be {_type_name(kind)}, got {value!r}") from None
+
+
+def _drop_rank(value: str | int) -> str | int:
+    """``--drop-rank`` as KasaConfig takes it: ``"r"``, ``"auto"`` or an integer (``"4"`` is 4)."""
+    text = str(value).strip()
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _type_name(kind: Any) -> str:
