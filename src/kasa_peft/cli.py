@@ -188,9 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("--base", help="the base model (default: the one recorded in the adapter)")
     import_.set_defaults(handler=_import)
 
-    inspect = commands.add_parser("inspect", help="summarise a saved adapter (sigma, update norms, truncation)")
-    inspect.add_argument("adapter_dir")
-    inspect.add_argument("--plot", help="also draw the learned sigma as a heatmap PNG")
+    inspect = commands.add_parser(
+        "inspect", help="summarise a saved adapter, or (--model) what KaSA's truncation removes before training",
+        description="With ADAPTER_DIR: per layer the update norm, the dropped components and sigma. With --model "
+                    "(no adapter): the pre-flight report, per target module the share of the weight norm the "
+                    "truncation would remove and the d chosen per layer; with --task and its data also the loss "
+                    "of the untrained truncated model next to the base model's.")
+    inspect.add_argument("adapter_dir", nargs="?", help="a saved KaSA adapter directory (or give --model instead)")
+    inspect.add_argument("--plot", metavar="FILE.png",
+                         help="also write a PNG: for an adapter, what training changed (update norms, sigma - "
+                              "sigma_init, truncated energy); with --model, each target's singular-value spectrum "
+                              "with the cut marked")
+    _add_run_options(inspect, ("model", "task", "target_modules", "r", "drop_rank", "drop_budget", "data_dir",
+                               "train_file", "max_length", "seed"))
+    inspect.add_argument("--samples", type=int,
+                         help="with --task: how many training examples the losses are measured on; default 32")
     inspect.set_defaults(handler=_inspect)
     return parser
 
@@ -307,9 +319,27 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import inspect_command
+    values = _run_values(args)
+    if args.adapter_dir and values:
+        raise ValueError(f"`kasa-peft inspect` takes an adapter directory or --model (the pre-flight report), not both; "
+                         f"got {args.adapter_dir} and {', '.join('--' + k.replace('_', '-') for k in values)}")
+    if args.adapter_dir:
+        from .interop.cli_commands import inspect_command
 
-    print(inspect_command(args.adapter_dir, args.plot))
+        print(inspect_command(args.adapter_dir, args.plot))
+        return
+    if "model" not in values:
+        raise ValueError("`kasa-peft inspect` needs an adapter directory, or --model M (with --target-modules, --r, "
+                         "--drop-rank ...) for the pre-flight report of KaSA's truncation")
+    from .interop.truncation_report import format_truncation_report, plot_spectra
+    from .pipelines.preflight import preflight
+
+    samples = {"samples": args.samples} if args.samples is not None else {}
+    report = preflight(values, spectra=args.plot is not None, **samples)
+    text = format_truncation_report(report)
+    if args.plot:
+        text += f"\n\nspectra written to {plot_spectra(report, args.plot)}"
+    print(text)
 
 
 # -------------------------------------------------------------------------------------------------- printing

@@ -6,21 +6,12 @@ import warnings
 
 import pytest
 import torch
-from tiny_models import tiny_llama
+from tiny_models import tiny_llama, with_spectrum
 
 import kasa_peft.core.truncation as truncation
 from kasa_peft import KasaConfig, inject, truncate_smallest
 
 from .helpers import dropped_product, rel_err
-
-
-def with_spectrum(singular_values: list[float] | torch.Tensor, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """A float64 (out, in) matrix ``U diag(s) V^T`` with random orthonormal ``U``, ``V`` and the given ``s``."""
-    generator = torch.Generator().manual_seed(seed)
-    s = torch.as_tensor(singular_values, dtype=torch.float64)
-    u, _ = torch.linalg.qr(torch.randn(shape[0], len(s), generator=generator, dtype=torch.float64))
-    v, _ = torch.linalg.qr(torch.randn(shape[1], len(s), generator=generator, dtype=torch.float64))
-    return (u * s) @ v.T
 
 
 def truncated(weight: torch.Tensor, r: int, method: str) -> torch.Tensor:
