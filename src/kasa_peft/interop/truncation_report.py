@@ -129,8 +129,10 @@ def read_truncation(model: nn.Module, adapter_name: str = "default", spectra: bo
 
 def format_truncation_report(report: TruncationReport) -> str:
     """The report as text for a terminal: one row per target module, then the losses when measured."""
-    setting = {"r": f"d = r = {report.r}", "auto": f"auto: the most d <= r = {report.r} within "
-               f"{report.drop_budget:.2%} of ||W||_F"}.get(report.drop_rank, f"d = {report.drop_rank}")
+    if report.drop_rank == "auto":
+        setting = f"the most d <= r = {report.r} within {report.drop_budget:.2%} of ||W||_F"
+    else:
+        setting = f"d = {report.r if report.drop_rank == 'r' else report.drop_rank}, r = {report.r}"
     lines = [f"KaSA truncation before training: {len(report.layers)} layers, drop_rank {report.drop_rank!r} "
              f"({setting})", ""]
     modules = report.modules()

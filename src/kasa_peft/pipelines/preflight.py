@@ -9,6 +9,7 @@ losses are computed on one model, with the adapter on and off (``disable_adapter
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -62,7 +63,9 @@ def preflight(settings: dict[str, Any], samples: int = DEFAULT_SAMPLES, spectra:
     """
     if settings.get("task"):
         config = resolve_config({}, {**settings, "method": "kasa", "max_train_samples": samples})
-        begun = start(config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the large-truncation warning: the report shows it all
+            begun = start(config)
         report = read_truncation(begun.prepared.model, spectra=spectra)
         return report.with_losses(*truncation_losses(begun), examples=len(begun.features))
     given = normalise_settings(settings, "the command line")
