@@ -69,9 +69,9 @@ def preflight(settings: dict[str, Any], samples: int = DEFAULT_SAMPLES, spectra:
         report = read_truncation(begun.prepared.model, spectra=spectra)
         return report.with_losses(*truncation_losses(begun), examples=len(begun.features))
     given = normalise_settings(settings, "the command line")
+    config = KasaConfig(r=given.get("r", KasaConfig.r), drop_rank=parse_drop_rank(given.get("drop_rank", "r")),
+                        drop_budget=given.get("drop_budget"))  # the settings are checked before the model loads
     model, _ = load_model(given["model"], natural_task(given["model"]))
     targets = given.get("target_modules") or default_target_modules(model, family="")
-    config = KasaConfig(r=given.get("r", KasaConfig.r), drop_rank=parse_drop_rank(given.get("drop_rank", "r")),
-                        drop_budget=given.get("drop_budget"),
-                        target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets))
+    config = config.replace(target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets))
     return truncation_report(model, config, spectra=spectra)
