@@ -321,8 +321,8 @@ def _import(args: argparse.Namespace) -> None:
 def _inspect(args: argparse.Namespace) -> None:
     values = _run_values(args)
     if args.adapter_dir and values:
-        raise ValueError(f"`kasa-peft inspect` takes an adapter directory or --model (the pre-flight report), not both; "
-                         f"got {args.adapter_dir} and {', '.join('--' + k.replace('_', '-') for k in values)}")
+        raise ValueError(f"`kasa-peft inspect` takes an adapter directory or --model (the pre-flight report), not "
+                         f"both; got {args.adapter_dir} and {', '.join('--' + k.replace('_', '-') for k in values)}")
     if args.adapter_dir:
         from .interop.cli_commands import inspect_command
 

@@ -1,5 +1,5 @@
 """The quality benchmarks: the harness on fake run records (resumability, mean/std, averages, table rendering)
-and the analysis scripts' helpers (sigma, update sizes, truncation damage)."""
+and the analysis scripts' helpers (sigma, update sizes)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,17 @@ import math
 import statistics
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from kasa_peft.pipelines.causal_lm import CausalLMCollator  # noqa: E402
 from quality import harness, summary  # noqa: E402
 from quality.harness import Run  # noqa: E402
 from quality.sigma import sigma_rows  # noqa: E402
 from quality.summary import Stat  # noqa: E402
-from quality.truncation_damage import mean_loss  # noqa: E402
 from quality.update_norms import relative_updates, target_weights  # noqa: E402
-from tiny_models import tiny_bert, tiny_llama  # noqa: E402
+from tiny_models import tiny_bert  # noqa: E402
 
 
 def fake_record(task: str, method: str, seed: int, best: float, final: float | None = None) -> dict:
@@ -241,15 +237,3 @@ def test_sigma_rows_report_how_far_sigma_moved_from_its_start():
     [row] = sigma_rows(info, {"layer.0.q": [1.0, -1.0]})
     # mean |sigma| = 1.25, max 2, mean |sigma - sigma_0| = (0.5 + 1) / 2
     assert row == ["layer.0.q", "1.250", "2.000", "0.750", "2.00 0.50"]
-
-
-def test_truncation_damage_loss_is_the_token_weighted_mean_over_batches():
-    # 11 examples of different lengths, prompt tokens masked: 2 batches of 8 and 3
-    features = [{"input_ids": list(range(1, 4 + n % 5)), "attention_mask": [1] * (3 + n % 5),
-                 "labels": [-100, -100] + list(range(3, 4 + n % 5))} for n in range(11)]
-    model = tiny_llama()
-    begun = SimpleNamespace(prepared=SimpleNamespace(model=model), tokenizer=None, features=features,
-                            pipeline=SimpleNamespace(data_collator=lambda tokenizer: CausalLMCollator(0)))
-    with torch.no_grad():
-        expected = model(**CausalLMCollator(0)(features)).loss.item()  # one batch: the mean over every target token
-    assert mean_loss(begun) == pytest.approx(expected, rel=1e-5)

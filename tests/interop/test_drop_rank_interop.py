@@ -96,8 +96,8 @@ def test_inspection_shows_each_layers_count_and_sigmas_change(mixed, tmp_path):
     assert Image.open(png).size == (1400, 1200)
 
 
-@pytest.mark.parametrize("config", [MIXED, MIXED.replace(drop_rank="r", drop_budget=None), MIXED.replace(drop_rank=3, drop_budget=None)],
-                         ids=["auto", "paper", "fixed"])
+@pytest.mark.parametrize("config", [MIXED, MIXED.replace(drop_rank="r", drop_budget=None),
+                                    MIXED.replace(drop_rank=3, drop_budget=None)], ids=["auto", "paper", "fixed"])
 def test_the_preflight_report_matches_a_float64_svd(config):
     model = tiny_llama_with_tails()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -5,14 +5,17 @@ from __future__ import annotations
 import copy
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_models import tiny_llama
 
 import kasa_peft as kp
 from kasa_peft.core.layer import weight_matrix
 from kasa_peft.pipelines.config import resolve_config
-from kasa_peft.pipelines.preflight import preflight
+from kasa_peft.pipelines.causal_lm import CausalLMCollator
+from kasa_peft.pipelines.preflight import mean_loss, preflight
 from kasa_peft.pipelines.run import start
 
 
@@ -70,3 +73,15 @@ def test_cli_refuses_bad_settings_in_one_line(cli, llama_dir, args, message):
 def test_cli_needs_an_adapter_or_a_model_but_not_both(cli, llama_dir, tmp_path):
     assert "needs an adapter directory, or --model" in cli("inspect").err
     assert "not both" in cli("inspect", tmp_path, "--model", llama_dir).err
+
+
+def test_mean_loss_is_the_token_weighted_mean_over_batches():
+    # 11 examples of different lengths, prompt tokens masked: 2 batches of 8 and 3
+    features = [{"input_ids": list(range(1, 4 + n % 5)), "attention_mask": [1] * (3 + n % 5),
+                 "labels": [-100, -100] + list(range(3, 4 + n % 5))} for n in range(11)]
+    model = tiny_llama()
+    begun = SimpleNamespace(prepared=SimpleNamespace(model=model), tokenizer=None, features=features,
+                            pipeline=SimpleNamespace(data_collator=lambda tokenizer: CausalLMCollator(0)))
+    with torch.no_grad():
+        expected = model(**CausalLMCollator(0)(features)).loss.item()  # one batch: the mean over every target token
+    assert mean_loss(begun) == pytest.approx(expected, rel=1e-5)

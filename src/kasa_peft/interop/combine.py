@@ -13,8 +13,8 @@ It is represented exactly as a KaSA adapter of rank ``R = sum_i r_i`` with ``alp
     A_c = [A_1; A_2; ...],   B_c = [B_1, B_2, ...],   sigma_c = [w_1 scale_1 sigma_1, w_2 scale_2 sigma_2, ...]
 
 and the dropped components ``us_t``, ``vt_t`` as they are (each layer keeps adapter ``t``'s ``d``; ``d = 0``
-where ``t`` does not adapt the layer). A layer that adapter ``i`` does not adapt gets zero blocks for it. PEFT's ``add_weighted_adapter`` (``"cat"``) builds
-``sum_i w_i scale_i B_i A_i``: it drops ``sigma_i``.
+where ``t`` does not adapt the layer). A layer that adapter ``i`` does not adapt gets zero blocks for it.
+PEFT's ``add_weighted_adapter`` (``"cat"``) builds ``sum_i w_i scale_i B_i A_i``: it drops ``sigma_i``.
 """
 
 from __future__ import annotations

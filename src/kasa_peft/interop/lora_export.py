@@ -10,8 +10,9 @@ components), a rank-(r + d) matrix. PEFT's LoRA adds ``scaling * lora_B lora_A``
 gives ``scaling * lora_B lora_A = delta``: any LoRA runtime (PEFT, vLLM, TGI, llama.cpp) applying it to the
 original base computes exactly the KaSA model. Where ``d`` differs between layers (``drop_rank="auto"``), the
 most common ``r + d`` is the config's ``r`` and ``lora_alpha``, and PEFT's ``rank_pattern`` / ``alpha_pattern``
-give every other layer (by its escaped full name) its own ``r + d`` for both, so the scaling stays 1 everywhere. ``lora_dropout`` is written as 0: the exported pair is for
-inference (PEFT's dropout would also hit the truncation half, which KaSA never drops out).
+give every other layer (by its escaped full name) its own ``r + d`` for both, so the scaling stays 1 everywhere.
+``lora_dropout`` is written as 0: the exported pair is for inference (PEFT's dropout would also hit the truncation
+half, which KaSA never drops out).
 """
 
 from __future__ import annotations

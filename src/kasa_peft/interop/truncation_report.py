@@ -137,13 +137,13 @@ def format_truncation_report(report: TruncationReport) -> str:
              f"({setting})", ""]
     modules = report.modules()
     width = max(len(m.module) for m in modules)
+    worst_width = max(len(m.worst_layer) for m in modules)
     lines.append(f"{'module':<{width}}  {'shape':>9}  {'removed, mean':>13}  {'removed, max':>12}  "
-                 f"{'d per layer':<24}  worst layer")
+                 f"{'worst layer':<{worst_width}}  d per layer (model order)")
     for m in modules:
         shape = "x".join(map(str, m.shape)) if m.shape[0] > 0 else "mixed"
-        dropped = " ".join(map(str, m.dropped))
         lines.append(f"{m.module:<{width}}  {shape:>9}  {m.mean_share:>13.2%}  {m.max_share:>12.2%}  "
-                     f"{dropped:<24}  {m.worst_layer}")
+                     f"{m.worst_layer:<{worst_width}}  {' '.join(map(str, m.dropped))}")
     if report.base_loss is not None:
         lines += ["", f"loss on {report.loss_examples} training examples: base model {report.base_loss:.4f}, "
                       f"truncated untrained model {report.truncated_loss:.4f} "
@@ -181,7 +181,7 @@ def plot_spectra(report: TruncationReport, png_path: str | os.PathLike, dpi: int
             axis.axvline(k - report.r + 0.5, color="red", linestyle="--", linewidth=1)
             axis.set_yscale("log")
             axis.set_xlabel("index i (descending)")
-        axes[0, column].set_title(f"{module.module}: removed {module.mean_share:.2%} mean, {module.max_share:.2%} max")
+        axes[0, column].set_title(f"{module.module}\nremoved {module.mean_share:.2%} mean, {module.max_share:.2%} max")
         axes[0, column].set_ylabel("singular value s_i")
         axes[1, column].set_ylabel(f"last {4 * report.r} (dots: first dropped; dashed: k - r)")
     figure.suptitle(f"KaSA truncation: r = {report.r}, drop_rank {report.drop_rank!r}"
