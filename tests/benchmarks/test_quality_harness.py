@@ -237,3 +237,25 @@ def test_sigma_rows_report_how_far_sigma_moved_from_its_start():
     [row] = sigma_rows(info, {"layer.0.q": [1.0, -1.0]})
     # mean |sigma| = 1.25, max 2, mean |sigma - sigma_0| = (0.5 + 1) / 2
     assert row == ["layer.0.q", "1.250", "2.000", "0.750", "2.00 0.50"]
+
+
+def test_paired_differences_subtract_the_reference_run_of_the_same_seed():
+    records = [fake_record("a", "lora", 0, 0.50), fake_record("a", "lora", 1, 0.60),
+               fake_record("a", "kasa", 0, 0.55), fake_record("a", "kasa", 1, 0.40), fake_record("a", "kasa", 2, 0.9)]
+    differences = summary.paired_differences(records, "method", "lora", "seed", lambda r: summary.metric(r))
+    assert differences == {"kasa": {0: pytest.approx(5.0), 1: pytest.approx(-20.0)}}  # seed 2 has no lora run
+    table = summary.paired_table(differences, ["kasa", "pissa"], [0, 1, 2], "method")
+    # mean -7.5, sample std of (5, -20) = 17.68
+    assert table.splitlines()[2] == "| kasa | +5.00 | -20.00 | — | -7.50 ± 17.68 |"
+    assert "pissa" not in table
+
+
+def test_the_automatic_kasa_row_is_kasa_with_drop_rank_auto():
+    from quality import commonsense, e2e
+
+    for module in (e2e, commonsense):
+        settings = {run.labels["method"]: run.settings for run in module.runs() if run.labels["seed"] == 0}
+        assert settings["kasa-auto"]["method"] == "kasa" and settings["kasa-auto"]["drop_rank"] == "auto"
+        assert {k: v for k, v in settings["kasa-auto"].items() if k != "drop_rank"} == settings["kasa"]
+        assert all("drop_rank" not in s for m, s in settings.items() if m != "kasa-auto")
+        assert {run.labels["seed"] for run in module.runs()} == {0, 1, 2}
