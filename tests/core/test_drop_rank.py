@@ -144,3 +144,11 @@ def test_a_count_not_below_k_is_refused_before_any_change():
         inject(model, KasaConfig(r=4, target_modules=("q_proj", "v_proj"), drop_rank=16))
     assert not hasattr(model, "_kasa_state")
     assert all(type(m).__module__.startswith(("torch", "transformers")) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["eigh", "svd"])
+def test_auto_that_drops_r_gives_the_papers_factors_bit_for_bit(method):
+    """Where the budget allows all r components (MiniLM's query/value, for instance), a run is the paper's run."""
+    weight = tiny_llama_with_tails().model.layers[0].self_attn.q_proj.weight  # d = 4 = r under MIXED_BUDGET
+    auto, paper = truncate_smallest(weight, 4, method, budget=MIXED_BUDGET), truncate_smallest(weight, 4, method)
+    assert torch.equal(auto.us, paper.us) and torch.equal(auto.vt, paper.vt)
