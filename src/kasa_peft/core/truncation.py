@@ -54,7 +54,7 @@ def warn_if_large(shares: dict[str, float], config: KasaConfig) -> None:
         warnings.warn(f"KaSA's truncation (r={config.r}, drop_rank={config.drop_rank!r}) removes more than "
                       f"{LARGE_TRUNCATION:.0%} of the weight norm of {len(large)} of {len(shares)} layers (most: "
                       f"{large[worst]:.1%} of '{worst}'), so the model differs from the base before training. "
-                      "drop_rank='auto' (--drop-rank auto) keeps each weight's loss within a budget; "
+                      "drop_rank='auto' (--drop-rank auto) drops per weight only what fits a norm budget; "
                       "kasa_peft.interop.truncation_report (`kasa-peft inspect --model ...`) shows it per layer "
                       "before any training", stacklevel=3)
 
