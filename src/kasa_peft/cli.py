@@ -40,7 +40,7 @@ HELP = {
     "drop_rank": "how many of each weight's smallest singular components KaSA drops: r (the paper, default), an "
                  "integer d >= 0 (0: no truncation), or auto (per layer the most, up to r, within --drop-budget)",
     "drop_budget": "with --drop-rank auto: the share of each weight's Frobenius norm the truncation may remove, in "
-                   "(0, 1); default 0.01",
+                   "(0, 1); default 0.005",
     "target_modules": "comma-separated layer names to adapt, or all-linear (default: per architecture, "
                       "e.g. query,value for BERT, q_proj,v_proj for Llama)",
     "lr": "learning rate of the adapter (task default)",

@@ -16,7 +16,7 @@ DropRank = int | Literal["r", "auto"]
 
 ALL_LINEAR = "all-linear"
 # Default share of ||W||_F that ``drop_rank="auto"`` may remove from a weight (README, "Spectrum-aware truncation").
-DEFAULT_DROP_BUDGET = 0.01
+DEFAULT_DROP_BUDGET = 0.005
 
 
 @dataclass(frozen=True)
