@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None, results: Path = RESULTS) -> int:
         f"layer, and the loss on the first {args.samples} E2E training examples of the E2E table (prompt masked) "
         f"of the untrained KaSA model (B = 0: the base minus its d smallest singular components per target), "
         f"with the paper's truncation (drop_rank r: d = 8) and the automatic one (drop_rank auto: per layer the "
-        f"most d <= 8 within {DEFAULT_DROP_BUDGET:.0%} of ||W||_F). The base model's loss is {base_loss:.3f}.\n\n"
+        f"most d <= 8 within {DEFAULT_DROP_BUDGET:.1%} of ||W||_F). The base model's loss is {base_loss:.3f}.\n\n"
         + markdown_table(["targets", "drop_rank", "removed, mean %", "removed, max %", "mean d", "E2E loss"], rows)
         + f"\nCommand: `python benchmarks/quality/truncation_damage.py --samples {args.samples}`\n")
     print(f"{TABLE}: {out / 'summary.md'}")
