@@ -4,6 +4,7 @@ pre-flight truncation report, against PEFT 0.21.2 and float64 SVDs."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 import pytest
@@ -144,3 +145,15 @@ def test_a_combined_rank_may_reach_k_since_the_truncation_keeps_its_own_count(mi
     combine_adapters(model, {"default": 1.0, "big": 1.0}, "sum")
     layer = model.get_submodule("model.layers.1.self_attn.q_proj")
     assert layer.adapters["sum"].A.shape[0] == 34 and layer.adapters["sum"].dropped_rank == 2
+
+
+def test_an_imported_peft_adapter_does_not_claim_a_starting_sigma(setups, tmp_path):
+    """PEFT does not record where lora_diag started, so the import's sigma_init is unknown (NaN), not ours."""
+    from kasa_peft.interop import import_peft_kasa
+
+    from .test_peft_kasa import peft_trained_kasa
+
+    setup = setups["bert"]
+    peft_dir, _ = peft_trained_kasa(setup, tmp_path)
+    info = inspect_adapter(import_peft_kasa(peft_dir, setup.base_dir, tmp_path / "ours"))
+    assert all(math.isnan(change) for layer in info["layers"].values() for change in layer["sigma_change"])

@@ -129,7 +129,8 @@ def import_peft_kasa(peft_dir: str | os.PathLike, base_model: nn.Module | str | 
 
 @torch.no_grad()
 def copy_peft_tensors(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], source) -> None:
-    """Copy PEFT's ``lora_A``/``lora_B``/``lora_diag`` and ``modules_to_save`` into adapter ``name``.
+    """Copy PEFT's ``lora_A``/``lora_B``/``lora_diag`` and ``modules_to_save`` into adapter ``name`` (its
+    ``sigma_init`` becomes unknown, NaN).
 
     Raises (naming the mismatch) when the layers or shapes differ from what the adapter holds: it was
     made for another base model.
@@ -149,6 +150,7 @@ def copy_peft_tensors(model: nn.Module, name: str, tensors: dict[str, torch.Tens
                 raise ValueError(f"{source} was made for a different base model: tensor {key} is {found}, "
                                  f"expected {tuple(target.shape)} for this base")
             target.copy_(tensors[key])
+        adapter.sigma_init.fill_(float("nan"))  # PEFT does not record where lora_diag started
     for module_name, wrapper in saved_modules(model):
         if name in wrapper.copies:
             prefix = f"{module_name}."
