@@ -28,7 +28,8 @@ HELP = {
     "model": "a local Hugging Face model directory, a hub id, a .gguf file, or a shortcut: minilm, smollm2",
     "output_dir": "directory for the adapter, predictions and metrics.json",
     "method": "kasa (default), lora, pissa, milora, dora, adalora, peft-kasa (the baselines, through PEFT), or fft",
-    "r": "adapter rank (KaSA also drops the r smallest singular components of each weight); default 8",
+    "r": "adapter rank (by default KaSA also drops the r smallest singular components of each weight: see "
+         "--drop-rank); default 8",
     "alpha": "the update is scaled by alpha / r; default 16",
     "dropout": "dropout on the adapter's input; default 0",
     "beta": "weight of KaSA's singular-value penalty sum(sigma^2); default 1e-4",
