@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 import statistics
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..core import KasaConfig, inject, kasa_layers
+from ..core import KasaConfig, inject, kasa_layers, kasa_state
 from ..core.model import original_weight
 from ..core.truncation import DroppedComponents, dropped_share
 from .base_model import temporary_adapter
@@ -66,7 +66,6 @@ class TruncationReport:
     base_loss: float | None = None
     truncated_loss: float | None = None
     loss_examples: int | None = None
-    notes: list[str] = field(default_factory=list)
 
     def modules(self) -> list[ModuleTruncation]:
         """Per target module, in model order."""
@@ -94,24 +93,17 @@ def truncation_report(model: nn.Module, config: KasaConfig, spectra: bool = Fals
 
     ``spectra=True`` also records each weight's singular values (a float64 SVD per layer, for `plot_spectra`).
     """
-    report: TruncationReport | None = None
-
     def attach(target: nn.Module, name: str) -> None:
-        nonlocal report
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the large-truncation warning: the report shows it all
             inject(target, config, name)
-        report = read_truncation(target, name, spectra)
 
-    with temporary_adapter(model, attach):
-        pass
-    return report
+    with temporary_adapter(model, attach) as name:
+        return read_truncation(model, name, spectra)
 
 
 def read_truncation(model: nn.Module, adapter_name: str = "default", spectra: bool = False) -> TruncationReport:
     """The report of an adapter already on ``model`` (e.g. a run's untrained start)."""
-    from ..core import kasa_state
-
     config = kasa_state(model).configs[adapter_name]
     layers = []
     for name, layer in kasa_layers(model):
@@ -148,7 +140,6 @@ def format_truncation_report(report: TruncationReport) -> str:
         lines += ["", f"loss on {report.loss_examples} training examples: base model {report.base_loss:.4f}, "
                       f"truncated untrained model {report.truncated_loss:.4f} "
                       f"({report.truncated_loss - report.base_loss:+.4f})"]
-    lines += report.notes
     return "\n".join(lines)
 
 
