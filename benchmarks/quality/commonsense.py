@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from quality.harness import Record, Run, main, method_settings  # noqa: E402
 from quality.summary import (  # noqa: E402
-    cells, machine_line, metric, paired_differences, paired_table, stat_table,
+    cells, machine_line, metric, paired_differences, paired_table, seeds_of, stat_table,
 )
 
 TABLE = "commonsense"
@@ -55,7 +55,7 @@ def summarise(records: list[Record], out: Path) -> None:
     (out / "summary.md").write_text(
         "# Commonsense reasoning, SmolLM2-135M (`smollm2`), r = 8 on q_proj/v_proj\n\n"
         f"Accuracy x100 on a fixed {TEST_SAMPLES}-example subset of each test set, mean ± std over seeds "
-        f"{', '.join(map(str, SEEDS))}; trained on {TRAIN_SAMPLES} fixed examples of the available training "
+        f"{seeds_of(records)} (the finished runs); trained on {TRAIN_SAMPLES} fixed examples of the available training "
         "files (boolq, ARC-Easy, ARC-Challenge, openbookqa), 1 epoch, batch 8, lr 3e-4; greedy generation of at "
         "most 16 tokens. kasa-auto is kasa with `drop_rank: auto`.\n\n" + "\n".join(sections)
         + f"\nMachine: {machine_line(records)}.\nCommand: `python benchmarks/quality/commonsense.py`\n")

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from quality.harness import Record, Run, main, method_settings  # noqa: E402
 from quality.summary import (  # noqa: E402
-    cells, machine_line, metric, paired_differences, paired_table, stat_table,
+    cells, machine_line, metric, paired_differences, paired_table, seeds_of, stat_table,
 )
 
 TABLE = "e2e"
@@ -55,7 +55,7 @@ def summarise(records: list[Record], out: Path) -> None:
     (out / "summary.md").write_text(
         "# E2E NLG, SmolLM2-135M (`smollm2`), r = 8 on q_proj/v_proj\n\n"
         "Test-set metrics (BLEU, METEOR, ROUGE-L x100; NIST, CIDEr as they are), "
-        f"mean ± std over seeds {', '.join(map(str, SEEDS))}: "
+        f"mean ± std over the finished runs of seeds {seeds_of(records)}: "
         f"{TRAIN_SAMPLES} fixed training examples, 1 epoch (batch 8, lr 5e-4); {TEST_MRS} fixed test MRs "
         f"(all their references), beam {BEAMS}.\n\n"
         f"{table}\nBLEU minus LoRA's BLEU with the same seed (x100):\n\n"

@@ -118,6 +118,11 @@ def paired_table(differences: dict[Any, dict[Any, float]], rows: Sequence[Any], 
     return markdown_table([row_title, *(f"seed {s}" for s in seeds), "mean ± std"], body)
 
 
+def seeds_of(records: Sequence[Record]) -> str:
+    """The seeds the records cover, as text (``0, 1, 2``; a table names only the seeds that have finished runs)."""
+    return ", ".join(map(str, sorted({label(r, "seed") for r in records})))
+
+
 def concurrency(records: Sequence[Record], default: int = 2) -> str:
     """How many runs trained at once, from the ``--jobs`` of each record's command (``1 / 2 / 3`` when mixed)."""
     jobs = {int(match.group(1)) if (match := re.search(r"--jobs[ =](\d+)", r["command"])) else default

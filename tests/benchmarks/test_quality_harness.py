@@ -259,3 +259,8 @@ def test_the_automatic_kasa_row_is_kasa_with_drop_rank_auto():
         assert {k: v for k, v in settings["kasa-auto"].items() if k != "drop_rank"} == settings["kasa"]
         assert all("drop_rank" not in s for m, s in settings.items() if m != "kasa-auto")
         assert {run.labels["seed"] for run in module.runs()} == {0, 1, 2}
+
+
+def test_a_table_names_only_the_seeds_it_has_runs_of():
+    records = [fake_record("a", "lora", 2, 0.5), fake_record("a", "kasa", 0, 0.5), fake_record("b", "kasa", 2, 0.5)]
+    assert summary.seeds_of(records) == "0, 2"
