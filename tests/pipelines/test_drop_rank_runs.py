@@ -50,3 +50,15 @@ def test_bad_settings_fail_before_anything_loads(values, message):
 def test_other_methods_refuse_the_truncation_settings():
     with pytest.raises(ValueError, match="apply to method 'kasa' only, not 'lora'"):
         MethodSpec(method="lora", drop_rank="auto")
+
+
+def test_a_run_started_before_drop_rank_existed_resumes(tmp_path):
+    """run_config.json of an unfinished run written before these settings existed: their defaults are what it used."""
+    from kasa_peft.pipelines.run import RUN_CONFIG_FILE, start_run_dir
+
+    config = resolve_config({}, {"task": "e2e", "model": "m", "resume": True})
+    recorded = {k: v for k, v in config.to_dict().items() if k not in ("drop_rank", "drop_budget")}
+    (tmp_path / RUN_CONFIG_FILE).write_text(json.dumps(recorded))
+    start_run_dir(tmp_path, config)
+    with pytest.raises(ValueError, match=r"different settings \(drop_rank\)"):
+        start_run_dir(tmp_path, config.replace(drop_rank="auto"))

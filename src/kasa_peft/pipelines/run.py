@@ -9,6 +9,7 @@ once the run has finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -169,11 +170,14 @@ def check_output_dir(output_dir: Path, config: RunConfig) -> None:
 
 
 def start_run_dir(output_dir: Path, config: RunConfig) -> None:
-    """Create the run directory with ``run_config.json``; a resumed run must have the same settings."""
+    """Create the run directory with ``run_config.json``; a resumed run must have the same settings (a setting the
+    recorded file predates counts as its default)."""
     recorded = output_dir / RUN_CONFIG_FILE
     if recorded.is_file():
         before = json.loads(recorded.read_text())
-        changed = sorted(k for k, v in config.to_dict().items() if k != "resume" and before.get(k) != v)
+        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+        changed = sorted(k for k, v in config.to_dict().items()
+                         if k != "resume" and before.get(k, defaults[k]) != v)
         if changed:
             raise ValueError(f"--resume: {output_dir} was started with different settings ({', '.join(changed)}); "
                              "resume with the original settings or choose another --output-dir")
