@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..core.config import KasaConfig
+from ..training.method_names import METHODS
 from .task_names import parse_task
 
 
@@ -89,14 +87,14 @@ class RunConfig:
         if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--dropout and --warmup-ratio must be in [0, 1), got {self.dropout!r} and "
                              f"{self.warmup_ratio!r}")
+        from ..core.config import KasaConfig  # here: the core imports torch, which `kasa-peft --help` need not load
+
         object.__setattr__(self, "drop_rank", parse_drop_rank(self.drop_rank))
         try:
             KasaConfig(r=self.r, drop_rank=self.drop_rank, drop_budget=self.drop_budget)
         except ValueError as err:
             raise ValueError(f"--drop-rank / --drop-budget: {err}".replace("invalid KasaConfig: ", "")) from None
         parse_task(self.task)  # an unknown task or method fails here, before anything is loaded
-        from ..training.methods import METHODS  # here, so that `kasa-peft --help` does not load the Trainer
-
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
 
@@ -144,6 +142,8 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> R
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The settings in a ``.yaml``/``.yml``/``.json`` file: a mapping of RunConfig field names (``-`` or ``_``)."""
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found: check the --config path")
