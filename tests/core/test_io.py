@@ -61,7 +61,7 @@ def test_load_reproduces_the_outputs_without_any_decomposition(saved, monkeypatc
     monkeypatch.setattr(torch.linalg, "svd", forbid)
     monkeypatch.setattr(torch.linalg, "eigh", forbid)
     monkeypatch.setattr(truncation, "truncate_smallest", forbid)
-    monkeypatch.setattr(model_module, "truncate_smallest", forbid)
+    monkeypatch.setattr(model_module, "truncate_for", forbid)
     loaded = load_adapter(tiny_bert(), path)
     assert torch.equal(outputs(loaded, token_batch()), outputs(model, token_batch()))
     assert torch.equal(loaded.classifier.copies["default"].weight, model.classifier.copies["default"].weight)
@@ -99,7 +99,7 @@ def test_saved_files_hold_the_documented_format(saved):
     tensors = load_file(path / "adapter_model.safetensors")
     layer = "bert.encoder.layer.1.attention.self.value"
     assert {k for k in tensors if k.startswith(layer + ".")} == {
-        f"{layer}.{key}" for key in ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerprint")}
+        f"{layer}.{key}" for key in ("A", "B", "sigma", "sigma_init", "dropped_us", "dropped_vt", "base_fingerprint")}
     assert torch.equal(tensors["modules_to_save.classifier.bias"], model.classifier.copies["default"].bias)
 
 

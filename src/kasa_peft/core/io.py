@@ -1,7 +1,9 @@
 """Saving and loading adapters: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-The file holds, per adapted layer, ``A``, ``B``, ``sigma``, the dropped components (so loading computes no
-SVD) and a fingerprint of the base weight the adapter was made for; plus the ``modules_to_save`` copies.
+The file holds, per adapted layer, ``A``, ``B``, ``sigma``, ``sigma_init`` (the values sigma started from), the
+dropped components ``dropped_us`` (out x d), ``dropped_vt`` (d x in) (so loading computes no SVD, and each
+layer's ``d`` is their width) and a fingerprint of the base weight the adapter was made for; plus the
+``modules_to_save`` copies. Files from before ``sigma_init`` load with it unknown (NaN).
 Everything is checked against the model before the model is changed.
 
 Saving is atomic, also over an existing adapter: the safetensors file carries the whole metadata in its
@@ -10,7 +12,8 @@ header (``kasa_peft_metadata``), so it alone is the adapter, and it is written f
 killed between the two renames leaves the new safetensors beside the old JSON, and loading reads the header,
 so the directory holds the old adapter or the new one, whole. Files without that header (written before
 it existed) are read from ``adapter_config.json``. The metadata also records ``tensors_sha256``
-(`tensor_checksum`), which loading verifies, and loading refuses non-finite values.
+(`tensor_checksum`), which loading verifies, and loading refuses non-finite values (but for an unknown
+``sigma_init``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("adapter_name", "config", "layers", "modules_to_save")
 HEADER_KEY = "kasa_peft_metadata"  # the safetensors header entry holding the whole metadata
 CHECKSUM_KEY = "tensors_sha256"
+# the per-layer tensors of an adapter, as attributes of `KasaAdapter`; "sigma_init" is optional on reading
+ADAPTER_TENSORS = ("A", "B", "sigma", "sigma_init", "dropped_us", "dropped_vt")
+REQUIRED_TENSORS = ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerprint")
 # A base whose weights differ from the fingerprinted ones by more than this (relative to ||W||_F) is another
 # model. Loose enough for a dtype change of the base (bf16 rounding is ~4e-3), tight enough for any other model.
 FINGERPRINT_TOLERANCE = 1e-2
@@ -102,9 +108,8 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         adapter = layer.adapters[name]
         transposed = transposed or is_transposed(layer.base_layer)
         with gathered(layer):
-            for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
-                               ("dropped_us", adapter.dropped_us), ("dropped_vt", adapter.dropped_vt)):
-                tensors[f"{layer_name}.{key}"] = full_tensor(value.detach()).clone()
+            for key in ADAPTER_TENSORS:
+                tensors[f"{layer_name}.{key}"] = full_tensor(getattr(adapter, key).detach()).clone()
             tensors[f"{layer_name}.base_fingerprint"] = weight_fingerprint(full_tensor(original_weight(layer)))
             layers[layer_name] = [layer.out_features, layer.in_features]
     saved = []
@@ -161,8 +166,11 @@ def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
-    """Raise ``ValueError`` naming the first tensor of ``what`` that holds NaN or infinity."""
+    """Raise ``ValueError`` naming the first tensor of ``what`` that holds NaN or infinity (``sigma_init`` is NaN
+    where it is unknown: adapters first saved before it was recorded)."""
     for name, tensor in tensors.items():
+        if name.endswith(".sigma_init"):
+            continue
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ValueError(f"{what}: tensor '{name}' holds {bad} NaN or infinite value(s); {fix}")
@@ -271,6 +279,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
                 adapter = layer.adapters[name]
                 for key in ("A", "B", "sigma"):
                     getattr(adapter, key).copy_(tensors[f"{layer_name}.{key}"])
+                adapter.sigma_init.copy_(tensors.get(f"{layer_name}.sigma_init", torch.tensor(float("nan"))))
     for module_name, wrapper in saved_modules(model):
         if module_name in metadata["modules_to_save"]:
             wrapper.copies[name].load_state_dict(_saved_copy(tensors, module_name))
@@ -299,13 +308,16 @@ def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str
     if set(layers) != set(metadata["layers"]):
         raise ValueError(f"{path} adapts other layers than adapter '{name}' of this model: {fix}")
     for layer_name, layer in layers.items():
-        saved, current = tensors[f"{layer_name}.sigma"].shape[0], layer.adapters[name].sigma.shape[0]
-        if saved != current:
-            raise ValueError(f"{path} has rank {saved} at '{layer_name}', adapter '{name}' has rank {current}: {fix}")
+        for key in ("sigma", "dropped_us"):
+            saved, current = tensors[f"{layer_name}.{key}"].shape[-1], getattr(layer.adapters[name], key).shape[-1]
+            if saved != current:
+                what = "rank" if key == "sigma" else "dropped rank d"
+                raise ValueError(f"{path} has {what} {saved} at '{layer_name}', adapter '{name}' has {current}: {fix}")
     for layer_name, layer in layers.items():
         adapter = layer.adapters[name]
-        for key in ("A", "B", "sigma", "dropped_us", "dropped_vt"):
-            copy_full_into(getattr(adapter, key), tensors[f"{layer_name}.{key}"])
+        for key in ADAPTER_TENSORS:
+            if f"{layer_name}.{key}" in tensors:
+                copy_full_into(getattr(adapter, key), tensors[f"{layer_name}.{key}"])
     for module_name, wrapper in saved_modules(model):
         if module_name in metadata["modules_to_save"] and name in wrapper.copies:
             saved = _saved_copy(tensors, module_name)
@@ -316,15 +328,18 @@ def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str
 
 def _check_tensors(path, layers: dict, modules: list[str], tensors: dict[str, torch.Tensor]) -> None:
     for name, (out_features, in_features) in layers.items():
-        for key in ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerprint"):
+        for key in REQUIRED_TENSORS:
             if f"{name}.{key}" not in tensors:
                 raise ValueError(f"{path}: tensor '{name}.{key}' is missing; the adapter file is incomplete, "
                                  "save it again")
-        r = tensors[f"{name}.sigma"].shape[0]
-        expected = {"A": (r, in_features), "B": (out_features, r), "dropped_us": (out_features, r),
-                    "dropped_vt": (r, in_features)}
+        r, d = tensors[f"{name}.sigma"].shape[0], tensors[f"{name}.dropped_us"].shape[-1]
+        if d >= min(out_features, in_features):
+            raise ValueError(f"{path}: layer '{name}' drops d={d} of the min(out, in)={min(out_features, in_features)} "
+                             "components of its weight; the adapter file is inconsistent, save it again")
+        expected = {"A": (r, in_features), "B": (out_features, r), "sigma_init": (r,), "dropped_us": (out_features, d),
+                    "dropped_vt": (d, in_features)}
         for key, shape in expected.items():
-            if tuple(tensors[f"{name}.{key}"].shape) != shape:
+            if f"{name}.{key}" in tensors and tuple(tensors[f"{name}.{key}"].shape) != shape:
                 raise ValueError(f"{path}: tensor '{name}.{key}' has shape {tuple(tensors[f'{name}.{key}'].shape)}, "
                                  f"expected {shape}; the adapter file is inconsistent, save it again")
     for module_name in modules:

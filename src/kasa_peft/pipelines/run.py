@@ -15,6 +15,7 @@ killed after training is finished by ``--resume`` from the last checkpoint and t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import platform
@@ -251,11 +252,14 @@ def check_output_dir(output_dir: Path, config: RunConfig) -> None:
 
 
 def start_run_dir(output_dir: Path, config: RunConfig) -> None:
-    """Create the run directory with ``run_config.json``; a resumed run must have the same settings."""
+    """Create the run directory with ``run_config.json``; a resumed run must have the same settings (a setting the
+    recorded file predates counts as its default)."""
     recorded = output_dir / RUN_CONFIG_FILE
     if recorded.is_file():
         before = json.loads(recorded.read_text())
-        changed = sorted(k for k, v in config.to_dict().items() if k != "resume" and before.get(k) != v)
+        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+        changed = sorted(k for k, v in config.to_dict().items()
+                         if k != "resume" and before.get(k, defaults[k]) != v)
         if changed:
             raise ValueError(f"--resume: {output_dir} was started with different settings ({', '.join(changed)}); "
                              "resume with the original settings or choose another --output-dir")
@@ -290,6 +294,7 @@ def method_spec(config: RunConfig, steps: int) -> MethodSpec:
                       target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets),
                       beta=config.beta, gamma=config.gamma, regularizer=config.regularizer,
                       reduction=config.reduction, learn_sigma=config.learn_sigma,
+                      drop_rank=config.drop_rank, drop_budget=config.drop_budget,
                       total_steps=steps)
 
 

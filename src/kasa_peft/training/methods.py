@@ -59,7 +59,8 @@ class MethodSpec:
     """What to train. The same fields for every method, so that only the adapter differs between runs.
 
     ``beta``, ``gamma`` weight KaSA's penalties (``kasa`` and ``peft-kasa``); ``regularizer``,
-    ``reduction`` and ``learn_sigma`` are those of `kasa_peft.KasaConfig` (``kasa`` only); ``total_steps``
+    ``reduction``, ``learn_sigma``, ``drop_rank`` and ``drop_budget`` are those of `kasa_peft.KasaConfig` (``kasa``
+    only); ``total_steps``
     is the number of optimizer steps, needed by AdaLoRA's rank schedule.
     """
 
@@ -74,6 +75,8 @@ class MethodSpec:
     regularizer: str = "paper"
     reduction: str = "mean"
     learn_sigma: bool = True
+    drop_rank: int | str = "r"
+    drop_budget: float | None = None
     total_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +89,9 @@ class MethodSpec:
             value = getattr(self, name)
             if not isinstance(value, str):
                 object.__setattr__(self, name, tuple(value))
+        if self.method != "kasa" and (self.drop_rank != "r" or self.drop_budget is not None):
+            raise ValueError(f"drop_rank / drop_budget choose KaSA's truncation and apply to method 'kasa' only, "
+                             f"not {self.method!r}: leave them out")
         if self.method == "adalora" and (self.total_steps is None or self.total_steps < 1):
             raise ValueError("method 'adalora' needs total_steps (the number of optimizer steps of the run) for its "
                              f"rank schedule; got {self.total_steps!r}")
@@ -223,7 +229,8 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:
     return KasaConfig(r=spec.r, alpha=spec.alpha, dropout=spec.dropout, target_modules=spec.target_modules,
                       modules_to_save=head_modules, beta=spec.beta, gamma=spec.gamma,
-                      regularizer=spec.regularizer, reduction=spec.reduction, learn_sigma=spec.learn_sigma)
+                      regularizer=spec.regularizer, reduction=spec.reduction, learn_sigma=spec.learn_sigma,
+                      drop_rank=spec.drop_rank, drop_budget=spec.drop_budget)
 
 
 def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...]):
