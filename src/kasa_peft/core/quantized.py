@@ -3,8 +3,9 @@
 KaSA never writes the base weight, so a quantized base stays quantized: the truncation reads once the matrix the
 layer computes with (its dequantized weight), and the adapter runs beside the layer. Core knows no quantization
 library. An integration layer registers, per layer class, a `QuantizedLinear` saying how to dequantize and
-requantize that class; ``kasa_peft`` declares ``kasa_peft.interop.bitsandbytes`` as the provider for the
-``bitsandbytes`` package, imported the first time a layer of that package is met.
+requantize that class; ``kasa_peft`` declares (in `kasa_peft.providers`, plain data) that
+``kasa_peft.interop.bitsandbytes`` does so for the ``bitsandbytes`` package, and it is imported the first time a
+layer of that package is met.
 
 A layer that looks quantized (a packed or integer weight, GPTQ/AWQ's ``qweight``, HQQ's ``W_q``, a weight or
 class from a quantization library) and has no registration is refused with an error naming what is supported:
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..providers import QUANTIZATION_PROVIDERS
 
 # top-level packages whose layers or weight tensors are quantized (GPTQ, AWQ, HQQ, torchao, quanto, ...)
 QUANTIZATION_PACKAGES = ("bitsandbytes", "auto_gptq", "gptqmodel", "awq", "hqq", "torchao", "optimum", "quanto",
@@ -47,7 +50,6 @@ class QuantizedLinear:
 
 
 _REGISTERED: dict[type, QuantizedLinear] = {}
-_PROVIDERS: dict[str, tuple[str, str]] = {}  # package -> (module registering its layers, what it supports)
 
 
 def register_quantized_layer(layer_class: type, support: QuantizedLinear) -> None:
@@ -55,17 +57,11 @@ def register_quantized_layer(layer_class: type, support: QuantizedLinear) -> Non
     _REGISTERED[layer_class] = support
 
 
-def register_quantization_provider(package: str, module: str, supports: str) -> None:
-    """Declare that importing ``module`` registers the layers of top-level package ``package`` (``supports`` says
-    which, for error messages); it is imported when a layer of ``package`` is first met."""
-    _PROVIDERS[package] = (module, supports)
-
-
 def quantized_support(module: nn.Module) -> QuantizedLinear | None:
     """The registration for ``module``'s class, or ``None`` (a plain layer, or an unsupported quantized one)."""
     support = _registered(type(module))
-    if support is None and _package(type(module)) in _PROVIDERS:
-        importlib.import_module(_PROVIDERS[_package(type(module))][0])
+    if support is None and _package(type(module)) in QUANTIZATION_PROVIDERS:
+        importlib.import_module(QUANTIZATION_PROVIDERS[_package(type(module))][0])
         support = _registered(type(module))
     return support
 
@@ -93,7 +89,7 @@ def check_readable(module: nn.Module, layer_name: str) -> None:
     """Raise a clear error for a quantized layer KaSA cannot read."""
     if looks_quantized(module) and quantized_support(module) is None:
         cls = type(module)
-        supported = "; ".join(supports for _, supports in _PROVIDERS.values()) or "none registered"
+        supported = "; ".join(supports for _, supports in QUANTIZATION_PROVIDERS.values()) or "none registered"
         raise ValueError(
             f"layer '{layer_name}' is a quantized {cls.__module__}.{cls.__name__}, which KaSA cannot read. "
             f"Supported quantized layers: {supported}. Load the model with bitsandbytes (e.g. transformers' "

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from torch import nn
+
+from ..core.files import write_text_atomically as write_atomically  # the pipelines' atomic text writer
 
 ModelTask = Literal["sequence_classification", "causal_lm"]
 Metrics = dict[str, Any]
@@ -42,6 +42,9 @@ class TaskPipeline(Protocol):
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         """Metrics on the evaluation data; prediction files go to ``output_dir`` when it is given."""
 
+    def evaluation_summary(self) -> str:
+        """What one evaluation covers, for people (e.g. ``"252 meaning representations, beam search ..."``)."""
+
 
 def best_device() -> torch.device:
     """Where evaluation and inference run: the GPU when there is one (training goes where the Trainer puts it)."""
@@ -54,19 +57,6 @@ def fixed_subset(items: Sequence[T], limit: int | None) -> list[T]:
         return list(items)
     chosen = sorted(random.Random(SUBSET_SEED).sample(range(len(items)), limit))
     return [items[i] for i in chosen]
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
