@@ -230,7 +230,7 @@ def test_save_and_load_compute_no_svd(kind, tmp_path, monkeypatch):
     def no_truncation(*args, **kwargs):
         raise AssertionError("loading computed a truncation")
 
-    monkeypatch.setattr(core_model, "truncate_smallest", no_truncation)
+    monkeypatch.setattr(core_model, "truncate_for", no_truncation)
     monkeypatch.setattr(torch.linalg, "svd", no_truncation)
     monkeypatch.setattr(torch.linalg, "eigh", no_truncation)
     loaded = kp.load_adapter(quantized(kind), tmp_path / "adapter")
