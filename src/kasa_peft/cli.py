@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 130
 
 HELP = {
     "task": "what to train on: glue:<cola|sst2|mrpc|rte|stsb|qnli|mnli|qqp>, classify (your files), sentiment "
-            "(the demo's tweets), e2e, commonsense:<set>|all, sft",
+            "(the demo's tweets), e2e, commonsense:<set>|all, sft, ifeval (sft scored by IFEval)",
     "model": "a local Hugging Face model directory, a hub id, a .gguf file, or a shortcut: minilm, smollm2",
     "output_dir": "directory for the adapter, predictions and metrics.json",
     "method": "kasa (default), lora, pissa, milora, dora, adalora, peft-kasa (the baselines, through PEFT), or fft",
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(train, list(HELP))
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a trained run (--run DIR) or adapter (--adapter)")
+    evaluate = commands.add_parser("eval", help="evaluate a trained run (--run DIR), an adapter (--adapter) "
+                                     "or the base model (--model and --task alone)")
     evaluate.add_argument("--run", help="the --output-dir of a finished `kasa-peft train`")
     evaluate.add_argument("--adapter", help="an adapter directory (with --model and --task)")
     _add_run_options(evaluate, ["task", "model", "method", "seed", *EVAL_OVERRIDES])
@@ -170,6 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(demo, ("model", "max_train_samples", "max_eval_samples", "max_length", "epochs", "max_steps",
                             "batch_size", "lr", "seed"))
     demo.set_defaults(handler=_demo)
+
+    judge = commands.add_parser("judge", help="MT-Bench: answer the 80 questions, grade them with an LLM judge",
+                                description="Grades through any OpenAI-compatible chat endpoint (a hosted API or a "
+                                            "local llama.cpp/vLLM server); judgments are cached in OUT and a rerun "
+                                            "resumes.")
+    judge.add_argument("--model", required=True, help=HELP["model"])
+    judge.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                       help="an adapter to judge (repeatable); none: the base model")
+    judge.add_argument("--pairwise", action="store_true",
+                       help="compare two models in both orders (two --adapter, or one against the base model) "
+                            "instead of rating each 1-10")
+    judge.add_argument("--judge-url", help="the endpoint's API base, e.g. https://api.openai.com/v1 or "
+                                           "http://localhost:8080/v1")
+    judge.add_argument("--judge-model", help="the judge model's name at that endpoint (e.g. gpt-4o)")
+    judge.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                       help="environment variable holding the API key (default OPENAI_API_KEY; a localhost "
+                            "endpoint needs none)")
+    judge.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per judge request (default 120)")
+    judge.add_argument("--output-dir", dest="judge_dir", required=True,
+                       help="answers, the judgment cache and judge_results.json go here")
+    judge.add_argument("--max-questions", type=int, help="only the first N questions (a quick check)")
+    _add_run_options(judge, ("data_dir", "max_new_tokens", "eval_batch_size"))
+    judge.set_defaults(handler=_judge)
 
     export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA or a merged model")
     export.add_argument("adapter_dir")
@@ -232,8 +256,11 @@ def _evaluate(args: argparse.Namespace) -> None:
         recorded, adapter = read_run(args.run)["config"], args.run
     elif args.adapter:
         recorded, adapter = {}, args.adapter
+    elif "model" in values and "task" in values:
+        recorded, adapter = {}, None  # the base model as it is
     else:
-        raise ValueError("`kasa-peft eval` needs --run DIR (a finished run) or --adapter DIR with --model and --task")
+        raise ValueError("`kasa-peft eval` needs --run DIR (a finished run), --adapter DIR with --model and --task, "
+                         "or --model and --task alone (the base model)")
     predictions_dir = Path(args.predictions_dir) if args.predictions_dir else None
     metrics = evaluate(resolve_config(recorded, values), adapter, predictions_dir)
     print(json.dumps(metrics, indent=2))
@@ -286,6 +313,23 @@ def _demo(args: argparse.Namespace) -> None:
     from .pipelines.demo import run_demo
 
     print(format_demo(run_demo(args.demo_dir, **_run_values(args))))
+
+
+def _judge(args: argparse.Namespace) -> None:
+    from .interop.cli_commands import parse_adapter_specs
+    from .interop.judge import endpoint_from_options
+    from .pipelines.config import resolve_config
+    from .pipelines.generation import Decoding
+    from .pipelines.judge import JudgeRun, run_judge
+
+    endpoint = endpoint_from_options(args.judge_url, args.judge_model, args.judge_key_env, args.judge_timeout)
+    values = {"max_new_tokens": 1024, **_run_values(args)}  # FastChat's answer length
+    config = resolve_config({}, {"task": "sft", "model": args.model, **values})
+    if not config.data_dir:
+        raise ValueError("`kasa-peft judge` needs --data-dir holding instruct/mt_bench/ (see the README)")
+    run = JudgeRun(args.model, parse_adapter_specs(args.adapter), config.data_dir, Path(args.judge_dir), endpoint,
+                   "pairwise" if args.pairwise else "single", Decoding.from_config(config), args.max_questions)
+    print(json.dumps(run_judge(run)["results"], indent=2))
 
 
 def _export(args: argparse.Namespace) -> None:
