@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapter", help="an adapter directory (with --model and --task)")
     _add_run_options(evaluate, ["task", "model", "method", "seed", *EVAL_OVERRIDES])
     evaluate.add_argument("--output-dir", dest="predictions_dir", help="write the prediction files here")
+    evaluate.add_argument("--harness", metavar="TASKS",
+                          help="run lm-evaluation-harness instead: comma-separated tasks; commonsense:<set>|all "
+                               "read --data-dir (offline), other names come from lm-eval's registry")
     evaluate.set_defaults(handler=_evaluate)
 
     for name, help_text, handler in (("generate", "generate text with a causal LM and adapters", _generate),
@@ -261,8 +264,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     else:
         raise ValueError("`kasa-peft eval` needs --run DIR (a finished run), --adapter DIR with --model and --task, "
                          "or --model and --task alone (the base model)")
-    predictions_dir = Path(args.predictions_dir) if args.predictions_dir else None
-    metrics = evaluate(resolve_config(recorded, values), adapter, predictions_dir)
+    config = resolve_config(recorded, values)
+    if args.harness:
+        from .pipelines.run import evaluate_with_harness
+
+        metrics = evaluate_with_harness(config, adapter, [t.strip() for t in args.harness.split(",") if t.strip()])
+    else:
+        metrics = evaluate(config, adapter, Path(args.predictions_dir) if args.predictions_dir else None)
     print(json.dumps(metrics, indent=2))
 
 

@@ -42,7 +42,8 @@ def data_dir(tmp_path):
             "answer": f"answer{i % 3 + 1}"} for i, q in enumerate(QUESTIONS)]
     for name, records in (("boolq", boolq), ("ARC-Easy", arc)):
         (tmp_path / "commonsense" / name).mkdir(parents=True)
-        (tmp_path / "commonsense" / name / "test.json").write_text(json.dumps(records))
+        for split in ("train", "test"):  # `kasa-peft eval` builds the whole pipeline, training data included
+            (tmp_path / "commonsense" / name / f"{split}.json").write_text(json.dumps(records))
     return tmp_path
 
 
@@ -111,3 +112,18 @@ def test_lm_eval_acc_equals_our_option_accuracy(data_dir, tokenizer, name, adapt
     shifted = [[value + extra for value in row] for row, extra in zip(logliks, newline, strict=True)]
     assert [len(row) for row in theirs] == [len(row) for row in logliks]
     assert sum(theirs, []) == pytest.approx(sum(shifted, []), abs=1e-4)
+
+
+def test_eval_harness_command_matches_eval_option_accuracy(data_dir, tokenizer, tmp_path, capsys):
+    from kasa_peft.cli import main
+
+    model_dir = tmp_path / "model"
+    tiny_causal_lm().save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    common = ["eval", "--model", str(model_dir), "--task", "commonsense:ARC-Easy", "--data-dir", str(data_dir),
+              "--max-eval-samples", "5", "--max-new-tokens", "2"]
+    assert main([*common, "--harness", "commonsense:ARC-Easy"]) == 0
+    harness = json.loads(capsys.readouterr().out)
+    assert main(common) == 0
+    ours_metrics = json.loads(capsys.readouterr().out)
+    assert harness["kasa_commonsense_ARC-Easy"]["acc,none"] == ours_metrics["ARC-Easy/option_accuracy"]

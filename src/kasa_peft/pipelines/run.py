@@ -34,7 +34,7 @@ from ..version import __version__
 from .base import Metrics, TaskPipeline, best_device, write_atomically
 from .config import RunConfig
 from .evaluation import PeriodicEvaluation, best_evaluation, evaluations
-from .generation import PromptTargetPipeline
+from .generation import Decoding, PromptTargetPipeline
 from .registry import build_pipeline
 from .targets import default_target_modules
 
@@ -130,11 +130,28 @@ def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path
     """
     set_seed(config.seed)
     pipeline = build_pipeline(config)
-    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
+    model, tokenizer = load_evaluated(config, adapter_dir, pipeline.model_task, pipeline.num_labels)
+    return pipeline.evaluate(model, tokenizer, output_dir)
+
+
+def evaluate_with_harness(config: RunConfig, adapter_dir: str | Path | None, tasks: list[str]) -> Metrics:
+    """lm-evaluation-harness's metrics for ``tasks`` on the model of ``evaluate`` (its adapter merged)."""
+    from ..interop.harness import run_harness
+
+    model, tokenizer = load_evaluated(config, adapter_dir, "causal_lm", None)
+    chat = Decoding.from_config(config).chat_template(tokenizer)
+    return run_harness(model, tokenizer, tasks, config.data_dir, chat, config.eval_batch_size or config.batch_size,
+                       config.max_eval_samples)
+
+
+def load_evaluated(config: RunConfig, adapter_dir: str | Path | None, model_task: str, num_labels: int | None
+                   ) -> tuple[nn.Module, Any]:
+    """The model of ``config`` with the trained adapter (or whole model) in ``adapter_dir``, on the best device."""
+    model, tokenizer = load_model(config.model, model_task, num_labels)
     if adapter_dir is not None:
         recorded = (Path(adapter_dir) / METHOD_FILE).is_file()  # the method saved with a run wins over the default
         model = load_trained(model, adapter_dir, None if recorded else config.method)
-    return pipeline.evaluate(model.to(best_device()), tokenizer, output_dir)
+    return model.to(best_device()), tokenizer
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:
