@@ -136,7 +136,7 @@ def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path
 
 def evaluate_with_harness(config: RunConfig, adapter_dir: str | Path | None, tasks: list[str]) -> Metrics:
     """lm-evaluation-harness's metrics for ``tasks`` on the model of ``evaluate`` (its adapter merged)."""
-    from ..interop.harness import run_harness
+    from .harness import run_harness
 
     model, tokenizer = load_evaluated(config, adapter_dir, "causal_lm", None)
     chat = Decoding.from_config(config).chat_template(tokenizer)

@@ -8,7 +8,7 @@ core ``merge_and_unload``; PEFT baselines: PEFT's ``merge_and_unload``), and lm-
 and scored as lm-eval ``multiple_choice`` tasks: the context is exactly the prompt our commonsense pipeline
 encodes (the Alpaca prompt, rendered through the chat template when it uses one), the choices are its option
 targets (``the correct answer is <option>``), and ``acc`` is lm-eval's. That is the same comparison as our
-``option_accuracy``, so the two must agree (``tests/interop/test_harness.py``). Any other name is passed to
+``option_accuracy``, so the two must agree (``tests/pipelines/test_harness.py``). Any other name is passed to
 lm-eval's own task registry (which may fetch its data from the hub).
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from ..pipelines.base import fixed_subset
-from ..pipelines.task_names import parse_task
+from .base import fixed_subset
+from .task_names import parse_task
 from ..tasks.commonsense import (
     COMMONSENSE_SETS, answer_options, answer_target, format_prompt, gold_option, load_commonsense,
 )

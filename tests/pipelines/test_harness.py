@@ -19,12 +19,12 @@ import torch
 pytest.importorskip("lm_eval")
 
 from kasa_peft.core import KasaConfig, inject, kasa_layers  # noqa: E402
-from kasa_peft.interop.harness import harness_tasks, merged_model, run_harness  # noqa: E402
+from kasa_peft.pipelines.harness import harness_tasks, merged_model, run_harness  # noqa: E402
 from kasa_peft.pipelines.causal_lm import choose_option, option_logliks  # noqa: E402
 from kasa_peft.tasks.commonsense import (  # noqa: E402
     answer_options, answer_target, format_prompt, gold_option, load_commonsense,
 )
-from pipelines.helpers import CORPUS  # noqa: E402
+from .helpers import CORPUS  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 VOCAB = 320  # the 256 byte symbols and some merges
@@ -33,7 +33,7 @@ QUESTIONS = ["is the sky blue", "is ice hot", "can fish swim", "do stones float"
 
 
 @pytest.fixture
-def data_dir(tmp_path):
+def commonsense_dir(tmp_path):
     boolq = [{"instruction": f"Please answer the following question with true or false, question: {q}?\n\n"
                              "Answer format: true/false", "input": "", "output": "", "answer": ["true", "false"][i % 2]}
              for i, q in enumerate(QUESTIONS)]
@@ -70,9 +70,9 @@ def tiny_causal_lm() -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def ours(model, tokenizer, data_dir, name: str) -> tuple[list[list[float]], list[float], float]:
+def ours(model, tokenizer, commonsense_dir, name: str) -> tuple[list[list[float]], list[float], float]:
     """Our option log-likelihoods, ``log p("\n" | prompt without it)`` per example, and our accuracy."""
-    examples = load_commonsense(name, data_dir, "test")
+    examples = load_commonsense(name, commonsense_dir, "test")
     prompts = [format_prompt(e) for e in examples]
     options = [[answer_target(o) for o in answer_options(name, e)] for e in examples]
     logliks = option_logliks(model, tokenizer, prompts, options, progress=False)
@@ -83,11 +83,11 @@ def ours(model, tokenizer, data_dir, name: str) -> tuple[list[list[float]], list
     return logliks, [row[0] for row in newline], accuracy
 
 
-def lm_eval_logliks(model, tokenizer, data_dir, name: str) -> list[list[float]]:
+def lm_eval_logliks(model, tokenizer, commonsense_dir, name: str) -> list[list[float]]:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    tasks = harness_tasks([f"commonsense:{name}"], str(data_dir), tokenizer, False, None)
+    tasks = harness_tasks([f"commonsense:{name}"], str(commonsense_dir), tokenizer, False, None)
     out = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=4),
                           tasks=tasks, log_samples=True)
     samples = sorted(next(iter(out["samples"].values())), key=lambda s: s["doc_id"])
@@ -96,7 +96,7 @@ def lm_eval_logliks(model, tokenizer, data_dir, name: str) -> list[list[float]]:
 
 @pytest.mark.parametrize("name", ["boolq", "ARC-Easy"])
 @pytest.mark.parametrize("adapter", [False, True], ids=["base", "adapter"])
-def test_lm_eval_acc_equals_our_option_accuracy(data_dir, tokenizer, name, adapter):
+def test_lm_eval_acc_equals_our_option_accuracy(commonsense_dir, tokenizer, name, adapter):
     model = tiny_causal_lm()
     if adapter:
         inject(model, KasaConfig(r=2, alpha=4, target_modules=("q_proj", "v_proj")))
@@ -105,22 +105,22 @@ def test_lm_eval_acc_equals_our_option_accuracy(data_dir, tokenizer, name, adapt
             for parameter in layer.parameters():
                 if parameter.requires_grad:
                     parameter.data.normal_(0, 0.5)
-    logliks, newline, accuracy = ours(model, tokenizer, data_dir, name)
-    harness = run_harness(copy.deepcopy(model), tokenizer, [f"commonsense:{name}"], str(data_dir), False, 4)
+    logliks, newline, accuracy = ours(model, tokenizer, commonsense_dir, name)
+    harness = run_harness(copy.deepcopy(model), tokenizer, [f"commonsense:{name}"], str(commonsense_dir), False, 4)
     assert harness[f"kasa_commonsense_{name}"]["acc,none"] == accuracy
-    theirs = lm_eval_logliks(merged_model(copy.deepcopy(model)), tokenizer, data_dir, name)
+    theirs = lm_eval_logliks(merged_model(copy.deepcopy(model)), tokenizer, commonsense_dir, name)
     shifted = [[value + extra for value in row] for row, extra in zip(logliks, newline, strict=True)]
     assert [len(row) for row in theirs] == [len(row) for row in logliks]
     assert sum(theirs, []) == pytest.approx(sum(shifted, []), abs=1e-4)
 
 
-def test_eval_harness_command_matches_eval_option_accuracy(data_dir, tokenizer, tmp_path, capsys):
+def test_eval_harness_command_matches_eval_option_accuracy(commonsense_dir, tokenizer, tmp_path, capsys):
     from kasa_peft.cli import main
 
     model_dir = tmp_path / "model"
     tiny_causal_lm().save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    common = ["eval", "--model", str(model_dir), "--task", "commonsense:ARC-Easy", "--data-dir", str(data_dir),
+    common = ["eval", "--model", str(model_dir), "--task", "commonsense:ARC-Easy", "--data-dir", str(commonsense_dir),
               "--max-eval-samples", "5", "--max-new-tokens", "2"]
     assert main([*common, "--harness", "commonsense:ARC-Easy"]) == 0
     harness = json.loads(capsys.readouterr().out)
