@@ -159,6 +159,15 @@ def test_cli_errors_before_loading_anything(cli, mt_bench_dir, tmp_path, monkeyp
     assert not (tmp_path / "out").exists()
 
 
+def test_run_errors(mt_bench_dir, tmp_path):
+    with pytest.raises(ValueError, match="'base' is taken"):
+        run_judge(judge_run("m", mt_bench_dir, tmp_path, "http://localhost:1/v1", adapters={"base": "/x"}))
+    with pytest.raises(ValueError, match="pairwise judging compares two models, got 3"):
+        run_judge(judge_run("m", mt_bench_dir, tmp_path, "http://localhost:1/v1", "pairwise",
+                            {"a": "/a", "b": "/b", "c": "/c"}))
+    assert not (tmp_path / "answers").exists()
+
+
 @contextmanager
 def llama_cpp_server(gguf: Path, port: int) -> Iterator[str]:
     """``python -m llama_cpp.server`` serving ``gguf`` on localhost; yields the API base once it answers."""

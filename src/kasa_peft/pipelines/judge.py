@@ -44,6 +44,10 @@ class JudgeRun:
 
 def run_judge(run: JudgeRun) -> dict[str, Any]:
     """Generate (or reuse) the answers, judge them (or reuse the judgments), write and return the summary."""
+    if BASE in run.adapters:
+        raise ValueError(f"--adapter name {BASE!r} is taken by the model without adapter: give it another name")
+    if run.max_questions is not None and run.max_questions < 1:
+        raise ValueError(f"--max-questions {run.max_questions}: give a positive number")
     questions, prompts = load_mt_bench(run.data_dir)
     questions = questions[:run.max_questions]
     names = list(run.adapters) or [BASE]
