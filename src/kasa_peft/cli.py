@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "resumes.")
     judge.add_argument("--model", required=True, help=HELP["model"])
     judge.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
-                       help="an adapter to judge (repeatable); none: the base model")
+                       help="an adapter, or a run of any method, to judge (repeatable); none: the base model")
     judge.add_argument("--pairwise", action="store_true",
                        help="compare two models in both orders (two --adapter, or one against the base model) "
                             "instead of rating each 1-10")

@@ -146,6 +146,26 @@ def test_pairwise_judges_both_orders(mt_bench_dir, tmp_path, judge_says, expecte
     assert len(server.requests) == 8  # 2 questions x 2 turns x 2 orders
 
 
+def test_pairwise_generates_for_a_kasa_adapter_and_a_peft_lora_run(chat_llama_dir, mt_bench_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from kasa_peft.training import MethodSpec, prepare_model
+
+    runs = {}
+    for method in ("kasa", "lora"):
+        spec = MethodSpec(method=method, r=2, alpha=4.0, target_modules=("q_proj", "v_proj"))
+        prepare_model(AutoModelForCausalLM.from_pretrained(chat_llama_dir), spec).save(tmp_path / method)
+        runs[method] = str(tmp_path / method)
+    out = tmp_path / "out"
+    with fake_chat_server(lambda body, n: {"text": "[[A]]"}) as server:
+        summary = run_judge(judge_run(chat_llama_dir, mt_bench_dir, out, server.url, "pairwise", runs))
+    assert summary["results"]["kasa vs lora"]["tie"] == 4  # "always A": every game is a tie
+    assert 4 <= len(server.requests) <= 8  # where both answers coincide, the swapped order is the same request
+    for method in runs:
+        answers = [json.loads(line) for line in (out / "answers" / f"{method}.jsonl").read_text().splitlines()]
+        assert [a["adapter"] for a in answers] == [runs[method]] * 2 and all(len(a["turns"]) == 2 for a in answers)
+
+
 def test_cli_errors_before_loading_anything(cli, mt_bench_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     base = ["judge", "--model", "no/such-model", "--output-dir", tmp_path / "out", "--data-dir", mt_bench_dir]

@@ -22,7 +22,7 @@ from ..tasks.mt_bench import (
     JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, Mode, Question, combine_orders, judge_messages, load_mt_bench,
     parse_preference, parse_rating, summarise_pairwise, summarise_single,
 )
-from .base import best_device, write_atomically, write_jsonl
+from .base import write_atomically, write_jsonl
 from .generation import Decoding
 
 BASE = "base"  # the name of the model without adapter
@@ -126,20 +126,19 @@ def _read_answers(path: Path, adapter: str | None) -> Answers:
 
 def _generate(model_spec: str, adapters: Mapping[str, str], missing: dict[str, list[Question]],
               decoding: Decoding) -> dict[str, Answers]:
-    from ..interop import load_adapters
-    from ..interop.serving import adapter_active
-    from ..models import load_model
+    """Both turns for the questions each model lacks; each adapter (KaSA, or a PEFT baseline's run) on a fresh base."""
+    from .run import load_with_adapter
 
-    model, tokenizer = load_model(model_spec, "causal_lm")
-    load_adapters(model, adapters).to(best_device())
-    if not decoding.chat_template(tokenizer):
-        raise ValueError(f"{model_spec}'s tokenizer has no chat template, which MT-Bench's two-turn answers need")
     generated = {}
     for name, questions in missing.items():
-        with adapter_active(model, None if name == BASE else name):
-            first = decoding.generate(model, tokenizer, [q.turns[0] for q in questions])
-            conversations = [[{"role": "user", "content": q.turns[0]}, {"role": "assistant", "content": a},
-                              {"role": "user", "content": q.turns[1]}] for q, a in zip(questions, first, strict=True)]
-            second = decoding.generate(model, tokenizer, conversations)
+        if not questions:
+            continue
+        model, tokenizer = load_with_adapter(model_spec, None if name == BASE else adapters[name])
+        if not decoding.chat_template(tokenizer):
+            raise ValueError(f"{model_spec}'s tokenizer has no chat template, which MT-Bench's two-turn answers need")
+        first = decoding.generate(model, tokenizer, [q.turns[0] for q in questions])
+        conversations = [[{"role": "user", "content": q.turns[0]}, {"role": "assistant", "content": a},
+                          {"role": "user", "content": q.turns[1]}] for q, a in zip(questions, first, strict=True)]
+        second = decoding.generate(model, tokenizer, conversations)
         generated[name] = {q.question_id: (a, b) for q, a, b in zip(questions, first, second, strict=True)}
     return generated

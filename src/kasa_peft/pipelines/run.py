@@ -130,7 +130,8 @@ def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path
     """
     set_seed(config.seed)
     pipeline = build_pipeline(config)
-    model, tokenizer = load_evaluated(config, adapter_dir, pipeline.model_task, pipeline.num_labels)
+    model, tokenizer = load_with_adapter(config.model, adapter_dir, config.method, pipeline.model_task,
+                                         pipeline.num_labels)
     return pipeline.evaluate(model, tokenizer, output_dir)
 
 
@@ -138,19 +139,20 @@ def evaluate_with_harness(config: RunConfig, adapter_dir: str | Path | None, tas
     """lm-evaluation-harness's metrics for ``tasks`` on the model of ``evaluate`` (its adapter merged)."""
     from .harness import run_harness
 
-    model, tokenizer = load_evaluated(config, adapter_dir, "causal_lm", None)
+    model, tokenizer = load_with_adapter(config.model, adapter_dir, config.method)
     chat = Decoding.from_config(config).chat_template(tokenizer)
     return run_harness(model, tokenizer, tasks, config.data_dir, chat, config.eval_batch_size or config.batch_size,
                        config.max_eval_samples)
 
 
-def load_evaluated(config: RunConfig, adapter_dir: str | Path | None, model_task: str, num_labels: int | None
-                   ) -> tuple[nn.Module, Any]:
-    """The model of ``config`` with the trained adapter (or whole model) in ``adapter_dir``, on the best device."""
-    model, tokenizer = load_model(config.model, model_task, num_labels)
+def load_with_adapter(model_spec: str, adapter_dir: str | Path | None, method: str = "kasa",
+                      model_task: str = "causal_lm", num_labels: int | None = None) -> tuple[nn.Module, Any]:
+    """``model_spec`` with the trained adapter (or whole model) of any method in ``adapter_dir``, on the best
+    device; ``method`` applies to a directory that does not record its own."""
+    model, tokenizer = load_model(model_spec, model_task, num_labels)
     if adapter_dir is not None:
         recorded = (Path(adapter_dir) / METHOD_FILE).is_file()  # the method saved with a run wins over the default
-        model = load_trained(model, adapter_dir, None if recorded else config.method)
+        model = load_trained(model, adapter_dir, None if recorded else method)
     return model.to(best_device()), tokenizer
 
 
