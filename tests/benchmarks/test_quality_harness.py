@@ -61,6 +61,26 @@ def test_pending_refuses_duplicate_ids(tmp_path):
         harness.pending([Run("r0", {}), Run("r0", {"seed": 1})], tmp_path, "t")
 
 
+def test_records_store_paths_relative_to_the_repository():
+    root = Path("/home/me/kasa-peft")
+    record = {"output_dir": "/home/me/kasa-peft/runs/quality/t/r0/output",
+              "run": {"config": {"data_dir": "/home/me/shared/data", "lr": 0.1}, "resumed_from": None},
+              "command": 'worker.py {"record": "/home/me/kasa-peft/benchmarks/results/quality/t/runs/r0.json"}',
+              "labels": ["/elsewhere/file"]}
+    assert harness.repository_relative(record, root) == {
+        "output_dir": "runs/quality/t/r0/output",
+        "run": {"config": {"data_dir": "../shared/data", "lr": 0.1}, "resumed_from": None},
+        "command": 'worker.py {"record": "benchmarks/results/quality/t/runs/r0.json"}',
+        "labels": ["/elsewhere/file"]}
+
+
+def test_committed_records_carry_no_machines_paths():
+    results = Path(harness.REPO, "benchmarks", "results")
+    absolute = [str(path.relative_to(results)) for path in sorted(results.rglob("*.json"))
+                if '"/work/' in path.read_text() or '"/home/' in path.read_text()]
+    assert absolute == []
+
+
 def test_worker_command_resumes_a_started_run_and_clears_others(tmp_path):
     dirs = {name: tmp_path / name for name in ("started", "stillborn", "other_settings")}
     for name, config in [("started", {"seed": 3, "lr": 0.1}), ("other_settings", {"seed": 4})]:

@@ -152,12 +152,18 @@ def test_incomplete_weights_are_named(saved):
     assert is_untouched(model)
 
 
-def test_a_peft_adapter_directory_gets_the_import_hint(tmp_path):
+def test_a_peft_adapter_directory_gets_a_hint_that_leads_somewhere(tmp_path):
+    """A PEFT KaSA adapter converts with `kasa-peft import`; that refuses a plain LoRA (a `--method lora` run)."""
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=2, target_modules=["query"]))
-    model.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="looks like a PEFT adapter: convert it with `kasa-peft import`"):
-        load_adapter(tiny_bert(), tmp_path)
+    for name, extra in (("kasa", {"kasa_config": peft.KasaConfig()}), ("lora", {})):
+        model = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=2, target_modules=["query"], **extra))
+        model.save_pretrained(tmp_path / name)
+    with pytest.raises(ValueError, match="It is a PEFT KaSA adapter: convert it with `kasa-peft import`"):
+        load_adapter(tiny_bert(), tmp_path / "kasa")
+    with pytest.raises(ValueError, match=r"It is a PEFT LORA adapter \(a `--method` baseline run saves one\): "
+                                         r"evaluate the run with `kasa-peft eval --run DIR`, or load it with "
+                                         r"peft.PeftModel.from_pretrained\(base, DIR\)"):
+        load_adapter(tiny_bert(), tmp_path / "lora")
 
 
 def test_a_directory_without_the_files_is_named(tmp_path):

@@ -23,9 +23,10 @@ from torch import nn
 
 from ..version import __version__
 from .config import KasaConfig
-from .layer import KasaLayer, copy_full_into, full_tensor, weight_matrix
+from .files import default_permissions
+from .layer import KasaLayer, copy_full_into, full_tensor, is_transposed, weight_matrix
 from .model import (
-    _base_layer, inject, kasa_layers, kasa_state, original_weight, saved_modules,
+    _base_layer, check_adapter_name, inject, kasa_layers, kasa_state, original_weight, saved_modules,
 )
 from .truncation import DroppedComponents
 
@@ -79,10 +80,12 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         raise ValueError(f"no adapter named '{name}' to save; this model has {sorted(state.configs)}")
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, list[int]] = {}
+    transposed = False
     for layer_name, layer in kasa_layers(model):
         if name not in layer.adapters:
             continue
         adapter = layer.adapters[name]
+        transposed = transposed or is_transposed(layer.base_layer)
         with gathered(layer):
             for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
                                ("dropped_us", adapter.dropped_us), ("dropped_vt", adapter.dropped_vt)):
@@ -100,6 +103,7 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         "format": FORMAT, "format_version": FORMAT_VERSION, "kasa_peft_version": __version__,
         "adapter_name": name, "base_model": base_model_name(model), "config": state.configs[name].to_dict(),
         "layers": layers, "modules_to_save": saved,
+        "fan_in_fan_out": transposed,  # the base stores these weights as (in, out): Conv1D (PEFT's name for it)
     }
     return metadata, {k: v.to("cpu").contiguous() for k, v in tensors.items()}
 
@@ -112,8 +116,9 @@ def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, to
 
 
 def base_model_name(model: nn.Module) -> str:
+    """Where the model was loaded from (a Hugging Face ``config.name_or_path``); ``""`` when that is unknown."""
     config = getattr(model, "config", None)
-    return str(getattr(config, "name_or_path", "") or type(model).__name__)
+    return str(getattr(config, "name_or_path", "") or "")
 
 
 def _write_atomically(target: Path, writers: dict) -> None:
@@ -123,6 +128,7 @@ def _write_atomically(target: Path, writers: dict) -> None:
     try:
         for filename, write in writers.items():
             write(staging / filename)
+        default_permissions(staging)
         if target.exists():
             _merge_into(staging, target)
         else:
@@ -150,9 +156,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     if not isinstance(metadata, dict):
         raise ValueError(f"{config_file} is corrupt (not a JSON object); save the adapter again")
     if metadata.get("format") != FORMAT:
-        hint = (" It looks like a PEFT adapter: convert it with `kasa-peft import` "
-                "(kasa_peft.interop.import_peft_kasa)." if "peft_type" in metadata else "")
-        raise ValueError(f"{config_file} is not a kasa-peft adapter config.{hint}")
+        raise ValueError(f"{config_file} is not a kasa-peft adapter config.{_peft_hint(metadata)}")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer kasa-peft (format {metadata['format_version']}); "
                          "upgrade kasa-peft")
@@ -166,6 +170,16 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     return metadata, tensors
 
 
+def _peft_hint(metadata: dict) -> str:
+    """What to do with a PEFT adapter directory given where a KaSA adapter was expected."""
+    if "peft_type" not in metadata:
+        return ""
+    if metadata.get("kasa_config"):
+        return " It is a PEFT KaSA adapter: convert it with `kasa-peft import` (kasa_peft.interop.import_peft_kasa)."
+    return (f" It is a PEFT {metadata['peft_type']} adapter (a `--method` baseline run saves one): evaluate the run "
+            "with `kasa-peft eval --run DIR`, or load it with peft.PeftModel.from_pretrained(base, DIR).")
+
+
 def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
     """Load a saved adapter onto ``model`` (the same base it was made for) without computing any SVD.
 
@@ -173,6 +187,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     """
     metadata, tensors = read_adapter(path)
     name = adapter_name or metadata["adapter_name"]
+    if adapter_name is None:
+        try:
+            check_adapter_name(name)
+        except ValueError as err:
+            raise ValueError(f"{Path(path) / CONFIG_NAME}: {err}; load it under another name "
+                             "(adapter_name=..., or NAME=DIR on the command line)") from None
     config = KasaConfig.from_dict(metadata["config"])
     layers = metadata["layers"]
     _check_tensors(path, layers, metadata["modules_to_save"], tensors)

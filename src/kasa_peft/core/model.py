@@ -93,6 +93,12 @@ def target_layer_names(model: nn.Module, config: KasaConfig) -> list[str]:
     return selected
 
 
+def check_adapter_name(name: object) -> None:
+    """Raise unless ``name`` can name an adapter: a non-empty string without ``.`` (torch module dicts key on it)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"invalid adapter name {name!r}: use a non-empty name without '.', e.g. 'sst2' or 'sst2_v2'")
+
+
 def _base_layer(model: nn.Module, name: str) -> nn.Module:
     module = model.get_submodule(name)
     return module.base_layer if isinstance(module, KasaLayer) else module
@@ -112,6 +118,7 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
     Every check runs before the model is changed. Computing the truncation warns when it removes more than 1% of a
     weight's norm (`warn_if_large`).
     """
+    check_adapter_name(adapter_name)
     state = getattr(model, STATE_ATTRIBUTE, None) or KasaState()
     if adapter_name in state.configs:
         raise ValueError(f"an adapter named '{adapter_name}' already exists on this model; pick another adapter_name "

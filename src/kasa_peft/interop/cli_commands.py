@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..core.model import check_adapter_name
 from .inspection import format_inspection, inspect_adapter, plot_sigma
 from .lora_export import export_lora
 from .merged import export_merged
@@ -15,10 +16,15 @@ EXPORTERS = {"lora": export_lora, "peft-kasa": export_peft_kasa, "merged": expor
 
 
 def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
-                   base: str | os.PathLike | None = None) -> Path:
-    """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged} --out OUT [--base PATH]``."""
+                   base: str | os.PathLike | None = None, label_names: Sequence[str] | None = None) -> Path:
+    """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged} --out OUT [--base PATH]``.
+
+    ``label_names`` (a classifier's classes) go into a merged model's ``id2label`` / ``label2id``.
+    """
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORTERS)}")
+    if fmt == "merged":
+        return export_merged(adapter_dir, out, base_model=base, label_names=label_names)
     return EXPORTERS[fmt](adapter_dir, out, base_model=base)
 
 
@@ -44,6 +50,10 @@ def parse_adapter_specs(specs: Iterable[str]) -> dict[str, str]:
         name, path = (name, path) if sep else ("default", spec)
         if not name or not path:
             raise ValueError(f"--adapter {spec!r}: expected NAME=DIR")
+        try:
+            check_adapter_name(name)
+        except ValueError as err:
+            raise ValueError(f"--adapter {spec!r}: {err}") from None
         if name in adapters:
             raise ValueError(f"--adapter name {name!r} is used twice ({adapters[name]} and {path}); "
                              "give each adapter its own name")

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core import KasaAdapter, kasa_state
+from ..core import KasaConfig
 from .atomic import atomic_directory
-from .base_model import adapted_model
-from .factors import stacked_factors
-from .peft_format import write_peft_adapter
+from .base_model import export_base_name
+from .factors import delta_factors
+from .peft_format import saved_adapter, write_peft_adapter
 
 
 def lora_config_fields(r: int) -> dict:
@@ -36,17 +36,18 @@ def export_lora(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
                 base_model: nn.Module | str | os.PathLike | None = None, adapter_name: str | None = None) -> Path:
     """Write ``source`` (a KaSA adapter directory, or a model carrying KaSA adapters) as a PEFT LoRA to ``out``.
 
-    For a directory the base model is ``base_model`` or the one recorded in the adapter (needed to check
-    the adapter fits it and to know which layers are Conv1D). ``out`` must be new or empty; it is written
-    atomically. Returns ``out``.
+    A directory needs nothing else: every factor is in the adapter file. ``base_model`` is what the export
+    names as its base (default: the one recorded in the adapter; a shortcut such as ``minilm`` is written as
+    the real path); a base module instead is checked to fit the adapter. ``out`` must be new or empty; it
+    is written atomically. Returns ``out``.
     """
-    with atomic_directory(out) as staging, adapted_model(source, base_model, adapter_name) as (model, name):
-        r = kasa_state(model).configs[name].r
-        write_peft_adapter(model, name, staging, lora_config_fields(r), lora_pair)
+    with atomic_directory(out) as staging, saved_adapter(source, base_model, adapter_name) as adapter:
+        write_peft_adapter(adapter, staging, lora_config_fields(adapter.config.r), lora_pair,
+                           export_base_name(adapter, base_model))
     return Path(out)
 
 
-def lora_pair(adapter: KasaAdapter) -> dict[str, torch.Tensor]:
+def lora_pair(layer: dict[str, torch.Tensor], config: KasaConfig) -> dict[str, torch.Tensor]:
     """One layer's exported tensors by PEFT key: ``lora_A = [A; vt]``, ``lora_B = [B diag(scale sigma), -us]``."""
-    lora_b, lora_a = stacked_factors(adapter)
+    lora_b, lora_a = delta_factors(**layer, scale=config.scale)
     return {"lora_A.weight": lora_a, "lora_B.weight": lora_b}

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import KasaAdapter, KasaConfig, inject, kasa_layers, kasa_state, save_adapter
+from ..models import head_size
+from ..core import KasaConfig, inject, kasa_layers, save_adapter
 from ..core.config import matches
-from ..core.layer import is_transposed
 from ..core.model import saved_modules
 from .atomic import atomic_directory
-from .base_model import adapted_model, resolve_base_model, temporary_adapter
-from .peft_format import adapted_layers, read_peft_adapter, require_peft, write_peft_adapter
+from .base_model import export_base_name, resolve_base_model, temporary_adapter
+from .peft_format import read_peft_adapter, require_peft, saved_adapter, write_peft_adapter
 
 # LoraConfig options with no KaSA counterpart here, and the value meaning "not used".
 UNSUPPORTED_OPTIONS = {
@@ -40,22 +40,22 @@ def export_peft_kasa(source: str | os.PathLike | nn.Module, out: str | os.PathLi
     Arguments as ``export_lora``. Raises for Conv1D (GPT-2) layers, which PEFT's KaSA does not support.
     """
     peft = require_peft()
-    with atomic_directory(out) as staging, adapted_model(source, base_model, adapter_name) as (model, name):
-        transposed = [n for n, layer in adapted_layers(model, name) if is_transposed(layer.base_layer)]
-        if transposed:
-            raise ValueError(f"PEFT's KaSA does not support Conv1D layers ({transposed[0]}, ...): export this "
-                             "adapter with --format lora (export_lora), an exact rank-2r LoRA any PEFT version loads")
-        config = kasa_state(model).configs[name]
+    with atomic_directory(out) as staging, saved_adapter(source, base_model, adapter_name) as adapter:
+        if adapter.metadata.get("fan_in_fan_out"):
+            raise ValueError(f"PEFT's KaSA does not support Conv1D layers ({next(iter(adapter.metadata['layers']))}, "
+                             "...): export this adapter with --format lora (export_lora), an exact rank-2r LoRA any "
+                             "PEFT version loads")
+        config = adapter.config
         fields = {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
                   "use_rslora": config.use_rslora,
                   "kasa_config": peft.KasaConfig(beta=config.beta, gamma=config.gamma)}
-        write_peft_adapter(model, name, staging, fields, peft_kasa_tensors)
+        write_peft_adapter(adapter, staging, fields, peft_kasa_tensors, export_base_name(adapter, base_model))
     return Path(out)
 
 
-def peft_kasa_tensors(adapter: KasaAdapter) -> dict[str, torch.Tensor]:
-    return {"lora_A.weight": adapter.A.detach(), "lora_B.weight": adapter.B.detach(),
-            "lora_diag": adapter.sigma.detach()}
+def peft_kasa_tensors(layer: dict[str, torch.Tensor], config: KasaConfig) -> dict[str, torch.Tensor]:
+    return {"lora_A.weight": layer["A"].detach(), "lora_B.weight": layer["B"].detach(),
+            "lora_diag": layer["sigma"].detach()}
 
 
 def kasa_config_from_peft(peft_config: dict[str, Any], module_names: list[str]) -> KasaConfig:
@@ -101,13 +101,16 @@ def import_peft_kasa(peft_dir: str | os.PathLike, base_model: nn.Module | str | 
     """Convert a PEFT KaSA adapter directory into a kasa-peft adapter directory ``out``.
 
     The dropped components are computed once from the original base (``base_model``, or the PEFT
-    config's ``base_model_name_or_path``) and stored, so loading the result computes no SVD. The base
+    config's ``base_model_name_or_path``; a spec such as a path or ``minilm``, loaded as a sequence
+    classifier for a ``SEQ_CLS`` adapter) and stored, so loading the result computes no SVD. The base
     must be the untouched original (not one PEFT has already truncated). A given ``base_model`` module
     is left as it was. ``out`` must be new or empty; it is written atomically.
     """
     peft_config, tensors = read_peft_kasa(peft_dir)
+    heads = tuple(f"{name}." for name in peft_config.get("modules_to_save") or ())
+    num_labels = head_size(tensors, heads) if peft_config.get("task_type") == "SEQ_CLS" and heads else None
     with atomic_directory(out) as staging:
-        model = resolve_base_model(base_model, peft_config.get("base_model_name_or_path") or "")
+        model = resolve_base_model(base_model, peft_config.get("base_model_name_or_path") or "", num_labels)
         config = kasa_config_from_peft(peft_config, [n for n, _ in model.named_modules()])
 
         def attach(target: nn.Module, name: str) -> None:

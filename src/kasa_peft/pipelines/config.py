@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..training.method_names import METHODS
 from .task_names import parse_task
 
 
@@ -87,8 +86,6 @@ class RunConfig:
             raise ValueError(f"--dropout and --warmup-ratio must be in [0, 1), got {self.dropout!r} and "
                              f"{self.warmup_ratio!r}")
         parse_task(self.task)  # an unknown task or method fails here, before anything is loaded
-        from ..training.methods import METHODS  # here, so that `kasa-peft --help` does not load the Trainer
-
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
 
@@ -138,6 +135,8 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> R
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The settings in a ``.yaml``/``.yml``/``.json`` file: a mapping of RunConfig field names (``-`` or ``_``)."""
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found: check the --config path")

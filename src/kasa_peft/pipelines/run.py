@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..core.config import ALL_LINEAR
+from ..core.files import default_permissions
 from ..models import load_model
 from ..training import KasaTrainer, MethodSpec, PreparedModel, load_trained, prepare_model
 from ..training.distributed import barrier, is_main_process, on_main_process
@@ -65,6 +67,10 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     barrier()  # no rank may write before every rank has checked the directory
     config, pipeline, tokenizer, features, steps, prepared = start(config)
     on_main_process(lambda: start_run_dir(output_dir, config), f"starting the run in {output_dir}")
+    if is_main_process():
+        print(f"kasa-peft: {steps} optimizer steps on {len(features)} examples; each evaluation "
+              f"({evaluation_times(config)}) covers {pipeline.evaluation_summary()} "
+              "(--max-eval-samples N evaluates a fixed subset)", file=sys.stderr)
 
     predictions_dir = output_dir if is_main_process() else None
     evaluation = PeriodicEvaluation(lambda m: pipeline.evaluate(m, tokenizer, predictions_dir), config.eval_steps,
@@ -93,6 +99,7 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     }
 
     def finish() -> None:
+        default_permissions(output_dir)  # what the method's saving wrote (safetensors files are 0600)
         write_atomically(output_dir / METRICS_FILE, json.dumps(record, indent=2) + "\n")
         shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     on_main_process(finish, f"writing {output_dir / METRICS_FILE}")
@@ -212,6 +219,13 @@ def finalise(config: RunConfig, model: nn.Module, tokenizer, pipeline: TaskPipel
     if isinstance(pipeline, PromptTargetPipeline):
         changes["use_chat_template"] = pipeline.decoding.chat_template(tokenizer)
     return config.replace(**changes)
+
+
+def evaluation_times(config: RunConfig) -> str:
+    """When a run evaluates, for people."""
+    times = [f"every {config.eval_steps} steps"] if config.eval_steps else []
+    times += ["every epoch"] if config.eval_every_epoch else []
+    return ", ".join([*times, "at the end"])
 
 
 def method_spec(config: RunConfig, steps: int) -> MethodSpec:

@@ -41,8 +41,8 @@ from ..core import (
 )
 from ..core.layer import weight_matrix
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
+from .method_names import METHODS
 
-METHODS = ("kasa", "lora", "pissa", "milora", "dora", "adalora", "peft-kasa", "fft")
 HEAD_NAMES = ("classifier", "score")  # what transformers calls a sequence classifier's head
 METHOD_FILE = "kasa_peft_method.json"
 ADALORA_INIT_RANK_FACTOR = 1.5
