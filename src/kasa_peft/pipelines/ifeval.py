@@ -28,6 +28,9 @@ class IFEvalPipeline(PromptTargetPipeline):
     prompts: list[IFEvalPrompt]
     main_metric = "prompt_level_strict_acc"
 
+    def evaluation_summary(self) -> str:
+        return f"{len(self.prompts)} IFEval prompts, {self.decoding}"
+
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         responses = self.decoding.generate(model, tokenizer, [p.prompt for p in self.prompts])
         metrics, rows = score_ifeval(self.prompts, responses)
