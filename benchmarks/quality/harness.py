@@ -41,6 +41,16 @@ class Run:
     labels: dict[str, Any] = field(default_factory=dict)
 
 
+# Method rows of the tables that are a method with options: kasa-auto is kasa with the automatic, spectrum-aware
+# truncation (drop_rank "auto" at the library's default budget).
+VARIANTS = {"kasa-auto": {"method": "kasa", "drop_rank": "auto"}}
+
+
+def method_settings(method: str) -> dict[str, Any]:
+    """The `RunConfig` settings a method row of a table trains with."""
+    return VARIANTS.get(method, {"method": method})
+
+
 def record_path(results: Path, table: str, run_id: str) -> Path:
     return results / table / "runs" / f"{run_id}.json"
 

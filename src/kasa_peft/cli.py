@@ -30,7 +30,8 @@ HELP = {
     "model": "a local Hugging Face model directory, a hub id, a .gguf file, or a shortcut: minilm, smollm2",
     "output_dir": "directory for the adapter, predictions and metrics.json",
     "method": "kasa (default), lora, pissa, milora, dora, adalora, peft-kasa (the baselines, through PEFT), or fft",
-    "r": "adapter rank (KaSA also drops the r smallest singular components of each weight); default 8",
+    "r": "adapter rank (by default KaSA also drops the r smallest singular components of each weight: see "
+         "--drop-rank); default 8",
     "alpha": "the update is scaled by alpha / r; default 16",
     "dropout": "dropout on the adapter's input; default 0",
     "beta": "weight of KaSA's singular-value penalty sum(sigma^2); default 1e-4",
@@ -39,6 +40,10 @@ HELP = {
     "reduction": "'mean' (default) or 'sum' of the penalties over layers",
     "learn_sigma": "train KaSA's singular values sigma (default); --no-learn-sigma fixes sigma = 1 (truncation + LoRA, "
                    "the paper's ablation)",
+    "drop_rank": "how many of each weight's smallest singular components KaSA drops: r (the paper, default), an "
+                 "integer d >= 0 (0: no truncation), or auto (per layer the most, up to r, within --drop-budget)",
+    "drop_budget": "with --drop-rank auto: the share of each weight's Frobenius norm the truncation may remove, in "
+                   "(0, 1); default 0.005",
     "target_modules": "comma-separated layer names to adapt, or all-linear (default: per architecture, "
                       "e.g. query,value for BERT, q_proj,v_proj for Llama)",
     "lr": "learning rate of the adapter (task default)",
@@ -269,9 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
                                         "adapter config's base_model_name_or_path)")
     import_.set_defaults(handler=_import)
 
-    inspect = commands.add_parser("inspect", help="summarise a saved adapter (sigma, update norms, truncation)")
-    inspect.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="a KaSA adapter directory")
-    inspect.add_argument("--plot", help="also draw the learned sigma as a heatmap PNG")
+    inspect = commands.add_parser(
+        "inspect", help="summarise a saved adapter, or (--model) what KaSA's truncation removes before training",
+        description="With ADAPTER_DIR: per layer the update norm, the dropped components and sigma. With --model "
+                    "(no adapter): the pre-flight report, per target module the share of the weight norm the "
+                    "truncation would remove and the d chosen per layer; with --task and its data also the loss "
+                    "of the untrained truncated model next to the base model's.")
+    inspect.add_argument("adapter_dir", nargs="?", metavar="ADAPTER_DIR",
+                         help="a saved KaSA adapter directory (or give --model instead)")
+    inspect.add_argument("--plot", metavar="FILE.png",
+                         help="also write a PNG: for an adapter, what training changed (update norms, sigma - "
+                              "sigma_init, truncated energy); with --model, each target's singular-value spectrum "
+                              "with the cut marked")
+    _add_run_options(inspect, ("model", "task", "target_modules", "r", "drop_rank", "drop_budget", "data_dir",
+                               "train_file", "max_length", "seed"))
+    inspect.add_argument("--samples", type=int,
+                         help="with --task: how many training examples the losses are measured on; default 32")
     inspect.set_defaults(handler=_inspect)
     return parser
 
@@ -455,11 +473,30 @@ def _import(args: argparse.Namespace) -> Work:
 
 
 def _inspect(args: argparse.Namespace) -> Work:
-    def work() -> None:
+    values = _run_values(args)
+    if args.adapter_dir and values:
+        raise ValueError(f"`kasa-peft inspect` takes an adapter directory or --model (the pre-flight report), not "
+                         f"both; got {args.adapter_dir} and {', '.join('--' + k.replace('_', '-') for k in values)}")
+    if not args.adapter_dir and "model" not in values:
+        raise ValueError("`kasa-peft inspect` needs an adapter directory, or --model M (with --target-modules, --r, "
+                         "--drop-rank ...) for the pre-flight report of KaSA's truncation")
+
+    def adapter_work() -> None:
         from .interop.cli_commands import inspect_command
 
         print(inspect_command(args.adapter_dir, args.plot))
-    return work
+
+    def preflight_work() -> None:
+        from .interop.truncation_report import format_truncation_report, plot_spectra
+        from .pipelines.preflight import preflight
+
+        samples = {"samples": args.samples} if args.samples is not None else {}
+        report = preflight(values, spectra=args.plot is not None, **samples)
+        text = format_truncation_report(report)
+        if args.plot:
+            text += f"\n\nspectra written to {plot_spectra(report, args.plot)}"
+        print(text)
+    return adapter_work if args.adapter_dir else preflight_work
 
 
 # -------------------------------------------------------------------------------------------------- printing

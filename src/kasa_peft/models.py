@@ -35,14 +35,14 @@ import transformers
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import (
-    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GgufConfig, PreTrainedModel,
+    AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GgufConfig, PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from .tasks.hub import hub_reachable, unreachable_hub_message
 
 __all__ = ["SHORTCUTS", "ModelLoadError", "ModelSource", "Shortcut", "gguf_cache_dir", "load_model",
-           "resolve_model_path"]
+           "natural_task", "resolve_model_path"]
 
 SourceKind = Literal["local_dir", "hub_id", "gguf"]
 Task = Literal["sequence_classification", "causal_lm"]
@@ -216,6 +216,18 @@ def _load(spec: str, task: Task, num_labels: int | None, dtype: torch.dtype, req
         _ensure_pad_token(model, tokenizer)
     model.config.name_or_path = reloadable_spec(spec, source)
     return model.eval(), tokenizer
+
+
+def natural_task(spec: str) -> Task:
+    """The task a checkpoint was made for: ``causal_lm`` for a GGUF file or a ``...ForCausalLM`` /
+    ``...LMHeadModel`` architecture, else ``sequence_classification`` (an encoder gets a classification head)."""
+    source = resolve_model_path(spec)
+    if source.kind == "gguf":
+        return "causal_lm"
+    with _explain_load_failure(source):
+        architectures = AutoConfig.from_pretrained(source.path).architectures or ()
+    return "causal_lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) \
+        else "sequence_classification"
 
 
 def _location(source: ModelSource) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..core.model import check_adapter_name
-from .inspection import format_inspection, inspect_adapter, plot_sigma
+from .inspection import format_inspection, inspect_adapter, plot_adapter
 from .lora_export import export_lora
 from .merged import export_merged
 from .peft_kasa import export_peft_kasa, import_peft_kasa
@@ -38,7 +38,7 @@ def inspect_command(adapter_dir: str | os.PathLike, plot: str | os.PathLike | No
     """``kasa-peft inspect ADAPTER_DIR [--plot FILE.png]``: the text to print (the plot is written first)."""
     text = format_inspection(inspect_adapter(adapter_dir))
     if plot is not None:
-        text += f"\n\nsigma heatmap written to {plot_sigma(adapter_dir, plot)}"
+        text += f"\n\nplot of what training changed written to {plot_adapter(adapter_dir, plot)}"
     return text
 
 

@@ -5,7 +5,8 @@ the base weight (float32 SVD) every time it loads the adapter; its forward is th
 ``W_world x + scaling * B diag(lora_diag) A x`` with ``scaling = lora_alpha / r``. Differences that do not
 affect outputs: PEFT sums the regularisers over layers in the paper's r x r form (imported adapters get
 ``regularizer="paper", reduction="sum"``); exported ones keep beta and gamma as they are. PEFT's KaSA
-refuses Conv1D (GPT-2) layers: export those with ``export_lora``.
+refuses Conv1D (GPT-2) layers, and always drops ``r`` components: export those, and adapters with another
+``drop_rank``, with ``export_lora``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def export_peft_kasa(source: str | os.PathLike | nn.Module, out: str | os.PathLi
                              "...): export this adapter with --format lora (export_lora), an exact rank-2r LoRA any "
                              "PEFT version loads")
         config = adapter.config
+        other = {name: d for name in adapter.metadata["layers"]
+                 if (d := adapter.tensors[f"{name}.dropped_us"].shape[1]) != config.r}
+        if other:
+            first = next(iter(other))
+            raise ValueError(f"PEFT's KaSA always drops r={config.r} components per weight, and this adapter drops "
+                             f"d={other[first]} at {first} ({len(other)} layers differ; drop_rank="
+                             f"{config.drop_rank!r}): export it with --format lora (export_lora), an exact LoRA of "
+                             "rank r + d per layer that any PEFT version loads")
         fields = {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
                   "use_rslora": config.use_rslora,
                   "kasa_config": peft.KasaConfig(beta=config.beta, gamma=config.gamma)}
@@ -124,7 +133,8 @@ def import_peft_kasa(peft_dir: str | os.PathLike, base_model: nn.Module | str | 
 
 @torch.no_grad()
 def copy_peft_tensors(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], source) -> None:
-    """Copy PEFT's ``lora_A``/``lora_B``/``lora_diag`` and ``modules_to_save`` into adapter ``name``.
+    """Copy PEFT's ``lora_A``/``lora_B``/``lora_diag`` and ``modules_to_save`` into adapter ``name`` (its
+    ``sigma_init`` becomes unknown, NaN).
 
     Raises (naming the mismatch) when the layers or shapes differ from what the adapter holds: it was
     made for another base model.
@@ -144,6 +154,7 @@ def copy_peft_tensors(model: nn.Module, name: str, tensors: dict[str, torch.Tens
                 raise ValueError(f"{source} was made for a different base model: tensor {key} is {found}, "
                                  f"expected {tuple(target.shape)} for this base")
             target.copy_(tensors[key])
+        adapter.sigma_init.fill_(float("nan"))  # PEFT does not record where lora_diag started
     for module_name, wrapper in saved_modules(model):
         if name in wrapper.copies:
             prefix = f"{module_name}."

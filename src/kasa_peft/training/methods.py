@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from ..core import (
     KasaConfig, ParameterCount, RegularizationTerms, load_adapter, orthogonality_penalty, regularization_terms,
     restore_adapter, singular_value_penalty, trainable_parameters, truncate_smallest,
 )
+from ..core.files import write_text_atomically
 from ..core.layer import weight_matrix
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
 from .method_names import METHODS
@@ -57,7 +59,8 @@ class MethodSpec:
     """What to train. The same fields for every method, so that only the adapter differs between runs.
 
     ``beta``, ``gamma`` weight KaSA's penalties (``kasa`` and ``peft-kasa``); ``regularizer``,
-    ``reduction`` and ``learn_sigma`` are those of `kasa_peft.KasaConfig` (``kasa`` only); ``total_steps``
+    ``reduction``, ``learn_sigma``, ``drop_rank`` and ``drop_budget`` are those of `kasa_peft.KasaConfig` (``kasa``
+    only); ``total_steps``
     is the number of optimizer steps, needed by AdaLoRA's rank schedule.
     """
 
@@ -72,15 +75,23 @@ class MethodSpec:
     regularizer: str = "paper"
     reduction: str = "mean"
     learn_sigma: bool = True
+    drop_rank: int | str = "r"
+    drop_budget: float | None = None
     total_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("alpha", "dropout", "beta", "gamma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"MethodSpec.{name} must be a finite number, got {getattr(self, name)!r}")
         for name in ("target_modules", "modules_to_save"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 object.__setattr__(self, name, tuple(value))
+        if self.method != "kasa" and (self.drop_rank != "r" or self.drop_budget is not None):
+            raise ValueError(f"drop_rank / drop_budget choose KaSA's truncation and apply to method 'kasa' only, "
+                             f"not {self.method!r}: leave them out")
         if self.method == "adalora" and (self.total_steps is None or self.total_steps < 1):
             raise ValueError("method 'adalora' needs total_steps (the number of optimizer steps of the run) for its "
                              f"rank schedule; got {self.total_steps!r}")
@@ -129,7 +140,7 @@ class PreparedModel:
                 self.model.save_pretrained(directory)
             if self.spec.method == "adalora":
                 save_adalora_state(self.model, directory)
-            (directory / METHOD_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2) + "\n")
+            write_text_atomically(directory / METHOD_FILE, json.dumps(self.spec.to_dict(), indent=2) + "\n")
         on_main_process(write, f"saving the {self.spec.method} model to {directory}")
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
@@ -218,7 +229,8 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:
     return KasaConfig(r=spec.r, alpha=spec.alpha, dropout=spec.dropout, target_modules=spec.target_modules,
                       modules_to_save=head_modules, beta=spec.beta, gamma=spec.gamma,
-                      regularizer=spec.regularizer, reduction=spec.reduction, learn_sigma=spec.learn_sigma)
+                      regularizer=spec.regularizer, reduction=spec.reduction, learn_sigma=spec.learn_sigma,
+                      drop_rank=spec.drop_rank, drop_budget=spec.drop_budget)
 
 
 def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...]):

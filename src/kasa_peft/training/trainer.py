@@ -9,7 +9,9 @@
   optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back. Under
   DDP and FSDP (``kasa`` only) one complete adapter is written, by rank 0;
 * AdaLoRA's rank allocator runs after every optimizer step;
-* gradient accumulation averages a sequence classifier's loss over micro-batches (Trainer would sum them).
+* gradient accumulation averages a sequence classifier's loss over micro-batches (Trainer would sum them);
+* a non-finite training loss stops training with `NonFiniteLossError` at the step it appears, before that
+  step's update or checkpoint, so no diverged adapter is saved.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from .loop import param_groups
 from .methods import PreparedModel, is_sequence_classifier, unwrap_peft
 
 LOGGED_TERMS = ("task_loss", "reg_l2", "reg_l3")
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite: training diverged."""
 
 
 class KasaTrainer(transformers.Trainer):
@@ -69,6 +75,16 @@ class KasaTrainer(transformers.Trainer):
         loss = task_loss + share * terms.total.to(task_loss.device)
         self._record(task_loss.detach() * (1.0 if scaled else 1.0 / steps), terms, steps)
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """Trainer's step; raises `NonFiniteLossError` when its loss is NaN or infinite."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            raise NonFiniteLossError(
+                f"the training loss became {loss.float().mean().item()} at step {self.state.global_step + 1}, so "
+                "training diverged and no adapter was saved; lower --lr (and --head-lr), check the data for "
+                "extreme values, then train again")
+        return loss
 
     def _task_loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
         """Trainer.training_step's rule for whether the loss is already normalised over accumulated batches."""
