@@ -23,7 +23,7 @@ from kasa_peft.cli import EXIT_ERROR
 from pipelines.helpers import run_cli, save_model, write_classification_files
 from tiny_models import tiny_bert
 
-SUBCOMMANDS = ("train", "eval", "generate", "predict", "score", "demo", "export", "import", "inspect")
+SUBCOMMANDS = ("train", "eval", "generate", "predict", "score", "demo", "judge", "export", "import", "inspect")
 
 
 @pytest.fixture(scope="module")

@@ -139,6 +139,8 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
                                   "max_new_tokens": 32},
     "sft": _GENERATION | {"lr": 2e-4, "epochs": 1.0, "batch_size": 8, "max_length": 512, "max_new_tokens": 128,
                           "instruct_eval_sets": ["user_oriented", "seed"]},
+    # sft's training; IFEval's evaluation with lm-evaluation-harness's generation budget (1280 new tokens, greedy).
+    "ifeval": _GENERATION | {"lr": 2e-4, "epochs": 1.0, "batch_size": 8, "max_length": 512, "max_new_tokens": 1280},
 }
 
 

@@ -46,7 +46,7 @@ from ..version import __version__
 from .base import Metrics, TaskPipeline, best_device, write_atomically
 from .config import RunConfig
 from .evaluation import PeriodicEvaluation, best_evaluation, evaluations
-from .generation import PromptTargetPipeline
+from .generation import Decoding, PromptTargetPipeline
 from .registry import build_pipeline
 from .run_lock import run_directory_lock
 from .targets import default_target_modules
@@ -188,12 +188,31 @@ def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path
     """
     set_seed(config.seed)
     pipeline = build_pipeline(config)
-    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels,
-                                  quantize=config.quantize)
+    model, tokenizer = load_with_adapter(config.model, adapter_dir, config.method, pipeline.model_task,
+                                         pipeline.num_labels, quantize=config.quantize)
+    return pipeline.evaluate(model, tokenizer, output_dir)
+
+
+def evaluate_with_harness(config: RunConfig, adapter_dir: str | Path | None, tasks: list[str]) -> Metrics:
+    """lm-evaluation-harness's metrics for ``tasks`` on the model of ``evaluate`` (its adapter merged)."""
+    from .harness import run_harness
+
+    model, tokenizer = load_with_adapter(config.model, adapter_dir, config.method, quantize=config.quantize)
+    chat = Decoding.from_config(config).chat_template(tokenizer)
+    return run_harness(model, tokenizer, tasks, config.data_dir, chat, config.eval_batch_size or config.batch_size,
+                       config.max_eval_samples)
+
+
+def load_with_adapter(model_spec: str, adapter_dir: str | Path | None, method: str = "kasa",
+                      model_task: str = "causal_lm", num_labels: int | None = None,
+                      quantize: str | None = None) -> tuple[nn.Module, Any]:
+    """``model_spec`` (quantized as ``quantize`` says) with the trained adapter (or whole model) of any method in
+    ``adapter_dir``, on the best device; ``method`` applies to a directory that does not record its own."""
+    model, tokenizer = load_model(model_spec, model_task, num_labels, quantize=quantize)
     if adapter_dir is not None:
         recorded = (Path(adapter_dir) / METHOD_FILE).is_file()  # the method saved with a run wins over the default
-        model = load_trained(model, adapter_dir, None if recorded else config.method)
-    return pipeline.evaluate(model.to(best_device()), tokenizer, output_dir)
+        model = load_trained(model, adapter_dir, None if recorded else method)
+    return model.to(best_device()), tokenizer
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:
