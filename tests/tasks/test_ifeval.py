@@ -61,6 +61,13 @@ def test_prompt_level_needs_every_instruction_instruction_level_counts_each():
     assert metrics["inst_level_strict_acc"] == pytest.approx(2 / 3)
 
 
+def test_language_detection_is_deterministic():
+    """langdetect is random unless seeded: unseeded, "hello, world" is detected as Dutch about one time in ten."""
+    verdicts = {score_ifeval([prompt(0, ("change_case:english_lowercase", {}))], ["hello, world"])[0][
+        "prompt_level_strict_acc"] for _ in range(40)}
+    assert verdicts == {1.0}
+
+
 def test_an_empty_response_follows_nothing():
     metrics, _ = score_ifeval([prompt(0, ("punctuation:no_comma", {}))], [""])  # no comma, yet not followed
     assert metrics["inst_level_loose_acc"] == 0.0

@@ -108,6 +108,11 @@ def _lm_eval_scorer():
     except ImportError as error:
         raise ImportError(f"IFEval scoring needs lm-evaluation-harness with its ifeval extras ({error}); "
                           "install them with `pip install 'kasa-peft[instruct]'`") from error
+    # the lowercase/capital checks ask langdetect whether a response is English; unseeded, it answers short texts
+    # at random ("hello, world" is Dutch one time in ten), so the same responses could score differently
+    from langdetect import DetectorFactory
+
+    DetectorFactory.seed = 0
     return process_results
 
 
