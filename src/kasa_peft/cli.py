@@ -171,11 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "batch_size", "lr", "seed"))
     demo.set_defaults(handler=_demo)
 
-    export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA or a merged model")
+    export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA, a merged model or GGUF")
     export.add_argument("adapter_dir")
-    export.add_argument("--format", required=True, choices=("lora", "peft-kasa", "merged"))
-    export.add_argument("--out", required=True, help="the directory to write")
+    export.add_argument("--format", required=True, choices=("lora", "peft-kasa", "merged", "gguf", "merged-gguf"),
+                        help="gguf: a llama.cpp LoRA adapter file; merged-gguf: the merged model as one GGUF file")
+    export.add_argument("--out", required=True, help="the directory (the file, for the GGUF formats) to write")
     export.add_argument("--base", help="the base model (default: the one recorded in the adapter)")
+    export.add_argument("--gguf-type", choices=("f32", "f16", "q8_0", "source"),
+                        help="merged-gguf only: the matrices' type (default f16; source: the base GGUF file's types)")
     export.set_defaults(handler=_export)
 
     import_ = commands.add_parser("import", help="convert a PEFT KaSA adapter into a kasa-peft adapter")
@@ -293,7 +296,7 @@ def _export(args: argparse.Namespace) -> None:
     from .models import load_base_for_adapter
 
     base = load_base_for_adapter(args.adapter_dir, args.base)
-    print(f"wrote {export_command(args.adapter_dir, args.format, args.out, base)}")
+    print(f"wrote {export_command(args.adapter_dir, args.format, args.out, base, args.gguf_type)}")
 
 
 def _import(args: argparse.Namespace) -> None:

@@ -6,20 +6,26 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .gguf import export_gguf_adapter, export_merged_gguf
 from .inspection import format_inspection, inspect_adapter, plot_sigma
 from .lora_export import export_lora
 from .merged import export_merged
 from .peft_kasa import export_peft_kasa, import_peft_kasa
 
-EXPORTERS = {"lora": export_lora, "peft-kasa": export_peft_kasa, "merged": export_merged}
+EXPORTERS = {"lora": export_lora, "peft-kasa": export_peft_kasa, "merged": export_merged,
+             "gguf": export_gguf_adapter, "merged-gguf": export_merged_gguf}
 
 
 def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
-                   base: str | os.PathLike | None = None) -> Path:
-    """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged} --out OUT [--base PATH]``."""
+                   base: str | os.PathLike | None = None, gguf_type: str | None = None) -> Path:
+    """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged,gguf,merged-gguf} --out OUT [--base PATH]
+    [--gguf-type {f32,f16,q8_0,source}]``."""
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORTERS)}")
-    return EXPORTERS[fmt](adapter_dir, out, base_model=base)
+    if gguf_type is not None and fmt != "merged-gguf":
+        raise ValueError(f"--gguf-type applies to --format merged-gguf only, not {fmt}")
+    options = {"tensor_type": gguf_type} if gguf_type is not None else {}
+    return EXPORTERS[fmt](adapter_dir, out, base_model=base, **options)
 
 
 def import_command(peft_dir: str | os.PathLike, out: str | os.PathLike, base: str | os.PathLike | None = None,
