@@ -229,10 +229,13 @@ def test_llama_cpp_with_our_adapter_matches_our_model(tmp_path):
         ours = model(torch.tensor([TOKENS])).logits[0].numpy()
         with kp.disable_adapters(model):
             ours_base = model(torch.tensor([TOKENS])).logits[0].numpy()
-    floor = np.abs(llama_cpp_logits(base, TOKENS) - ours_base).max()  # f32 in both: float rounding only
-    error = np.abs(llama_cpp_logits(base, TOKENS, adapter) - ours).max()
-    assert floor < 1e-4
-    assert error <= 10 * floor + 1e-5
-    assert np.abs(ours - ours_base).max() > 1000 * (10 * floor + 1e-5)  # the adapter matters: the check can fail
+    # f32 weights in both runtimes: the base alone differs by float rounding only (measured ~6e-5); the adapted
+    # model's rounding differs by a small multiple of it (~1.4e-4 with the adapter, ~1.3e-4 merged), while a
+    # wrong layout (q/k rows of lora_b not permuted) is off by ~2e-2.
+    floor = np.abs(llama_cpp_logits(base, TOKENS) - ours_base).max()
+    tolerance = 4 * floor + 1e-5
+    assert floor < 1e-3
+    assert np.abs(ours - ours_base).max() > 100 * tolerance  # the adapter matters: the check can fail
+    assert np.abs(llama_cpp_logits(base, TOKENS, adapter) - ours).max() <= tolerance
     merged = export_merged_gguf(model, tmp_path / "merged.gguf", tensor_type="f32", base_gguf=base)
-    assert np.abs(llama_cpp_logits(merged, TOKENS) - ours).max() <= 10 * floor + 1e-5
+    assert np.abs(llama_cpp_logits(merged, TOKENS) - ours).max() <= tolerance
