@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +41,7 @@ def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new output file or remove this one first")
     out.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    os.close(descriptor)
-    staging = Path(name)
+    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"  # created by the writer, with the usual mode
     try:
         yield staging
         os.replace(staging, out)
