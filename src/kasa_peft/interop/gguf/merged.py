@@ -10,7 +10,7 @@ Tensor types (``tensor_type``):
 * ``f32``, ``f16``, ``q8_0``: every matrix in that type (1-D tensors stay float32; a matrix whose rows
   do not split into q8_0's 32-value blocks falls back to f16), as ``convert_hf_to_gguf.py --outtype`` does;
 * ``source``: each changed tensor quantized back into its type in the source file (where the ``gguf``
-  package can quantize it, e.g. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), all others copied byte for byte.
+  package can quantize it: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, BF16, not the K-quants), all others copied byte for byte.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def quantized(values: np.ndarray, qtype: QType, name: str) -> np.ndarray:
         return gguf.quants.quantize(values, qtype)
     except NotImplementedError:
         raise ValueError(f"the gguf package cannot write {qtype.name}, the type of {name} in the base GGUF file; "
-                         "choose tensor type q8_0, f16 or f32") from None
+                         "choose tensor type q8_0, f16 or f32 (and llama.cpp's llama-quantize for that type)") from None
 
 
 def copied_fields(reader: gguf.GGUFReader, tensor_type: str) -> list[Field]:
