@@ -41,7 +41,9 @@ def pair(request):
 
 
 def test_truncated_weights_match(pair):
-    """PEFT rebuilds ``U_k S_k V_k^T`` in float32 (errors ~9e-7 here); ours stays within 1e-7 of float64."""
+    """PEFT computes the SVD and rebuilds ``U_k S_k V_k^T`` in float32: LAPACK's backward error bound
+    ``k eps ||W||`` for the decomposition plus ``k eps`` for the rank-k rebuild. Ours stays within 1e-7 of float64.
+    Dropping a wrong number of components would miss by far more (the smallest singular value of ||W||)."""
     ours, theirs, _ = pair
     layers = list(kasa_layers(ours))
     assert len(layers) in (4, 10)
@@ -49,7 +51,8 @@ def test_truncated_weights_match(pair):
         adapter, weight = layer.adapters["default"], layer.base_layer.weight
         truncated = weight.double() - adapter.dropped_us.double() @ adapter.dropped_vt.double()
         peft_weight = theirs.base_model.model.get_submodule(name).base_layer.weight
-        assert rel_err(truncated, peft_weight) <= 1e-6, name
+        float32_floor = 2 * min(weight.shape) * torch.finfo(torch.float32).eps
+        assert rel_err(truncated, peft_weight) <= float32_floor, name
         assert rel_err(truncated, weight.double() - dropped_product(weight, R)) <= 1e-7, name
 
 

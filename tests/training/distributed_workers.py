@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,8 @@ CONFIG = KasaConfig(r=4, target_modules="all-linear", beta=0.05, gamma=0.05)
 WITHOUT_REGULARIZER = CONFIG.replace(beta=0.0, gamma=0.0)
 INIT_SEED = 100  # rank i seeds INIT_SEED + i before injecting: only rank 0's adapter init may survive
 LEARNING_RATE = 1e-2
+# a collective whose peer died fails after this instead of gloo's 30-minute default
+COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 
 
 def launch(worker: Callable, out: Path, *args, world_size: int = WORLD_SIZE) -> None:
@@ -47,11 +50,12 @@ def _entry(rank: int, worker: Callable, store: str, out: Path, args: tuple, worl
     torch.set_num_threads(1)
     if world_size == 1:
         return worker(rank, out, *args)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
-    try:
-        worker(rank, out, *args)
-    finally:
-        dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=COLLECTIVE_TIMEOUT)
+    worker(rank, out, *args)
+    # only after success: a failed rank must exit at once, so that a peer waiting in a collective sees the
+    # connection close (destroy_process_group's shutdown would wait for that peer, and the two would hang)
+    dist.destroy_process_group()
 
 
 def step_batch(step: int) -> torch.Tensor:

@@ -25,6 +25,9 @@ from training.distributed_workers import (
     zero3_worker,
 )
 
+# each test starts 2 processes; one stuck in a collective must fail the test, never hang the suite
+pytestmark = pytest.mark.timeout(300)
+
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
 TOLERANCE = 1e-5
