@@ -15,7 +15,7 @@ below the floor's largest logit difference).
     python benchmarks/gguf_check.py --adapter RUN/adapter [--prompts 20] [--new-tokens 24]
 
 llama-cpp-python is installed when missing (a wheel in ~/.cache/kasa-peft/wheels is used if present; building
-it from source takes 10+ minutes on 2 cores).
+it from source took ~35 minutes on 2 busy cores).
 """
 
 from __future__ import annotations
@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default="/work/shared/data")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--llama-threads", type=int, default=1,
+                        help="llama.cpp threads (its threads spin at barriers: 1 on a busy machine)")
     parser.add_argument("--name", default="gguf/smollm2_e2e")
     args = parser.parse_args()
     ensure_llama_cpp()
@@ -120,6 +122,7 @@ def main() -> None:
     from kasa_peft.models import load_model
 
     torch.set_num_threads(args.threads)
+    print("exporting and running our model", flush=True)
     model, tokenizer = load_model("smollm2", "causal_lm")
     base_gguf = source_gguf(model)
     eos = tokenizer.eos_token_id
@@ -136,7 +139,7 @@ def main() -> None:
 
     def llama(path, lora=None):
         return Llama(str(path), lora_path=str(lora) if lora else None, n_ctx=256, n_batch=256, logits_all=True,
-                     n_threads=args.threads, seed=0, verbose=False)
+                     n_threads=args.llama_threads, seed=0, verbose=False)
 
     llama_tokens = llama(base_gguf)
     results = {
