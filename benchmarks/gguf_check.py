@@ -32,9 +32,30 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info, write_results  # noqa: E402
+from common import RESULTS, machine_info, write_results  # noqa: E402
 
 WHEELS = Path.home() / ".cache" / "kasa-peft" / "wheels"
+
+
+# what llama.cpp runs, against our base model (base*) or our model with the adapter (the others)
+RUNS = {"base": "the base GGUF alone (Q4_1): the floor",
+        "adapter": "the base GGUF + our adapter GGUF",
+        "base-f32": "the base GGUF dequantized to f32, alone: the floor without quantization",
+        "adapter-f32": "the f32 base + our adapter GGUF",
+        "merged-f32": "our merged GGUF, f32", "merged-q8_0": "our merged GGUF, q8_0",
+        "merged-source": "our merged GGUF, the base's types (Q4_1)"}
+
+
+def f32_copy(source: Path, out: Path) -> Path:
+    """The GGUF file ``source`` with every tensor dequantized to float32 (metadata kept)."""
+    import gguf
+
+    from kasa_peft.interop.gguf.merged import copied_fields, output_tensor
+    from kasa_peft.interop.gguf.writing import write_gguf
+
+    reader = gguf.GGUFReader(source)
+    tensors = [output_tensor(t, None, "f32") for t in reader.tensors]
+    return write_gguf(out, reader.fields["general.architecture"].contents(), copied_fields(reader, "f32"), tensors)
 
 
 def ensure_llama_cpp() -> None:
@@ -112,6 +133,8 @@ def main() -> None:
     parser.add_argument("--llama-threads", type=int, default=1,
                         help="llama.cpp threads (its threads spin at barriers: 1 on a busy machine)")
     parser.add_argument("--name", default="gguf/smollm2_e2e")
+    parser.add_argument("--runs", type=lambda text: text.split(","), default=list(RUNS),
+                        help=f"comma-separated, of {', '.join(RUNS)}")
     args = parser.parse_args()
     ensure_llama_cpp()
     from llama_cpp import Llama
@@ -129,10 +152,13 @@ def main() -> None:
     prompts = e2e_prompts(args.data_dir, args.prompts)
     prompts_ids = [tokenizer(p)["input_ids"] for p in prompts]
     work = Path(tempfile.mkdtemp(prefix="gguf_check-"))
-    files = {"adapter": export_gguf_adapter(args.adapter, work / "adapter.gguf", base_model=model)}
-    for tensor_type in ("f32", "q8_0", "source"):
-        files[tensor_type] = export_merged_gguf(args.adapter, work / f"merged-{tensor_type}.gguf", base_model=model,
-                                                tensor_type=tensor_type)
+    files = {"base": base_gguf, "base-f32": f32_copy(base_gguf, work / "base-f32.gguf")}
+    if any(run.startswith("adapter") for run in args.runs):
+        files["adapter"] = export_gguf_adapter(args.adapter, work / "adapter.gguf", base_model=model)
+    for run in args.runs:
+        if run.startswith("merged-"):
+            files[run] = export_merged_gguf(args.adapter, work / f"{run}.gguf", base_model=model,
+                                            tensor_type=run.removeprefix("merged-"))
     base_reference = [torch_greedy(model, ids, args.new_tokens, eos) for ids in prompts_ids]
     kp.load_adapter(model, args.adapter)
     adapted_reference = [torch_greedy(model, ids, args.new_tokens, eos) for ids in prompts_ids]
@@ -141,15 +167,16 @@ def main() -> None:
         return Llama(str(path), lora_path=str(lora) if lora else None, n_ctx=256, n_batch=256, logits_all=True,
                      n_threads=args.llama_threads, seed=0, verbose=False)
 
+    results = {}
+    for run in args.runs:
+        if run in ("base", "base-f32"):
+            results[run] = compare(run, llama(files[run]), base_reference, prompts_ids, args, eos)
+        elif run.startswith("adapter"):
+            base_file = files["base-f32" if run == "adapter-f32" else "base"]
+            results[run] = compare(run, llama(base_file, files["adapter"]), adapted_reference, prompts_ids, args, eos)
+        else:
+            results[run] = compare(run, llama(files[run]), adapted_reference, prompts_ids, args, eos)
     llama_tokens = llama(base_gguf)
-    results = {
-        "base_alone (floor)": compare("base alone", llama_tokens, base_reference, prompts_ids, args, eos),
-        "base + adapter gguf": compare("base + adapter", llama(base_gguf, files["adapter"]), adapted_reference,
-                                       prompts_ids, args, eos),
-    }
-    for tensor_type in ("f32", "q8_0", "source"):
-        results[f"merged-gguf {tensor_type}"] = compare(f"merged {tensor_type}", llama(files[tensor_type]),
-                                                        adapted_reference, prompts_ids, args, eos)
     same_ids = sum(llama_tokens.tokenize(p.encode(), add_bos=False, special=True) == ids
                    for p, ids in zip(prompts, prompts_ids, strict=True))
     adapter_shift = [float(np.abs(a[0] - b[0]).max()) for a, b in zip(adapted_reference, base_reference, strict=True)]
@@ -159,6 +186,7 @@ def main() -> None:
             "llama_cpp_tokenizer_gives_the_same_ids": f"{same_ids}/{len(prompts)}",
             "adapter_shift_of_logits_median": statistics.median(adapter_shift),
             "file_sizes_bytes": {k: Path(v).stat().st_size for k, v in files.items()}, "results": results}
+    (RESULTS / args.name).parent.mkdir(parents=True, exist_ok=True)
     write_results(args.name, data, markdown(data))
 
 
@@ -174,8 +202,8 @@ def markdown(data: dict) -> str:
     for name, result in data["results"].items():
         s = result["summary"]
         gaps = ", ".join(f"{g:.3f}" for g in s["parting_gaps"] if g is not None) or "-"
-        reference = "base" if name.startswith("base_alone") else "base + KaSA"
-        lines.append(f"| {name} | {reference} | {s['median_max_abs_logit_diff']:.4f} | "
+        reference = "base" if name.startswith("base") else "base + KaSA"
+        lines.append(f"| {name}: {RUNS[name]} | {reference} | {s['median_max_abs_logit_diff']:.4f} | "
                      f"{s['max_max_abs_logit_diff']:.4f} | {s['prompts_identical']}/{s['prompts']} | {gaps} |")
     machine = data["machine"]
     lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores; torch {machine['versions']['torch']}, "
