@@ -141,13 +141,13 @@ def main() -> None:
 
     import kasa_peft as kp
     from kasa_peft.interop.gguf import export_gguf_adapter, export_merged_gguf
-    from kasa_peft.interop.gguf.merged import source_gguf
+    from kasa_peft.interop.gguf.merged import gguf_file
     from kasa_peft.models import load_model
 
     torch.set_num_threads(args.threads)
     print("exporting and running our model", flush=True)
     model, tokenizer = load_model("smollm2", "causal_lm")
-    base_gguf = source_gguf(model)
+    base_gguf = gguf_file("smollm2")
     eos = tokenizer.eos_token_id
     prompts = e2e_prompts(args.data_dir, args.prompts)
     prompts_ids = [tokenizer(p)["input_ids"] for p in prompts]

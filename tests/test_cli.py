@@ -3,12 +3,19 @@ ending in one clear error line, exit code 1 and no run directory."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import math
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
+
+import kasa_peft
 
 from kasa_peft.cli import EXIT_ERROR
 from pipelines.helpers import run_cli, save_model, write_classification_files
@@ -46,6 +53,64 @@ def test_console_script_lists_the_subcommands():
     result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
     for command in SUBCOMMANDS:
         assert command in result.stdout
+
+
+HEAVY_MODULES = ("torch", "transformers", "peft", "datasets", "scipy", "sklearn", "yaml")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["--version"], ["train", "--no-such-flag"],
+                                  ["train", "--task", "classify", "--model", "m", "--r", "-1"],
+                                  ["train", "--task", "glue:colaa", "--model", "m"],
+                                  ["predict", "--model", "m", "--max-length", "0", "--text", "hi"]])
+def test_help_and_argument_errors_load_no_model_library(args):
+    """They answer before torch, transformers, PEFT or the metric libraries are imported (each takes seconds);
+    measured startup times are in the README's command-line section."""
+    code = ("import sys\nfrom kasa_peft.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+
+
+def subcommand_help(name: str) -> str:
+    from kasa_peft.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name].format_help()
+
+
+@pytest.mark.parametrize(("command", "positional"), [("export", "ADAPTER_DIR"), ("import", "PEFT_DIR"),
+                                                     ("inspect", "ADAPTER_DIR")])
+def test_positionals_and_export_format_are_explained(command, positional):
+    text = " ".join(subcommand_help(command).split())
+    assert f"{positional} a " in text  # the positional is listed with a help text
+    if command == "export":
+        assert "--format {lora,peft-kasa,merged} lora: a plain PEFT LoRA" in text
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "generate"])
+def test_inference_commands_do_not_borrow_trains_help(command):
+    text = " ".join(subcommand_help(command).split())
+    for phrase in ("training example", "(default: --batch-size)", "(task default)", "(E2E default"):
+        assert phrase not in text
+
+
+def test_eval_of_an_adapter_without_model_names_its_own_options(cli, tmp_path):
+    line = one_error_line(cli("eval", "--adapter", tmp_path, "--task", "classify"))
+    assert "`kasa-peft eval --adapter DIR` needs --model" in line and "--config" not in line
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "kasa_peft.cli", "--version"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == f"kasa-peft {kasa_peft.__version__}"
+
+
+def test_the_package_exports_the_core_api_lazily():
+    import kasa_peft.core
+
+    assert sorted(kasa_peft.__all__) == sorted([*kasa_peft.core.__all__, "__version__"])
+    assert all(getattr(kasa_peft, name) is getattr(kasa_peft.core, name) for name in kasa_peft.core.__all__)
 
 
 def test_config_file_with_command_line_overrides(cli, bert_dir, files, tmp_path):
@@ -162,6 +227,99 @@ def test_trained_classifier_serves_predict_and_inspect(cli, bert_dir, files, tmp
     assert inspected.code == 0 and "sigma" in inspected.out and "classifier" in inspected.out
 
 
+def test_predict_with_several_adapters_uses_each_ones_head_and_label_names(cli, bert_dir, files, tmp_path):
+    """Three runs: 3 classes, and two of 2 classes with different names. Mixed in one predict call, each line
+    gets exactly the label its own run's evaluation gave it (no size mismatch, no other run's names)."""
+    two_class = {}
+    for name, (negative, positive) in {"yesno": ("no", "yes"), "badgood": ("bad", "good")}.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        for path in files:
+            rows = path.read_text().splitlines()
+            kept = [row.replace(",neg", f",{negative}").replace(",pos", f",{positive}") for row in rows[1:]
+                    if not row.endswith(",neutral")]
+            (directory / path.name).write_text("\n".join([rows[0], *kept]) + "\n")
+        two_class[name] = (directory / files[0].name, directory / files[1].name)
+    runs = {"three": files, **two_class}
+    lines, expected = [], []
+    for name, (train_file, eval_file) in runs.items():
+        assert cli(*classify_args(bert_dir, (train_file, eval_file), tmp_path / f"run-{name}")).code == 0
+        texts = [row.rsplit(",", 1)[0] for row in eval_file.read_text().splitlines()[1:]]
+        lines += [f"{name}\t{text}" for text in texts]
+        expected += (tmp_path / f"run-{name}" / "predictions_eval.txt").read_text().splitlines()
+    (tmp_path / "mixed.txt").write_text("\n".join(lines) + "\n")
+    adapters = [arg for name in ("yesno", "three", "badgood")
+                for arg in ("--adapter", f"{name}={tmp_path / f'run-{name}'}")]
+    result = cli("predict", "--model", bert_dir, *adapters, "--input", tmp_path / "mixed.txt", "--max-length", 64)
+    assert result.code == 0, result.err
+    rows = [json.loads(line) for line in result.out.splitlines()]
+    assert [row["label"] for row in rows] == expected
+    assert {row["label"] for row in rows if row["adapter"] == "yesno"} <= {"no", "yes"}
+
+
+def test_exports_of_a_trained_classifier_work_in_transformers_peft_and_import(cli, bert_dir, files, tmp_path):
+    """The run's base is a bare encoder directory (like minilm). Merged: a complete model directory whose
+    text-classification pipeline labels like `kasa-peft predict`. LoRA: a config naming the real base and the
+    task, so AutoPeftModelForSequenceClassification loads it. PEFT-KaSA: `kasa-peft import` reads it back."""
+    import transformers
+    from peft import AutoPeftModelForSequenceClassification
+
+    run = tmp_path / "run"
+    assert cli(*classify_args(bert_dir, files, run)).code == 0
+    texts = [line.rsplit(",", 1)[0] for line in files[1].read_text().splitlines()[1:]]
+    (tmp_path / "inputs.txt").write_text("\n".join(texts) + "\n")
+
+    def predicted(*adapter_args) -> list[str]:
+        result = cli("predict", "--model", bert_dir, *adapter_args, "--input", tmp_path / "inputs.txt",
+                     "--max-length", 64)
+        assert result.code == 0, result.err
+        return [json.loads(line)["label"] for line in result.out.splitlines()]
+
+    expected = predicted("--adapter", run)
+    assert set(expected) <= {"neg", "neutral", "pos"}
+    for fmt in ("merged", "lora", "peft-kasa"):
+        result = cli("export", run, "--format", fmt, "--out", tmp_path / fmt)
+        assert result.code == 0, result.err
+
+    merged = tmp_path / "merged"
+    assert (merged / "tokenizer_config.json").is_file()
+    classify = transformers.pipeline("text-classification", model=str(merged), device="cpu")
+    assert [row["label"] for row in classify(texts)] == expected
+
+    written = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert (written["task_type"], written["base_model_name_or_path"]) == ("SEQ_CLS", str(Path(bert_dir).resolve()))
+    model = AutoPeftModelForSequenceClassification.from_pretrained(str(tmp_path / "lora"), num_labels=3).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bert_dir)
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    assert [["neg", "neutral", "pos"][i] for i in logits.argmax(-1).tolist()] == expected
+
+    imported = cli("import", tmp_path / "peft-kasa", "--out", tmp_path / "imported", "--base", bert_dir)
+    assert imported.code == 0, imported.err
+    class_ids = [["neg", "neutral", "pos"].index(label) for label in expected]
+    assert predicted("--adapter", tmp_path / "imported") == class_ids  # no metrics.json beside it: class ids
+
+
+@pytest.fixture
+def group_writable_umask():
+    previous = os.umask(0o002)
+    yield
+    os.umask(previous)
+
+
+def test_written_files_follow_the_umask(cli, bert_dir, files, tmp_path, group_writable_umask):
+    """tempfile (0600 files, 0700 directories) and safetensors (0600) must not make results private."""
+    run = tmp_path / "run"
+    assert cli(*classify_args(bert_dir, files, run)).code == 0
+    assert cli("export", run, "--format", "merged", "--out", tmp_path / "merged").code == 0
+    assert cli("export", run, "--format", "lora", "--out", tmp_path / "lora").code == 0
+    for directory in (run, tmp_path / "merged", tmp_path / "lora"):
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (directory, *directory.iterdir())}
+        expected = {name: oct(0o775 if (directory / name).is_dir() or name == directory.name else 0o664)
+                    for name in modes}
+        assert modes == expected
+
+
 def test_demo_compares_untrained_kasa_and_lora(cli, bert_dir, tmp_path):
     result = cli("demo", "--output-dir", tmp_path / "demo", "--model", bert_dir, "--max-train-samples", 24,
                  "--max-eval-samples", 30, "--max-steps", 2, "--batch-size", 8)
@@ -198,17 +356,19 @@ def test_score_without_data_dir_reads_the_hub(cli, monkeypatch, tmp_path):
     score as the same references given as a file; a failed hub load ends in one line naming the fix."""
     import datasets
 
-    from kasa_peft.tasks import e2e
+    from kasa_peft.tasks import e2e, hub
 
     monkeypatch.setattr(e2e.shutil, "which", lambda name: None)  # BLEU and NIST only: no Java metrics
     pairs = [("name[A]", "A is here."), ("name[A]", "Here is A."), ("name[B]", "B is a pub.")]
     rows = [{"meaning_representation": mr, "human_reference": ref} for mr, ref in pairs]
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: rows)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     predictions, references = tmp_path / "out.txt", tmp_path / "refs.csv"
     predictions.write_text("A is here.\nB is a pub.\n")
     references.write_text("mr,ref\n" + "".join(f"{mr},{ref}\n" for mr, ref in pairs))
     online = cli("score", "e2e", "--predictions", predictions)
     assert online.code == 0, online.err
+    assert "BLEU, METEOR and ROUGE_L are fractions (0-1)" in online.err and "x100" in online.err
     assert json.loads(online.out) == json.loads(cli("score", "e2e", "--predictions", predictions,
                                                     "--references", references).out)
 

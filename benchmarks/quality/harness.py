@@ -41,8 +41,31 @@ class Run:
     labels: dict[str, Any] = field(default_factory=dict)
 
 
+# Method rows of the tables that are a method with options: kasa-auto is kasa with the automatic, spectrum-aware
+# truncation (drop_rank "auto" at the library's default budget).
+VARIANTS = {"kasa-auto": {"method": "kasa", "drop_rank": "auto"}}
+
+
+def method_settings(method: str) -> dict[str, Any]:
+    """The `RunConfig` settings a method row of a table trains with."""
+    return VARIANTS.get(method, {"method": method})
+
+
 def record_path(results: Path, table: str, run_id: str) -> Path:
     return results / table / "runs" / f"{run_id}.json"
+
+
+def repository_relative(value: Any, root: Path = REPO) -> Any:
+    """``value`` (a record) with this checkout's absolute paths written relative to its root ``root``:
+    ``<root>/runs/...`` as ``runs/...``, a neighbour such as ``<root>/../shared/data`` as ``../shared/data``, so
+    that committed records carry no machine's paths."""
+    if isinstance(value, dict):
+        return {key: repository_relative(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [repository_relative(item, root) for item in value]
+    if isinstance(value, str):
+        return value.replace(f"{root}/", "").replace(f"{root.parent}/", "../")
+    return value
 
 
 def matches(settings: dict[str, Any], config: dict[str, Any]) -> bool:

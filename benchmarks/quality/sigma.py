@@ -2,7 +2,7 @@
 
     python benchmarks/quality/sigma.py
 
-No training: it draws `kasa_peft.interop.plot_sigma` for the GLUE table's seed-0 ``kasa`` adapters (kept
+No training: it draws the ``|sigma|`` heatmap for the GLUE table's seed-0 ``kasa`` adapters (kept
 under ``runs/quality/glue/<task>-kasa-s0/output`` by ``glue.py``) and tabulates ``|sigma|`` per layer. sigma
 starts from ``randn(r)`` (the reference's init), so next to the trained values it shows how far they moved:
 the initial sigma is rebuilt from the run's ``run_config.json`` (`kasa_peft.pipelines.run.start`: same seed,
@@ -21,7 +21,7 @@ import matplotlib
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from kasa_peft import kasa_layers  # noqa: E402
-from kasa_peft.interop.inspection import draw_grid, inspect_adapter, plot_sigma  # noqa: E402
+from kasa_peft.interop.inspection import draw_grid, inspect_adapter  # noqa: E402
 from kasa_peft.pipelines.config import RunConfig  # noqa: E402
 from kasa_peft.pipelines.run import RUN_CONFIG_FILE, start  # noqa: E402
 from quality import glue  # noqa: E402
@@ -54,18 +54,32 @@ def sigma_rows(info: dict, initial: dict[str, list[float]]) -> list[list[str]]:
     return rows
 
 
-def plot_change(info: dict, initial: dict[str, list[float]], png: Path) -> Path:
-    """Heatmap of ``|sigma - sigma_0|``, laid out as `plot_sigma`'s."""
+def plot_panels(info: dict, panels: list[tuple[str, str, str, str]], png: Path) -> Path:
+    """Heatmaps of ``info``'s layer values, one per ``(key, label, title, colormap)``, blocks x modules x index."""
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    change = {"layers": {name: {"change": [s - s0 for s, s0 in zip(layer["sigma"], initial[name], strict=True)]}
-                         for name, layer in info["layers"].items()}}
-    figure, axis = plt.subplots(figsize=(14, 5), dpi=100, layout="constrained")
-    draw_grid(axis, change, "change", "|sigma - sigma_0|", "how far sigma moved in training")
+    figure, axes = plt.subplots(len(panels), 1, figsize=(14, 5 * len(panels)), dpi=100, layout="constrained",
+                                squeeze=False)
+    for axis, (key, label, title, colormap) in zip(axes[:, 0], panels, strict=True):
+        draw_grid(axis, info, key, label, title, colormap)
+    png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png)
     plt.close(figure)
     return png
+
+
+def plot_sigma(info: dict, png: Path) -> Path:
+    """|sigma| above the dropped singular values S_d (the paper's Figure 5 layout)."""
+    return plot_panels(info, [("sigma", "|sigma|", "|sigma|: learned singular values", "viridis"),
+                              ("dropped_singular_values", "S_d", "S_d: dropped singular values", "magma")], png)
+
+
+def plot_change(info: dict, initial: dict[str, list[float]], png: Path) -> Path:
+    """Heatmap of ``|sigma - sigma_0|``, laid out as `plot_sigma`'s."""
+    change = {"layers": {name: {"change": [s - s0 for s, s0 in zip(layer["sigma"], initial[name], strict=True)]}
+                         for name, layer in info["layers"].items()}}
+    return plot_panels(change, [("change", "|sigma - sigma_0|", "how far sigma moved in training", "viridis")], png)
 
 
 def main(work: Path = WORK, results: Path = RESULTS) -> int:
@@ -79,7 +93,7 @@ def main(work: Path = WORK, results: Path = RESULTS) -> int:
     for task in TASKS:
         directory = adapter_dir(work, task)
         info, initial = inspect_adapter(directory), initial_sigma(directory)
-        png = plot_sigma(directory, out / f"sigma_{task}.png")
+        png = plot_sigma(info, out / f"sigma_{task}.png")
         moved = plot_change(info, initial, out / f"sigma_change_{task}.png")
         table = markdown_table(["layer", "mean abs(sigma)", "max", "mean abs(sigma - sigma_0)", "abs(sigma), sorted"],
                                sigma_rows(info, initial))

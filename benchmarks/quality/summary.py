@@ -93,6 +93,36 @@ def matched_ratio(records: Sequence[Record], row: str, reference: Any, match: Se
     return {row_value: statistics.median(values) for row_value, values in ratios.items()}
 
 
+def paired_differences(records: Sequence[Record], row: str, reference: Any, by: str,
+                       value: Callable[[Record], float]) -> dict[Any, dict[Any, float]]:
+    """Per row, ``{by label: value - the reference row's value with the same by label}`` (the paired difference per
+    seed), over the ``by`` labels both rows have."""
+    measured = {key: value(runs[0]) for key, runs in group(records, (row, by)).items()}
+    differences: dict[Any, dict[Any, float]] = defaultdict(dict)
+    for (row_value, by_value), run_value in measured.items():
+        if row_value != reference and (reference, by_value) in measured:
+            differences[row_value][by_value] = run_value - measured[(reference, by_value)]
+    return dict(differences)
+
+
+def paired_table(differences: dict[Any, dict[Any, float]], rows: Sequence[Any], seeds: Sequence[Any], row_title: str,
+                 digits: int = 2) -> str:
+    """``paired_differences`` as markdown: one column per seed, then mean ± std over the seeds a row has."""
+    body = []
+    for r in rows:
+        if r not in differences:
+            continue
+        per_seed = differences[r]
+        cells = [f"{per_seed[s]:+.{digits}f}" if s in per_seed else "—" for s in seeds]
+        body.append([str(r), *cells, Stat.of(list(per_seed.values())).format(digits)])
+    return markdown_table([row_title, *(f"seed {s}" for s in seeds), "mean ± std"], body)
+
+
+def seeds_of(records: Sequence[Record]) -> str:
+    """The seeds the records cover, as text (``0, 1, 2``; a table names only the seeds that have finished runs)."""
+    return ", ".join(map(str, sorted({label(r, "seed") for r in records})))
+
+
 def concurrency(records: Sequence[Record], default: int = 2) -> str:
     """How many runs trained at once, from the ``--jobs`` of each record's command (``1 / 2 / 3`` when mixed)."""
     jobs = {int(match.group(1)) if (match := re.search(r"--jobs[ =](\d+)", r["command"])) else default

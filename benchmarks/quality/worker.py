@@ -2,7 +2,8 @@
 
 The job (written by ``harness.worker_command``) holds the table, the run's id and labels, the `RunConfig`
 settings and where the record goes. The record is written only once training and evaluation have finished,
-through a temporary file and a rename, so a record on disk is always a finished run.
+through a temporary file and a rename, so a record on disk is always a finished run; its paths are relative to
+the repository.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
 
 from common import machine_info  # noqa: E402
+from quality.harness import repository_relative  # noqa: E402
 from kasa_peft.pipelines.base import write_atomically  # noqa: E402
 from kasa_peft.pipelines.config import RunConfig  # noqa: E402
 from kasa_peft.pipelines.run import read_run, train  # noqa: E402
@@ -31,7 +33,7 @@ def run_job(job: dict) -> dict:
 def main() -> None:
     job = json.loads(sys.argv[1])
     record = run_job(job)
-    write_atomically(Path(job["record"]), json.dumps(record, indent=2) + "\n")
+    write_atomically(Path(job["record"]), json.dumps(repository_relative(record), indent=2) + "\n")
 
 
 if __name__ == "__main__":

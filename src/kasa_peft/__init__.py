@@ -1,7 +1,29 @@
-"""kasa-peft: KaSA (Knowledge-aware Singular-value Adaptation) for PyTorch and Hugging Face models."""
+"""kasa-peft: KaSA (Knowledge-aware Singular-value Adaptation) for PyTorch and Hugging Face models.
 
-from .core import *  # noqa: F403  (the public API is the core's)
-from .core import __all__ as _core_all
+The public API is the core's (``kasa_peft.core``); it is imported on first use, so that the ``kasa-peft``
+command answers ``--help`` and argument errors without loading torch.
+"""
+
+import importlib
+
 from .version import __version__
 
-__all__ = [*_core_all, "__version__"]
+_CORE = (
+    "DroppedComponents", "KasaAdapter", "KasaConfig", "KasaLayer", "ModulesToSave", "ParameterCount",
+    "RegularizationTerms", "adapters_per_example", "delete_adapter", "disable_adapters", "dropped_components",
+    "inject", "kasa_layers", "kasa_state", "load_adapter", "merge", "merge_and_unload", "orthogonality_penalty",
+    "read_adapter", "regularization_loss", "regularization_terms", "restore_adapter", "save_adapter", "set_adapter",
+    "singular_value_penalty", "target_layer_names", "trainable_parameters", "truncate_smallest", "unload", "unmerge",
+    "weight_fingerprint",
+)
+__all__ = [*_CORE, "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _CORE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(".core", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

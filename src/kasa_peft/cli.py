@@ -12,13 +12,15 @@ import contextlib
 import json
 import sys
 import typing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .pipelines.base import format_value
-from .pipelines.config import RunConfig
+from .pipelines.config import TASK_DEFAULTS, RunConfig
+from .version import __version__
 
+E2E_SCALE = ("e2e: BLEU, METEOR and ROUGE_L are fractions (0-1) as the official E2E scorer prints them (the "
+             "README's tables show them x100); NIST and CIDEr are unscaled")
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
@@ -28,7 +30,8 @@ HELP = {
     "model": "a local Hugging Face model directory, a hub id, a .gguf file, or a shortcut: minilm, smollm2",
     "output_dir": "directory for the adapter, predictions and metrics.json",
     "method": "kasa (default), lora, pissa, milora, dora, adalora, peft-kasa (the baselines, through PEFT), or fft",
-    "r": "adapter rank (KaSA also drops the r smallest singular components of each weight); default 8",
+    "r": "adapter rank (by default KaSA also drops the r smallest singular components of each weight: see "
+         "--drop-rank); default 8",
     "alpha": "the update is scaled by alpha / r; default 16",
     "dropout": "dropout on the adapter's input; default 0",
     "beta": "weight of KaSA's singular-value penalty sum(sigma^2); default 1e-4",
@@ -37,6 +40,10 @@ HELP = {
     "reduction": "'mean' (default) or 'sum' of the penalties over layers",
     "learn_sigma": "train KaSA's singular values sigma (default); --no-learn-sigma fixes sigma = 1 (truncation + LoRA, "
                    "the paper's ablation)",
+    "drop_rank": "how many of each weight's smallest singular components KaSA drops: r (the paper, default), an "
+                 "integer d >= 0 (0: no truncation), or auto (per layer the most, up to r, within --drop-budget)",
+    "drop_budget": "with --drop-rank auto: the share of each weight's Frobenius norm the truncation may remove, in "
+                   "(0, 1); default 0.005",
     "target_modules": "comma-separated layer names to adapt, or all-linear (default: per architecture, "
                       "e.g. query,value for BERT, q_proj,v_proj for Llama)",
     "lr": "learning rate of the adapter (task default)",
@@ -44,7 +51,8 @@ HELP = {
     "weight_decay": "AdamW weight decay; default 0",
     "warmup_ratio": "share of the steps with a linear learning-rate warm-up; default 0.06",
     "epochs": "number of training epochs (task default)",
-    "max_steps": "stop after this many optimizer steps (overrides --epochs)",
+    "max_steps": "stop after this many optimizer steps (overrides --epochs); evaluation still covers the whole "
+                 "evaluation set (E2E: 252 beam searches), so add --max-eval-samples N for a quick run",
     "batch_size": "training batch size (task default)",
     "eval_batch_size": "evaluation batch size (default: --batch-size)",
     "gradient_accumulation_steps": "micro-batches per optimizer step; default 1",
@@ -61,7 +69,8 @@ HELP = {
     "text_columns": "classify: one or two comma-separated text columns",
     "label_column": "classify: the label column",
     "max_train_samples": "train on a fixed random subset of this many examples",
-    "max_eval_samples": "evaluate on a fixed random subset of this many examples (E2E: MRs; commonsense: per set)",
+    "max_eval_samples": "evaluate on a fixed random subset of this many examples (E2E: MRs; commonsense and sft: per "
+                        "set); a run prints what one evaluation covers before it starts",
     "instruct_eval_sets": "sft: comma-separated held-out sets: user_oriented, seed",
     "num_beams": "beam width for generation (E2E default 10)",
     "length_penalty": "beam-search length penalty (E2E default 0.9)",
@@ -75,13 +84,49 @@ EVAL_OVERRIDES = ("data_dir", "train_file", "eval_file", "text_columns", "label_
                   "max_new_tokens", "use_chat_template", "instruct_eval_sets")
 DECODING_OPTIONS = ("eval_batch_size", "max_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size",
                     "use_chat_template")
+# help texts where a command's options mean something else than train's (`kasa-peft predict` and `generate` use
+# the defaults of --task classify and --task sft; `eval` those of the run)
+_PREDICT, _GENERATE = TASK_DEFAULTS["classify"], TASK_DEFAULTS["sft"]
+COMMAND_HELP = {
+    "eval": {
+        "task": "the task to evaluate on (default: the run's; required with --adapter)",
+        "model": "the base model (default: the run's; required with --adapter). " + HELP["model"],
+        "method": "the adapter's method when its directory does not record one (default kasa)",
+        "seed": "seed of a new classification head when the adapter has none (default: the run's)",
+        "max_length": "maximum tokens per evaluation example (default: the run's)",
+        "eval_batch_size": "evaluation batch size (default: the run's)",
+        "max_eval_samples": "evaluate a fixed random subset of this many examples (default: all)",
+        "max_new_tokens": "maximum generated tokens per prompt (default: the run's)",
+        "num_beams": "beam width for generation (default: the run's)",
+        "length_penalty": "beam-search length penalty (default: the run's)",
+        "no_repeat_ngram_size": "forbid repeating n-grams of this size in generation (default: the run's)",
+        "use_chat_template": "wrap prompts in the tokenizer's chat template (default: the run's)",
+    },
+    "predict": {
+        "max_length": f"maximum tokens per input; longer inputs are truncated (default {_PREDICT['max_length']})",
+        "eval_batch_size": f"inputs per batch (default {_PREDICT['batch_size']})",
+    },
+    "generate": {
+        "eval_batch_size": f"prompts per batch (default {_GENERATE['batch_size']})",
+        "max_new_tokens": f"maximum generated tokens per prompt (default {_GENERATE['max_new_tokens']})",
+        "num_beams": f"beam width (default {_GENERATE['num_beams']}: greedy; the E2E runs evaluate with 10)",
+        "length_penalty": f"beam-search length penalty (default {_GENERATE['length_penalty']})",
+        "no_repeat_ngram_size": f"forbid repeating n-grams of this size (default {_GENERATE['no_repeat_ngram_size']}: "
+                                "off)",
+        "use_chat_template": "wrap prompts in the tokenizer's chat template (default: when it has one)",
+    },
+}
+
+
+Work = Callable[[], None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        work = args.handler(args)  # checks the arguments first: fast, no model library is imported yet
         with _quiet_transformers():
-            args.handler(args)
+            work()
     except KeyboardInterrupt:
         print("kasa-peft: interrupted (an unfinished training run continues with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -95,9 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_user_error(err: Exception) -> bool:
     """Errors the library raises for input the user can fix; anything else is a bug and keeps its traceback."""
-    from .models import ModelLoadError
-
-    return isinstance(err, (ValueError, OSError, ImportError, ModelLoadError))
+    models = sys.modules.get(f"{__package__}.models")  # a ModelLoadError needs it loaded; importing it costs seconds
+    return isinstance(err, (ValueError, OSError, ImportError)) or (
+        models is not None and isinstance(err, models.ModelLoadError))
 
 
 def _message(err: BaseException) -> str:
@@ -126,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kasa-peft", description="Fine-tune language models with KaSA "
                                      "(Knowledge-aware Singular-value Adaptation) and compare it with baselines.")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="fine-tune a model on a task and write DIR/metrics.json",
@@ -137,26 +183,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a trained run (--run DIR) or adapter (--adapter)")
     evaluate.add_argument("--run", help="the --output-dir of a finished `kasa-peft train`")
-    evaluate.add_argument("--adapter", help="an adapter directory (with --model and --task)")
-    _add_run_options(evaluate, ["task", "model", "method", "seed", *EVAL_OVERRIDES])
+    evaluate.add_argument("--adapter", help="an adapter directory (with --model and --task; the other options default "
+                                            "to the task's)")
+    _add_run_options(evaluate, ["task", "model", "method", "seed", *EVAL_OVERRIDES], COMMAND_HELP["eval"])
     evaluate.add_argument("--output-dir", dest="predictions_dir", help="write the prediction files here")
     evaluate.set_defaults(handler=_evaluate)
 
-    for name, help_text, handler in (("generate", "generate text with a causal LM and adapters", _generate),
-                                     ("predict", "classify texts with a sequence classifier and adapters", _predict)):
-        sub = commands.add_parser(name, help=help_text, description="Each input line is text, TAG<TAB>text or a "
-                                  "JSON object ({\"adapter\": ..., \"text\": ...}); untagged lines use the first "
-                                  "--adapter (or the base model when none is given).")
+    inputs = ("Each input line is text, TAG<TAB>text or a JSON object ({\"adapter\": ..., \"text\": ...}); untagged "
+              "lines use the first --adapter (or the base model when none is given).")
+    for name, help_text, handler, note in (
+            ("generate", "generate text with a causal LM and adapters", _generate,
+             " Prompts are used as they are: an E2E adapter expects its training format, the meaning representation "
+             "followed by ' ||' (e.g. 'name[The Eagle], food[French] ||')."),
+            ("predict", "classify texts with a sequence classifier and adapters", _predict,
+             " Each adapter labels its lines with its own head and its run's class names.")):
+        sub = commands.add_parser(name, help=help_text, description=inputs + note)
         sub.add_argument("--model", required=True, help=HELP["model"])
         sub.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
                          help="a KaSA adapter to load (repeatable; NAME tags input lines)")
         sub.add_argument("--input", help="file of input lines ('-' for stdin)")
         sub.add_argument("--prompt" if name == "generate" else "--text", action="append", default=[],
-                         dest="texts", help="an input given inline (repeatable)")
-        _add_run_options(sub, DECODING_OPTIONS if name == "generate" else ("max_length", "eval_batch_size"))
+                         dest="texts", metavar="TEXT", help="an input given inline (repeatable)")
+        _add_run_options(sub, DECODING_OPTIONS if name == "generate" else ("max_length", "eval_batch_size"),
+                         COMMAND_HELP[name])
         sub.set_defaults(handler=handler)
 
-    score = commands.add_parser("score", help="score a predictions file with a task's metrics (prints JSON)")
+    score = commands.add_parser("score", help="score a predictions file with a task's metrics (prints JSON)",
+                                description=f"Scales: {E2E_SCALE}; GLUE, classify and commonsense: fractions (0-1); "
+                                            "sft: 0-100 (as Super-NaturalInstructions reports them).")
     score.add_argument("task", help="e2e, glue:<task>, classify, commonsense:<set> or sft")
     score.add_argument("--predictions", required=True, help="one output per line (for e2e: per distinct MR)")
     score.add_argument("--references", help="the references (e2e: the CSV; others: one gold item per line); "
@@ -172,40 +226,67 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA, a merged model or GGUF")
-    export.add_argument("adapter_dir")
+    export.add_argument("adapter_dir", metavar="ADAPTER_DIR",
+                        help="a KaSA adapter directory (a run's --output-dir, or one save_adapter wrote)")
     export.add_argument("--format", required=True, choices=("lora", "peft-kasa", "merged", "gguf", "merged-gguf"),
-                        help="gguf: a llama.cpp LoRA adapter file; merged-gguf: the merged model as one GGUF file")
+                        help="lora: a plain PEFT LoRA of rank 2r, exact, on the untouched base (any LoRA runtime); "
+                             "peft-kasa: PEFT 0.21's own KaSA layout; merged: a complete model directory (weights, "
+                             "tokenizer, label names) that plain from_pretrained loads. lora and peft-kasa need only "
+                             "the adapter file; merged loads the base. gguf: a llama.cpp LoRA adapter file; "
+                             "merged-gguf: the merged model as one GGUF file (both for Llama-family bases)")
     export.add_argument("--out", required=True, help="the directory (the file, for the GGUF formats) to write")
-    export.add_argument("--base", help="the base model (default: the one recorded in the adapter)")
+    export.add_argument("--base", help="the base model: the one to merge into (merged), or the one the export names "
+                                       "(default: the one recorded in the adapter)")
     export.add_argument("--gguf-type", choices=("f32", "f16", "q8_0", "source"),
                         help="merged-gguf only: the matrices' type (default f16; source: the base GGUF file's types)")
     export.set_defaults(handler=_export)
 
     import_ = commands.add_parser("import", help="convert a PEFT KaSA adapter into a kasa-peft adapter")
-    import_.add_argument("peft_dir")
+    import_.add_argument("peft_dir", metavar="PEFT_DIR",
+                         help="a PEFT KaSA adapter directory (LoraConfig with kasa_config), e.g. from "
+                              "`kasa-peft export --format peft-kasa` or PEFT's own training")
     import_.add_argument("--out", required=True, help="the directory to write")
-    import_.add_argument("--base", help="the base model (default: the one recorded in the adapter)")
+    import_.add_argument("--base", help="the untouched base model: a directory, hub id or shortcut (default: the "
+                                        "adapter config's base_model_name_or_path)")
     import_.set_defaults(handler=_import)
 
-    inspect = commands.add_parser("inspect", help="summarise a saved adapter (sigma, update norms, truncation)")
-    inspect.add_argument("adapter_dir")
-    inspect.add_argument("--plot", help="also draw the learned sigma as a heatmap PNG")
+    inspect = commands.add_parser(
+        "inspect", help="summarise a saved adapter, or (--model) what KaSA's truncation removes before training",
+        description="With ADAPTER_DIR: per layer the update norm, the dropped components and sigma. With --model "
+                    "(no adapter): the pre-flight report, per target module the share of the weight norm the "
+                    "truncation would remove and the d chosen per layer; with --task and its data also the loss "
+                    "of the untrained truncated model next to the base model's.")
+    inspect.add_argument("adapter_dir", nargs="?", metavar="ADAPTER_DIR",
+                         help="a saved KaSA adapter directory (or give --model instead)")
+    inspect.add_argument("--plot", metavar="FILE.png",
+                         help="also write a PNG: for an adapter, what training changed (update norms, sigma - "
+                              "sigma_init, truncated energy); with --model, each target's singular-value spectrum "
+                              "with the cut marked")
+    _add_run_options(inspect, ("model", "task", "target_modules", "r", "drop_rank", "drop_budget", "data_dir",
+                               "train_file", "max_length", "seed"))
+    inspect.add_argument("--samples", type=int,
+                         help="with --task: how many training examples the losses are measured on; default 32")
     inspect.set_defaults(handler=_inspect)
     return parser
 
 
-def _add_run_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
-    """``--name`` options for RunConfig fields; only the ones given end up in the namespace."""
+def _add_run_options(parser: argparse.ArgumentParser, names: Iterable[str],
+                     help_texts: dict[str, str] | None = None) -> None:
+    """``--name`` options for RunConfig fields; only the ones given end up in the namespace.
+
+    Help texts are ``HELP``'s (train's), except those ``help_texts`` replaces.
+    """
     hints = typing.get_type_hints(RunConfig)
+    texts = {**HELP, **(help_texts or {})}
     for name in names:
         kind = next(t for t in (typing.get_args(hints[name]) or (hints[name],)) if t is not type(None))
         flag = "--" + name.replace("_", "-")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=HELP[name])
+                                help=texts[name])
         else:
             parser.add_argument(flag, type=str if typing.get_origin(kind) is list else kind,
-                                default=argparse.SUPPRESS, help=HELP[name])
+                                default=argparse.SUPPRESS, help=texts[name])
 
 
 def _run_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -215,31 +296,44 @@ def _run_values(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- commands
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> Work:
     from .pipelines.config import read_config_file, resolve_config
-    from .pipelines.run import train
-    from .training.distributed import is_main_process
 
     config = resolve_config(read_config_file(args.config) if args.config else {}, _run_values(args))
-    result = train(config)
-    if is_main_process():
-        print(format_run_summary(result.record, result.output_dir))
+
+    def work() -> None:
+        from .pipelines.run import train
+        from .training.distributed import is_main_process
+
+        result = train(config)
+        if is_main_process():
+            print(format_run_summary(result.record, result.output_dir))
+    return work
 
 
-def _evaluate(args: argparse.Namespace) -> None:
+def _evaluate(args: argparse.Namespace) -> Work:
     from .pipelines.config import resolve_config
-    from .pipelines.run import evaluate, read_run
+    from .pipelines.run import read_run
 
     values = _run_values(args)
     if args.run:
         recorded, adapter = read_run(args.run)["config"], args.run
     elif args.adapter:
+        missing = [f"--{name}" for name in ("model", "task") if name not in values]
+        if missing:
+            raise ValueError(f"`kasa-peft eval --adapter DIR` needs {' and '.join(missing)}: the base model the "
+                             "adapter was trained on and the task to evaluate it on")
         recorded, adapter = {}, args.adapter
     else:
         raise ValueError("`kasa-peft eval` needs --run DIR (a finished run) or --adapter DIR with --model and --task")
+    config = resolve_config(recorded, values)
     predictions_dir = Path(args.predictions_dir) if args.predictions_dir else None
-    metrics = evaluate(resolve_config(recorded, values), adapter, predictions_dir)
-    print(json.dumps(metrics, indent=2))
+
+    def work() -> None:
+        from .pipelines.run import evaluate
+
+        print(json.dumps(evaluate(config, adapter, predictions_dir), indent=2))
+    return work
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
@@ -256,59 +350,101 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def _generate(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import parse_adapter_specs
+def _generate(args: argparse.Namespace) -> Work:
     from .pipelines.config import resolve_config
-    from .pipelines.generation import Decoding
-    from .pipelines.inference import generate_outputs
 
-    decoding = Decoding.from_config(resolve_config({}, {"task": "sft", "model": args.model, **_run_values(args)}))
-    for row in generate_outputs(args.model, parse_adapter_specs(args.adapter), _inputs(args), decoding):
-        print(json.dumps(row, ensure_ascii=False))
+    config = resolve_config({}, {"task": "sft", "model": args.model, **_run_values(args)})
+    lines = _inputs(args)
+
+    def work() -> None:
+        from .interop.cli_commands import parse_adapter_specs
+        from .pipelines.generation import Decoding
+        from .pipelines.inference import generate_outputs
+
+        adapters = parse_adapter_specs(args.adapter)
+        for row in generate_outputs(args.model, adapters, lines, Decoding.from_config(config)):
+            print(json.dumps(row, ensure_ascii=False))
+    return work
 
 
-def _predict(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import parse_adapter_specs
+def _predict(args: argparse.Namespace) -> Work:
     from .pipelines.config import resolve_config
-    from .pipelines.inference import predict_labels
 
     config = resolve_config({}, {"task": "classify", "model": args.model, **_run_values(args)})
-    rows = predict_labels(args.model, parse_adapter_specs(args.adapter), _inputs(args), config.max_length,
-                          config.eval_batch_size or config.batch_size)
-    for row in rows:
-        print(json.dumps(row, ensure_ascii=False))
+    lines = _inputs(args)
+
+    def work() -> None:
+        from .interop.cli_commands import parse_adapter_specs
+        from .pipelines.inference import predict_labels
+
+        adapters = parse_adapter_specs(args.adapter)
+        for row in predict_labels(args.model, adapters, lines, config.max_length,
+                                  config.eval_batch_size or config.batch_size):
+            print(json.dumps(row, ensure_ascii=False))
+    return work
 
 
-def _score(args: argparse.Namespace) -> None:
-    from .pipelines.scoring import score
+def _score(args: argparse.Namespace) -> Work:
+    def work() -> None:
+        from .pipelines.scoring import score
 
-    print(json.dumps(score(args.task, args.predictions, args.references, args.data_dir), indent=2))
-
-
-def _demo(args: argparse.Namespace) -> None:
-    from .pipelines.demo import run_demo
-
-    print(format_demo(run_demo(args.demo_dir, **_run_values(args))))
+        print(json.dumps(score(args.task, args.predictions, args.references, args.data_dir), indent=2))
+        if args.task == "e2e":
+            print(f"kasa-peft: {E2E_SCALE}", file=sys.stderr)
+    return work
 
 
-def _export(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import export_command
-    from .models import load_base_for_adapter
+def _demo(args: argparse.Namespace) -> Work:
+    def work() -> None:
+        from .pipelines.demo import run_demo
 
-    base = load_base_for_adapter(args.adapter_dir, args.base)
-    print(f"wrote {export_command(args.adapter_dir, args.format, args.out, base, args.gguf_type)}")
-
-
-def _import(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import import_command
-
-    print(f"wrote {import_command(args.peft_dir, args.out, args.base)}")
+        print(format_demo(run_demo(args.demo_dir, **_run_values(args))))
+    return work
 
 
-def _inspect(args: argparse.Namespace) -> None:
-    from .interop.cli_commands import inspect_command
+def _export(args: argparse.Namespace) -> Work:
+    def work() -> None:
+        from .interop.cli_commands import export_command
+        from .pipelines.inference import recorded_label_names
 
-    print(inspect_command(args.adapter_dir, args.plot))
+        labels = recorded_label_names(args.adapter_dir)
+        print(f"wrote {export_command(args.adapter_dir, args.format, args.out, args.base, labels, args.gguf_type)}")
+    return work
+
+
+def _import(args: argparse.Namespace) -> Work:
+    def work() -> None:
+        from .interop.cli_commands import import_command
+
+        print(f"wrote {import_command(args.peft_dir, args.out, args.base)}")
+    return work
+
+
+def _inspect(args: argparse.Namespace) -> Work:
+    values = _run_values(args)
+    if args.adapter_dir and values:
+        raise ValueError(f"`kasa-peft inspect` takes an adapter directory or --model (the pre-flight report), not "
+                         f"both; got {args.adapter_dir} and {', '.join('--' + k.replace('_', '-') for k in values)}")
+    if not args.adapter_dir and "model" not in values:
+        raise ValueError("`kasa-peft inspect` needs an adapter directory, or --model M (with --target-modules, --r, "
+                         "--drop-rank ...) for the pre-flight report of KaSA's truncation")
+
+    def adapter_work() -> None:
+        from .interop.cli_commands import inspect_command
+
+        print(inspect_command(args.adapter_dir, args.plot))
+
+    def preflight_work() -> None:
+        from .interop.truncation_report import format_truncation_report, plot_spectra
+        from .pipelines.preflight import preflight
+
+        samples = {"samples": args.samples} if args.samples is not None else {}
+        report = preflight(values, spectra=args.plot is not None, **samples)
+        text = format_truncation_report(report)
+        if args.plot:
+            text += f"\n\nspectra written to {plot_spectra(report, args.plot)}"
+        print(text)
+    return adapter_work if args.adapter_dir else preflight_work
 
 
 # -------------------------------------------------------------------------------------------------- printing
@@ -316,6 +452,8 @@ def _inspect(args: argparse.Namespace) -> None:
 
 def format_run_summary(record: dict[str, Any], output_dir: Path) -> str:
     """What a finished run achieved and where its files are."""
+    from .pipelines.base import format_value
+
     main = record["main_metric"]
     best, final = record["best"], record["final"]
     trainable, total = record["trainable_parameters"], record["total_parameters"]

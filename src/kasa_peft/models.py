@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,18 +35,21 @@ import transformers
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import (
-    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GgufConfig, PreTrainedModel,
+    AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GgufConfig, PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
+from .tasks.hub import hub_reachable, unreachable_hub_message
+
 __all__ = ["SHORTCUTS", "ModelLoadError", "ModelSource", "Shortcut", "gguf_cache_dir", "load_model",
-           "resolve_model_path"]
+           "natural_task", "resolve_model_path"]
 
 SourceKind = Literal["local_dir", "hub_id", "gguf"]
 Task = Literal["sequence_classification", "causal_lm"]
 
 _AUTO_CLASSES = {"sequence_classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 _CACHE_MARKER = "kasa-peft-cache.json"
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
 class ModelLoadError(RuntimeError):
@@ -178,16 +181,63 @@ def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torc
         ModelLoadError: the spec cannot be resolved or loaded (see the message for the fix).
         ValueError: an unknown task, or ``num_labels`` given for a causal LM.
     """
+    model, tokenizer = _load(spec, task, num_labels, dtype, require_tokenizer=True)
+    tokenizer.padding_side = padding_side
+    return model, tokenizer
+
+
+def load_base(spec: str, task: Task, num_labels: int | None = None) -> PreTrainedModel:
+    """``load_model``'s model (float32) for a spec whose directory may hold no tokenizer (a model saved from
+    Python): its pad token id then stays as its config says."""
+    return _load(spec, task, num_labels, torch.float32, require_tokenizer=False)[0]
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase | None:
+    """The tokenizer of a ``--model`` spec; ``None`` for a local directory that holds no tokenizer files."""
+    source = resolve_model_path(spec)
+    location = _location(source)
+    if not _has_tokenizer(source, location):
+        return None
+    with _explain_load_failure(source):
+        return AutoTokenizer.from_pretrained(location, **_hub_kwargs(source))
+
+
+def _load(spec: str, task: Task, num_labels: int | None, dtype: torch.dtype, require_tokenizer: bool
+          ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     model_kwargs = _model_kwargs(task, num_labels, dtype)
     source = resolve_model_path(spec)
-    location = _gguf_converted_dir(source) if source.kind == "gguf" else source.path
+    location = _location(source)
     with _explain_load_failure(source):
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = _AUTO_CLASSES[task].from_pretrained(location, **model_kwargs)
-    tokenizer.padding_side = padding_side
-    _ensure_pad_token(model, tokenizer)
+        hub = _hub_kwargs(source)
+        tokenizer = (AutoTokenizer.from_pretrained(location, **hub)
+                     if require_tokenizer or _has_tokenizer(source, location) else None)
+        model = _AUTO_CLASSES[task].from_pretrained(location, **model_kwargs, **hub)
+    if tokenizer is not None:
+        _ensure_pad_token(model, tokenizer)
     model.config.name_or_path = reloadable_spec(spec, source)
     return model.eval(), tokenizer
+
+
+def natural_task(spec: str) -> Task:
+    """The task a checkpoint was made for: ``causal_lm`` for a GGUF file or a ``...ForCausalLM`` /
+    ``...LMHeadModel`` architecture, else ``sequence_classification`` (an encoder gets a classification head)."""
+    source = resolve_model_path(spec)
+    if source.kind == "gguf":
+        return "causal_lm"
+    with _explain_load_failure(source):
+        architectures = AutoConfig.from_pretrained(source.path).architectures or ()
+    return "causal_lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) \
+        else "sequence_classification"
+
+
+def _location(source: ModelSource) -> str:
+    """What ``from_pretrained`` reads: the directory or hub id, or a GGUF file's dequantized copy."""
+    return _gguf_converted_dir(source) if source.kind == "gguf" else source.path
+
+
+def _has_tokenizer(source: ModelSource, location: str) -> bool:
+    """Checked by file for local models: transformers 5 builds an empty tokenizer for a directory without one."""
+    return source.kind == "hub_id" or any((Path(location) / name).is_file() for name in TOKENIZER_FILES)
 
 
 def reloadable_spec(spec: str, source: ModelSource) -> str:
@@ -222,6 +272,12 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
+def _hub_kwargs(source: ModelSource) -> dict:
+    """``local_files_only=True`` for a hub id when the hub cannot be reached: the local cache, or a fast failure
+    (instead of a minute of retries)."""
+    return {"local_files_only": True} if source.kind == "hub_id" and not hub_reachable() else {}
+
+
 @contextmanager
 def _explain_load_failure(source: ModelSource) -> Iterator[None]:
     """Turn transformers' OSErrors (missing files, no network, unknown hub id) into an actionable error."""
@@ -229,8 +285,12 @@ def _explain_load_failure(source: ModelSource) -> Iterator[None]:
         yield
     except OSError as error:
         if source.kind == "hub_id":
-            hint = ("Check the id and your network connection (downloads are off when HF_HUB_OFFLINE=1), or pass a "
-                    f"local model directory, a .gguf file or a shortcut ({', '.join(SHORTCUTS)}).")
+            alternatives = f"a local model directory, a .gguf file or a shortcut ({', '.join(SHORTCUTS)})"
+            if not hub_reachable():
+                raise ModelLoadError(f"could not load {source.path!r}: {unreachable_hub_message()} and the model is "
+                                     f"not in the local Hugging Face cache; pass {alternatives}") from error
+            hint = ("Check the id and your network connection (downloads are off when HF_HUB_OFFLINE=1), or pass "
+                    f"{alternatives}.")
             raise ModelLoadError(f"could not load {source.path!r} from the Hugging Face Hub: {error}\n{hint}"
                                  ) from error
         raise ModelLoadError(f"could not load the model at {source.path!r} ({source.description}): {error}") from error
@@ -318,16 +378,19 @@ def _publish(staging: Path, entry: Path) -> None:
             raise
 
 
-def load_base_for_adapter(adapter_dir: str | os.PathLike, spec: str | None = None) -> PreTrainedModel:
-    """The base model a saved adapter was trained on (``spec``, default the one it records), with its task head.
+def head_size(tensors: Mapping[str, torch.Tensor], prefixes: tuple[str, ...] = ("modules_to_save.",)) -> int | None:
+    """The number of outputs of the classification head among an adapter's tensors (``None``: it has none).
 
-    An adapter whose ``modules_to_save`` hold a trained head (a classifier) gets a sequence classifier whose
-    label count is the output size of the head's last weight; any other adapter gets a causal LM.
+    That is the output size of the last 2-D weight under ``prefixes`` (a classifier among the ``modules_to_save``).
     """
-    from .core import read_adapter
+    head = [t for k, t in tensors.items() if k.startswith(prefixes) and k.endswith("weight") and t.dim() == 2]
+    return head[-1].shape[0] if head else None
 
-    metadata, tensors = read_adapter(adapter_dir)
-    head = [t for k, t in tensors.items() if k.startswith("modules_to_save.") and k.endswith("weight") and t.dim() == 2]
-    task: Task = "sequence_classification" if head else "causal_lm"
-    model, _ = load_model(spec or metadata["base_model"], task, head[-1].shape[0] if head else None)
-    return model
+
+def loadable_name(spec: str) -> str:
+    """What other tools load ``spec`` from: a shortcut becomes the directory it stands for (a GGUF shortcut:
+    its dequantized copy in the cache); anything else is returned as it is."""
+    if spec not in SHORTCUTS:
+        return spec
+    source = resolve_model_path(spec)
+    return str(gguf_cache_dir(Path(source.path, source.gguf_file))) if source.kind == "gguf" else source.path

@@ -1,5 +1,5 @@
 """The quality benchmarks: the harness on fake run records (resumability, mean/std, averages, table rendering)
-and the analysis scripts' helpers (sigma, update sizes, truncation damage)."""
+and the analysis scripts' helpers (sigma, update sizes)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,17 @@ import math
 import statistics
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from kasa_peft.pipelines.causal_lm import CausalLMCollator  # noqa: E402
 from quality import harness, summary  # noqa: E402
 from quality.harness import Run  # noqa: E402
 from quality.sigma import sigma_rows  # noqa: E402
 from quality.summary import Stat  # noqa: E402
-from quality.truncation_damage import mean_loss  # noqa: E402
 from quality.update_norms import relative_updates, target_weights  # noqa: E402
-from tiny_models import tiny_bert, tiny_llama  # noqa: E402
+from tiny_models import tiny_bert  # noqa: E402
 
 
 def fake_record(task: str, method: str, seed: int, best: float, final: float | None = None) -> dict:
@@ -59,6 +55,26 @@ def test_a_record_of_other_settings_is_stale(tmp_path):
 def test_pending_refuses_duplicate_ids(tmp_path):
     with pytest.raises(ValueError, match="more than once: r0"):
         harness.pending([Run("r0", {}), Run("r0", {"seed": 1})], tmp_path, "t")
+
+
+def test_records_store_paths_relative_to_the_repository():
+    root = Path("/home/me/kasa-peft")
+    record = {"output_dir": "/home/me/kasa-peft/runs/quality/t/r0/output",
+              "run": {"config": {"data_dir": "/home/me/shared/data", "lr": 0.1}, "resumed_from": None},
+              "command": 'worker.py {"record": "/home/me/kasa-peft/benchmarks/results/quality/t/runs/r0.json"}',
+              "labels": ["/elsewhere/file"]}
+    assert harness.repository_relative(record, root) == {
+        "output_dir": "runs/quality/t/r0/output",
+        "run": {"config": {"data_dir": "../shared/data", "lr": 0.1}, "resumed_from": None},
+        "command": 'worker.py {"record": "benchmarks/results/quality/t/runs/r0.json"}',
+        "labels": ["/elsewhere/file"]}
+
+
+def test_committed_records_carry_no_machines_paths():
+    results = Path(harness.REPO, "benchmarks", "results")
+    absolute = [str(path.relative_to(results)) for path in sorted(results.rglob("*.json"))
+                if '"/work/' in path.read_text() or '"/home/' in path.read_text()]
+    assert absolute == []
 
 
 def test_worker_command_resumes_a_started_run_and_clears_others(tmp_path):
@@ -243,13 +259,28 @@ def test_sigma_rows_report_how_far_sigma_moved_from_its_start():
     assert row == ["layer.0.q", "1.250", "2.000", "0.750", "2.00 0.50"]
 
 
-def test_truncation_damage_loss_is_the_token_weighted_mean_over_batches():
-    # 11 examples of different lengths, prompt tokens masked: 2 batches of 8 and 3
-    features = [{"input_ids": list(range(1, 4 + n % 5)), "attention_mask": [1] * (3 + n % 5),
-                 "labels": [-100, -100] + list(range(3, 4 + n % 5))} for n in range(11)]
-    model = tiny_llama()
-    begun = SimpleNamespace(prepared=SimpleNamespace(model=model), tokenizer=None, features=features,
-                            pipeline=SimpleNamespace(data_collator=lambda tokenizer: CausalLMCollator(0)))
-    with torch.no_grad():
-        expected = model(**CausalLMCollator(0)(features)).loss.item()  # one batch: the mean over every target token
-    assert mean_loss(begun) == pytest.approx(expected, rel=1e-5)
+def test_paired_differences_subtract_the_reference_run_of_the_same_seed():
+    records = [fake_record("a", "lora", 0, 0.50), fake_record("a", "lora", 1, 0.60),
+               fake_record("a", "kasa", 0, 0.55), fake_record("a", "kasa", 1, 0.40), fake_record("a", "kasa", 2, 0.9)]
+    differences = summary.paired_differences(records, "method", "lora", "seed", lambda r: summary.metric(r))
+    assert differences == {"kasa": {0: pytest.approx(5.0), 1: pytest.approx(-20.0)}}  # seed 2 has no lora run
+    table = summary.paired_table(differences, ["kasa", "pissa"], [0, 1, 2], "method")
+    # mean -7.5, sample std of (5, -20) = 17.68
+    assert table.splitlines()[2] == "| kasa | +5.00 | -20.00 | — | -7.50 ± 17.68 |"
+    assert "pissa" not in table
+
+
+def test_the_automatic_kasa_row_is_kasa_with_drop_rank_auto():
+    from quality import commonsense, e2e
+
+    for module in (e2e, commonsense):
+        settings = {run.labels["method"]: run.settings for run in module.runs() if run.labels["seed"] == 0}
+        assert settings["kasa-auto"]["method"] == "kasa" and settings["kasa-auto"]["drop_rank"] == "auto"
+        assert {k: v for k, v in settings["kasa-auto"].items() if k != "drop_rank"} == settings["kasa"]
+        assert all("drop_rank" not in s for m, s in settings.items() if m != "kasa-auto")
+        assert {run.labels["seed"] for run in module.runs()} == {0, 1, 2}
+
+
+def test_a_table_names_only_the_seeds_it_has_runs_of():
+    records = [fake_record("a", "lora", 2, 0.5), fake_record("a", "kasa", 0, 0.5), fake_record("b", "kasa", 2, 0.5)]
+    assert summary.seeds_of(records) == "0, 2"

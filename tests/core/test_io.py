@@ -41,7 +41,7 @@ def test_load_reproduces_the_outputs_without_any_decomposition(saved, monkeypatc
     monkeypatch.setattr(torch.linalg, "svd", forbid)
     monkeypatch.setattr(torch.linalg, "eigh", forbid)
     monkeypatch.setattr(truncation, "truncate_smallest", forbid)
-    monkeypatch.setattr(model_module, "truncate_smallest", forbid)
+    monkeypatch.setattr(model_module, "truncate_for", forbid)
     loaded = load_adapter(tiny_bert(), path)
     assert torch.equal(outputs(loaded, token_batch()), outputs(model, token_batch()))
     assert torch.equal(loaded.classifier.copies["default"].weight, model.classifier.copies["default"].weight)
@@ -79,7 +79,7 @@ def test_saved_files_hold_the_documented_format(saved):
     tensors = load_file(path / "adapter_model.safetensors")
     layer = "bert.encoder.layer.1.attention.self.value"
     assert {k for k in tensors if k.startswith(layer + ".")} == {
-        f"{layer}.{key}" for key in ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerprint")}
+        f"{layer}.{key}" for key in ("A", "B", "sigma", "sigma_init", "dropped_us", "dropped_vt", "base_fingerprint")}
     assert torch.equal(tensors["modules_to_save.classifier.bias"], model.classifier.copies["default"].bias)
 
 
@@ -152,12 +152,18 @@ def test_incomplete_weights_are_named(saved):
     assert is_untouched(model)
 
 
-def test_a_peft_adapter_directory_gets_the_import_hint(tmp_path):
+def test_a_peft_adapter_directory_gets_a_hint_that_leads_somewhere(tmp_path):
+    """A PEFT KaSA adapter converts with `kasa-peft import`; that refuses a plain LoRA (a `--method lora` run)."""
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=2, target_modules=["query"]))
-    model.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="looks like a PEFT adapter: convert it with `kasa-peft import`"):
-        load_adapter(tiny_bert(), tmp_path)
+    for name, extra in (("kasa", {"kasa_config": peft.KasaConfig()}), ("lora", {})):
+        model = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=2, target_modules=["query"], **extra))
+        model.save_pretrained(tmp_path / name)
+    with pytest.raises(ValueError, match="It is a PEFT KaSA adapter: convert it with `kasa-peft import`"):
+        load_adapter(tiny_bert(), tmp_path / "kasa")
+    with pytest.raises(ValueError, match=r"It is a PEFT LORA adapter \(a `--method` baseline run saves one\): "
+                                         r"evaluate the run with `kasa-peft eval --run DIR`, or load it with "
+                                         r"peft.PeftModel.from_pretrained\(base, DIR\)"):
+        load_adapter(tiny_bert(), tmp_path / "lora")
 
 
 def test_a_directory_without_the_files_is_named(tmp_path):

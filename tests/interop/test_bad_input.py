@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import huggingface_hub.constants
 import pytest
 import torch
-from tiny_models import tiny_bert
+from peft import PeftModel
+from tiny_models import tiny_llama, token_batch
+from transformers import LlamaForCausalLM
 
 import kasa_peft as kp
+from kasa_peft.cli import main
 from kasa_peft.interop import BaseModelNotFound, export_lora, export_merged, export_peft_kasa, load_pretrained
 from kasa_peft.interop.cli_commands import export_command, import_command
+
+from .support import relative_error
 
 EXPORTS = [export_lora, export_peft_kasa, export_merged]
 
@@ -20,23 +27,55 @@ def offline(monkeypatch):
 
 
 def adapter_of_an_unsaved_base(path):
-    """An adapter whose recorded base is a class name, not a loadable model."""
-    model = kp.inject(tiny_bert(), kp.KasaConfig(r=2))
+    """An adapter saved from the Python API for a model that was never saved (no ``config.name_or_path``)."""
+    model = kp.inject(tiny_llama(), kp.KasaConfig(r=2, target_modules=("q_proj", "v_proj")))
     return kp.save_adapter(model, path)
 
 
-@pytest.mark.parametrize("export", EXPORTS)
-def test_unavailable_base(tmp_path, offline, export):
+def test_an_unsaved_base_is_recorded_as_unknown_not_as_its_class_name(tmp_path):
+    assert kp.read_adapter(adapter_of_an_unsaved_base(tmp_path / "adapter"))[0]["base_model"] == ""
+
+
+@pytest.mark.parametrize("export", [export_lora, export_peft_kasa])
+def test_lora_and_peft_kasa_exports_need_only_the_adapter_file(tmp_path, offline, export, monkeypatch):
+    """Every factor is in the adapter file: no base is loaded, nothing is asked of the network."""
+    import socket
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("asked the network"))
     adapter = adapter_of_an_unsaved_base(tmp_path / "adapter")
-    with pytest.raises(BaseModelNotFound, match=r"'BertForSequenceClassification' recorded in the adapter is not "
-                                                 r"available here .*pass --base PATH"):
-        export(adapter, tmp_path / "out")
+    out = export(adapter, tmp_path / "out")
+    written = json.loads((out / "adapter_config.json").read_text())
+    assert written["base_model_name_or_path"] is None and written["task_type"] == "CAUSAL_LM"
+    base = tiny_llama()
+    expected = kp.load_adapter(tiny_llama(), adapter)
+    with torch.no_grad():
+        assert relative_error(PeftModel.from_pretrained(base, str(out))(token_batch()).logits,
+                              expected(token_batch()).logits) <= 1e-5
+
+
+def test_a_merged_export_needs_a_base_and_says_how_to_give_one(tmp_path, offline):
+    adapter = adapter_of_an_unsaved_base(tmp_path / "adapter")
+    with pytest.raises(BaseModelNotFound, match=r"the adapter does not record its base model .*pass --base PATH"):
+        export_merged(adapter, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_a_merged_export_onto_a_base_without_a_tokenizer_copies_none(tmp_path, offline):
+    tiny_llama().save_pretrained(tmp_path / "base")  # weights only, as a model saved from Python
+    adapter = adapter_of_an_unsaved_base(tmp_path / "adapter")
+    out = tmp_path / "out"
+    base = str(tmp_path / "base")
+    assert main(["export", str(adapter), "--format", "merged", "--out", str(out), "--base", base]) == 0
+    assert (out / "config.json").is_file() and not (out / "tokenizer_config.json").exists()
+    with torch.no_grad():
+        merged = LlamaForCausalLM.from_pretrained(out)(token_batch()).logits
+        expected = kp.load_adapter(tiny_llama(), adapter)(token_batch()).logits
+    assert relative_error(merged, expected) <= 1e-5
 
 
 def test_explicit_base_path_that_does_not_exist(setups, tmp_path, offline):
     with pytest.raises(BaseModelNotFound, match="'/no/such/base' is not available here"):
-        export_command(setups["bert"].adapter_dir, "lora", tmp_path / "out", base="/no/such/base")
+        export_command(setups["bert"].adapter_dir, "merged", tmp_path / "out", base="/no/such/base")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -172,7 +172,7 @@ def test_merged_q8_0_falls_back_to_f16_where_blocks_do_not_fit(tmp_path):
 
 def test_merged_needs_the_bases_gguf_file(setups, tmp_path):
     setup = setups["llama"]
-    with pytest.raises(ValueError, match="not loaded from one; pass --base FILE.gguf"):
+    with pytest.raises(ValueError, match="is not one; pass --base FILE.gguf"):
         export_merged_gguf(setup.adapter_dir, tmp_path / "m.gguf", base_model=setup.base())
     assert list(tmp_path.iterdir()) == []
 

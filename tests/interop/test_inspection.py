@@ -1,4 +1,4 @@
-"""inspect_adapter / format_inspection / plot_sigma on saved adapters, against values computed here."""
+"""inspect_adapter / format_inspection / plot_adapter on saved adapters, against values computed here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import kasa_peft as kp
-from kasa_peft.interop import format_inspection, inspect_adapter, plot_sigma
+from kasa_peft.interop import format_inspection, inspect_adapter, plot_adapter
 from kasa_peft.interop.cli_commands import inspect_command
 
 
@@ -46,10 +46,10 @@ def test_text_names_what_matters(setups):
 
 
 def test_plot_is_a_png_of_the_requested_size(setups, tmp_path):
-    path = plot_sigma(setups["llama"].adapter_dir, tmp_path / "plots" / "sigma.png")
+    path = plot_adapter(setups["llama"].adapter_dir, tmp_path / "plots" / "sigma.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert Image.open(path).size == (1400, 1000)
-    small = plot_sigma(setups["gpt2"].adapter_dir, tmp_path / "small.png", size=(800, 600))
+    assert Image.open(path).size == (1400, 1200)
+    small = plot_adapter(setups["gpt2"].adapter_dir, tmp_path / "small.png", size=(800, 600))
     assert Image.open(small).size == (800, 600)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plots", "small.png"]  # no partial files left
 

@@ -59,14 +59,17 @@ def test_config_and_keys_are_what_peft_writes(setups, tmp_path, name):
     assert {k: tuple(v.shape) for k, v in tensors.items()} == expected
 
 
-def test_targets_select_exactly_the_adapted_layers(setups, tmp_path):
-    """GPT-2 adapts attn.c_proj but not mlp.c_proj: the suffix must tell them apart."""
-    out = export_lora(setups["gpt2"].adapter_dir, tmp_path / "lora")
+@pytest.mark.parametrize("source", ["directory", "model"])
+def test_targets_select_exactly_the_adapted_layers(setups, tmp_path, source):
+    """GPT-2 adapts attn.c_proj but not mlp.c_proj. With the model at hand the targets are the shortest suffixes
+    that tell them apart; from the adapter file alone (no base loaded) they are the full layer names."""
+    adapted = {n for n, _ in kp.kasa_layers(setups["gpt2"].adapted())}
+    out = export_lora(setups["gpt2"].adapter_dir if source == "directory" else setups["gpt2"].adapted(),
+                      tmp_path / "lora")
     targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
-    assert sorted(targets) == ["attn.c_proj", "c_attn", "c_fc"]
+    assert sorted(targets) == (["attn.c_proj", "c_attn", "c_fc"] if source == "model" else sorted(adapted))
     peft_model = PeftModel.from_pretrained(setups["gpt2"].base(), str(out))
     wrapped = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
-    adapted = {n for n, _ in kp.kasa_layers(setups["gpt2"].adapted())}
     assert wrapped == adapted
 
 

@@ -27,6 +27,7 @@ def test_plain_from_pretrained_gives_the_adapted_model(setups, tmp_path, name):
     assert relative_error(original, expected) > 1e-2
     assert not any(isinstance(m, (kp.KasaLayer, kp.ModulesToSave)) for m in merged.modules())
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    assert (out / "generation_config.json").is_file() is (name != "bert")  # the causal LMs' come along
 
 
 def test_the_tokenizer_comes_along_when_the_base_has_one(setups, tmp_path):

@@ -107,6 +107,28 @@ def test_adapter_specs():
         parse_adapter_specs(["a=/x", "a=/y"])
     with pytest.raises(ValueError, match="expected NAME=DIR"):
         parse_adapter_specs(["=/x"])
+    with pytest.raises(ValueError, match=r"--adapter 'a\.b=/x': invalid adapter name 'a\.b': .* without '\.'"):
+        parse_adapter_specs(["a.b=/x"])
+
+
+@pytest.mark.parametrize("where", ["argument", "file"])
+def test_a_dotted_adapter_name_is_refused_before_the_model_changes(setups, tmp_path, where):
+    """torch's ModuleDict refuses '.' in keys (a raw KeyError half-way through injecting); the name is checked first."""
+    setup = setups["bert"]
+    model = setup.base()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    if where == "argument":
+        with pytest.raises(ValueError, match="invalid adapter name 'a.b'"):
+            load_adapters(model, {"a.b": setup.adapter_dir})
+    else:
+        config_file = tmp_path / "adapter" / "adapter_config.json"
+        kp.save_adapter(setup.adapted(), tmp_path / "adapter")
+        config_file.write_text(config_file.read_text().replace('"adapter_name": "default"', '"adapter_name": "a.b"'))
+        with pytest.raises(ValueError, match=f"{config_file}: invalid adapter name 'a.b'"):
+            kp.load_adapter(model, tmp_path / "adapter")
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    assert not list(kp.kasa_layers(model))
 
 
 def test_tagged_inputs():

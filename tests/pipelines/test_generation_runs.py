@@ -114,6 +114,10 @@ def test_sft_on_user_jsonl_files(cli, llama_dir, tmp_path):
                  "--eval-file", eval_file, "--output-dir", out, *COMMON)
     assert result.code == 0, result.err
     record = json.loads((out / "metrics.json").read_text())
+    # what an evaluation will cost is said before training starts
+    max_new_tokens = record["config"]["max_new_tokens"]
+    assert (f"each evaluation (at the end) covers 2 prompts, greedy decoding, up to {max_new_tokens} new tokens each "
+            "(--max-eval-samples N evaluates a fixed subset)") in result.err
     assert record["config"]["use_chat_template"] is False  # the tiny tokenizer has none
     rows = read_jsonl(out / "sft_generations.jsonl")
     assert [r["reference"] for r in rows] == ["An apple.", "moon"]

@@ -49,3 +49,6 @@ def test_method_runs_through_the_cli(method, cli, bert_dir, tmp_path):
                      "--max-length", 64)  # the method is read from the directory
     assert by_adapter.code == 0, by_adapter.err
     assert json.loads(by_adapter.out) == pytest.approx(record["final"]["metrics"])
+    if method == "lora":  # predict serves KaSA adapters: the error names what serves this one
+        served = cli("predict", "--model", bert_dir, "--adapter", out, "--text", "a fine movie")
+        assert served.code == 1 and "evaluate the run with `kasa-peft eval --run DIR`" in served.err

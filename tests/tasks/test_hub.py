@@ -11,6 +11,7 @@ import pytest
 from kasa_peft.tasks.commonsense import COMMONSENSE_SETS, available_train_sets, load_commonsense
 from kasa_peft.tasks.e2e import load_e2e
 from kasa_peft.tasks.glue import load_glue
+from kasa_peft.tasks import hub as hub_module
 from kasa_peft.tasks.hub import HubSource, hub_records
 from kasa_peft.tasks.instruct import format_instruction, load_instruct_eval, load_t0_train
 
@@ -41,7 +42,43 @@ class FakeHub:
 def hub(monkeypatch) -> FakeHub:
     fake = FakeHub()
     monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.setattr(hub_module, "hub_reachable", lambda: True)
     return fake
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """A machine without a network: every connection fails at once, and the hub's probe is asked afresh."""
+    import huggingface_hub.constants
+
+    def refuse(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_module.socket, "create_connection", refuse)
+    hub_module.hub_reachable.cache_clear()
+    yield
+    hub_module.hub_reachable.cache_clear()
+
+
+def test_without_a_network_a_hub_load_fails_at_once_and_says_why(no_network, monkeypatch):
+    """datasets would retry for about a minute; the probe fails first and nothing asks the hub."""
+    fake = FakeHub()
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    with pytest.raises(ConnectionError, match=r"nyu-mll/glue \(config 'rte'\), split 'validation': the Hugging Face "
+                                              r"hub \(https://huggingface.co\) cannot be reached from this machine "
+                                              r"\(if a copy is in the datasets cache, set HF_HUB_OFFLINE=1"):
+        load_glue("rte", None, "dev")
+    assert fake.calls == []
+
+
+def test_offline_mode_reads_the_datasets_cache_without_probing(monkeypatch, hub):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_module, "hub_reachable", lambda: pytest.fail("probed the network in offline mode"))
+    hub.rows = [{"sentence1": "a", "sentence2": "b", "label": 0, "idx": 0}]
+    assert load_glue("rte", None, "dev").labels == [0]
 
 
 def call(path, name=None, revision=None, data_files=None, split="train") -> dict:

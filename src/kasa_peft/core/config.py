@@ -12,8 +12,11 @@ from typing import Any, Literal
 Regularizer = Literal["paper", "reference"]
 Reduction = Literal["mean", "sum"]
 TruncationMethod = Literal["eigh", "svd"]
+DropRank = int | Literal["r", "auto"]
 
 ALL_LINEAR = "all-linear"
+# Default share of ||W||_F that ``drop_rank="auto"`` may remove from a weight (README, "Spectrum-aware truncation").
+DEFAULT_DROP_BUDGET = 0.005
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,7 @@ class KasaConfig:
     """Configuration of one KaSA adapter.
 
     Args:
-        r: adapter rank; also the number of smallest singular components dropped from each base weight.
+        r: adapter rank (and, by default, the number of smallest singular components dropped from each weight).
         alpha: the update is scaled by ``alpha / r`` (or ``alpha / sqrt(r)`` with ``use_rslora``).
         dropout: dropout probability on the adapter's input (the truncation correction never sees dropout).
         target_modules: which layers to adapt. A list matches exact module names or name suffixes
@@ -39,6 +42,13 @@ class KasaConfig:
             or ``"sum"`` (PEFT's ``_get_kasa_loss``).
         truncation: ``"eigh"`` (float64 eigendecomposition of the smaller Gram matrix, falling back to
             SVD when the spectral gap at the cut is too small) or ``"svd"`` (float64 full SVD).
+        drop_rank: how many of the smallest singular components of each weight ``W`` (out x in) the truncation
+            drops: ``"r"`` (the paper: ``d = r``), a fixed integer ``0 <= d < min(out, in)`` (``0``: KaSA's update
+            and regularisers on the untouched base), or ``"auto"``: per layer the largest ``d <= r`` whose
+            dropped components carry at most ``drop_budget`` of ``||W||_F`` (``sqrt(s_{k-d+1}^2 + ... + s_k^2)
+            <= drop_budget * ||W||_F``), so flat-spectrum matrices keep their tail.
+        drop_budget: the share of ``||W||_F`` that ``drop_rank="auto"`` may remove, in (0, 1); default
+            ``DEFAULT_DROP_BUDGET``. Only with ``drop_rank="auto"``.
         use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
         learn_sigma: train the knowledge-aware singular values (KaSA). ``False`` fixes ``sigma = 1``: truncation
             followed by a plain LoRA update, the first step of the paper's ablation.
@@ -57,6 +67,8 @@ class KasaConfig:
     truncation: TruncationMethod = "eigh"
     use_rslora: bool = False
     learn_sigma: bool = True
+    drop_rank: DropRank = "r"
+    drop_budget: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("target_modules", "exclude_modules", "modules_to_save"):
@@ -71,6 +83,7 @@ class KasaConfig:
         for name, kind in (("regularizer", Regularizer), ("reduction", Reduction), ("truncation", TruncationMethod)):
             choices, value = typing.get_args(kind), getattr(self, name)
             _check(value in choices, f"{name} must be one of {choices}, got {value!r}")
+        self._check_drop()
         _check(bool(self.target_modules),
                "target_modules is empty: name the layers to adapt, e.g. ('query', 'value') or 'all-linear'")
         for name in ("target_modules", "exclude_modules"):
@@ -80,6 +93,23 @@ class KasaConfig:
                     re.compile(pattern)
                 except re.error as err:
                     raise ValueError(f"{name}={pattern!r} is not a valid regular expression: {err}") from None
+
+    def _check_drop(self) -> None:
+        rank = self.drop_rank
+        _check(rank in ("r", "auto") or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0),
+               f"drop_rank must be 'r', 'auto' or an integer >= 0 (components dropped per weight), got {rank!r}")
+        if self.drop_budget is not None:
+            _check(rank == "auto", f"drop_budget={self.drop_budget!r} is used only with drop_rank='auto' "
+                   f"(got drop_rank={rank!r}): set drop_rank='auto' or leave drop_budget out")
+            _check(isinstance(self.drop_budget, (int, float)) and 0 < self.drop_budget < 1,
+                   f"drop_budget must be a share of the weight norm in (0, 1), got {self.drop_budget!r}")
+
+    def drop_target(self) -> tuple[int, float | None]:
+        """``(count, budget)``: drop ``count`` components, or with a ``budget`` the most (at most ``count``) whose
+        share of ``||W||_F`` stays within it."""
+        if self.drop_rank == "auto":
+            return self.r, DEFAULT_DROP_BUDGET if self.drop_budget is None else float(self.drop_budget)
+        return (self.r if self.drop_rank == "r" else self.drop_rank), None
 
     @property
     def scale(self) -> float:

@@ -1,7 +1,9 @@
 """Saving and loading adapters: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-The file holds, per adapted layer, ``A``, ``B``, ``sigma``, the dropped components (so loading computes no
-SVD) and a fingerprint of the base weight the adapter was made for; plus the ``modules_to_save`` copies.
+The file holds, per adapted layer, ``A``, ``B``, ``sigma``, ``sigma_init`` (the values sigma started from), the
+dropped components ``dropped_us`` (out x d), ``dropped_vt`` (d x in) (so loading computes no SVD, and each
+layer's ``d`` is their width) and a fingerprint of the base weight the adapter was made for; plus the
+``modules_to_save`` copies. Files from before ``sigma_init`` load with it unknown (NaN).
 Everything is checked against the model before the model is changed, and saves are atomic.
 """
 
@@ -23,9 +25,10 @@ from torch import nn
 
 from ..version import __version__
 from .config import KasaConfig
-from .layer import KasaLayer, copy_full_into, full_tensor, weight_matrix
+from .files import default_permissions
+from .layer import KasaLayer, copy_full_into, full_tensor, is_transposed, weight_matrix
 from .model import (
-    _base_layer, inject, kasa_layers, kasa_state, original_weight, saved_modules,
+    _base_layer, check_adapter_name, inject, kasa_layers, kasa_state, original_weight, saved_modules,
 )
 from .truncation import DroppedComponents
 
@@ -34,6 +37,9 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "kasa-peft"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("adapter_name", "config", "layers", "modules_to_save")
+# the per-layer tensors of an adapter, as attributes of `KasaAdapter`; "sigma_init" is optional on reading
+ADAPTER_TENSORS = ("A", "B", "sigma", "sigma_init", "dropped_us", "dropped_vt")
+REQUIRED_TENSORS = ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerprint")
 # A base whose weights differ from the fingerprinted ones by more than this (relative to ||W||_F) is another
 # model. Loose enough for a dtype change of the base (bf16 rounding is ~4e-3), tight enough for any other model.
 FINGERPRINT_TOLERANCE = 1e-2
@@ -79,14 +85,15 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         raise ValueError(f"no adapter named '{name}' to save; this model has {sorted(state.configs)}")
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, list[int]] = {}
+    transposed = False
     for layer_name, layer in kasa_layers(model):
         if name not in layer.adapters:
             continue
         adapter = layer.adapters[name]
+        transposed = transposed or is_transposed(layer.base_layer)
         with gathered(layer):
-            for key, value in (("A", adapter.A), ("B", adapter.B), ("sigma", adapter.sigma),
-                               ("dropped_us", adapter.dropped_us), ("dropped_vt", adapter.dropped_vt)):
-                tensors[f"{layer_name}.{key}"] = full_tensor(value.detach()).clone()
+            for key in ADAPTER_TENSORS:
+                tensors[f"{layer_name}.{key}"] = full_tensor(getattr(adapter, key).detach()).clone()
             tensors[f"{layer_name}.base_fingerprint"] = weight_fingerprint(full_tensor(original_weight(layer)))
             layers[layer_name] = [layer.out_features, layer.in_features]
     saved = []
@@ -100,6 +107,7 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         "format": FORMAT, "format_version": FORMAT_VERSION, "kasa_peft_version": __version__,
         "adapter_name": name, "base_model": base_model_name(model), "config": state.configs[name].to_dict(),
         "layers": layers, "modules_to_save": saved,
+        "fan_in_fan_out": transposed,  # the base stores these weights as (in, out): Conv1D (PEFT's name for it)
     }
     return metadata, {k: v.to("cpu").contiguous() for k, v in tensors.items()}
 
@@ -112,8 +120,9 @@ def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, to
 
 
 def base_model_name(model: nn.Module) -> str:
+    """Where the model was loaded from (a Hugging Face ``config.name_or_path``); ``""`` when that is unknown."""
     config = getattr(model, "config", None)
-    return str(getattr(config, "name_or_path", "") or type(model).__name__)
+    return str(getattr(config, "name_or_path", "") or "")
 
 
 def _write_atomically(target: Path, writers: dict) -> None:
@@ -123,6 +132,7 @@ def _write_atomically(target: Path, writers: dict) -> None:
     try:
         for filename, write in writers.items():
             write(staging / filename)
+        default_permissions(staging)
         if target.exists():
             _merge_into(staging, target)
         else:
@@ -150,9 +160,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     if not isinstance(metadata, dict):
         raise ValueError(f"{config_file} is corrupt (not a JSON object); save the adapter again")
     if metadata.get("format") != FORMAT:
-        hint = (" It looks like a PEFT adapter: convert it with `kasa-peft import` "
-                "(kasa_peft.interop.import_peft_kasa)." if "peft_type" in metadata else "")
-        raise ValueError(f"{config_file} is not a kasa-peft adapter config.{hint}")
+        raise ValueError(f"{config_file} is not a kasa-peft adapter config.{_peft_hint(metadata)}")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer kasa-peft (format {metadata['format_version']}); "
                          "upgrade kasa-peft")
@@ -166,6 +174,16 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     return metadata, tensors
 
 
+def _peft_hint(metadata: dict) -> str:
+    """What to do with a PEFT adapter directory given where a KaSA adapter was expected."""
+    if "peft_type" not in metadata:
+        return ""
+    if metadata.get("kasa_config"):
+        return " It is a PEFT KaSA adapter: convert it with `kasa-peft import` (kasa_peft.interop.import_peft_kasa)."
+    return (f" It is a PEFT {metadata['peft_type']} adapter (a `--method` baseline run saves one): evaluate the run "
+            "with `kasa-peft eval --run DIR`, or load it with peft.PeftModel.from_pretrained(base, DIR).")
+
+
 def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
     """Load a saved adapter onto ``model`` (the same base it was made for) without computing any SVD.
 
@@ -173,6 +191,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     """
     metadata, tensors = read_adapter(path)
     name = adapter_name or metadata["adapter_name"]
+    if adapter_name is None:
+        try:
+            check_adapter_name(name)
+        except ValueError as err:
+            raise ValueError(f"{Path(path) / CONFIG_NAME}: {err}; load it under another name "
+                             "(adapter_name=..., or NAME=DIR on the command line)") from None
     config = KasaConfig.from_dict(metadata["config"])
     layers = metadata["layers"]
     _check_tensors(path, layers, metadata["modules_to_save"], tensors)
@@ -185,6 +209,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
                 adapter = layer.adapters[name]
                 for key in ("A", "B", "sigma"):
                     getattr(adapter, key).copy_(tensors[f"{layer_name}.{key}"])
+                adapter.sigma_init.copy_(tensors.get(f"{layer_name}.sigma_init", torch.tensor(float("nan"))))
     for module_name, wrapper in saved_modules(model):
         if module_name in metadata["modules_to_save"]:
             wrapper.copies[name].load_state_dict(_saved_copy(tensors, module_name))
@@ -213,13 +238,16 @@ def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str
     if set(layers) != set(metadata["layers"]):
         raise ValueError(f"{path} adapts other layers than adapter '{name}' of this model: {fix}")
     for layer_name, layer in layers.items():
-        saved, current = tensors[f"{layer_name}.sigma"].shape[0], layer.adapters[name].sigma.shape[0]
-        if saved != current:
-            raise ValueError(f"{path} has rank {saved} at '{layer_name}', adapter '{name}' has rank {current}: {fix}")
+        for key in ("sigma", "dropped_us"):
+            saved, current = tensors[f"{layer_name}.{key}"].shape[-1], getattr(layer.adapters[name], key).shape[-1]
+            if saved != current:
+                what = "rank" if key == "sigma" else "dropped rank d"
+                raise ValueError(f"{path} has {what} {saved} at '{layer_name}', adapter '{name}' has {current}: {fix}")
     for layer_name, layer in layers.items():
         adapter = layer.adapters[name]
-        for key in ("A", "B", "sigma", "dropped_us", "dropped_vt"):
-            copy_full_into(getattr(adapter, key), tensors[f"{layer_name}.{key}"])
+        for key in ADAPTER_TENSORS:
+            if f"{layer_name}.{key}" in tensors:
+                copy_full_into(getattr(adapter, key), tensors[f"{layer_name}.{key}"])
     for module_name, wrapper in saved_modules(model):
         if module_name in metadata["modules_to_save"] and name in wrapper.copies:
             saved = _saved_copy(tensors, module_name)
@@ -230,15 +258,18 @@ def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str
 
 def _check_tensors(path, layers: dict, modules: list[str], tensors: dict[str, torch.Tensor]) -> None:
     for name, (out_features, in_features) in layers.items():
-        for key in ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerprint"):
+        for key in REQUIRED_TENSORS:
             if f"{name}.{key}" not in tensors:
                 raise ValueError(f"{path}: tensor '{name}.{key}' is missing; the adapter file is incomplete, "
                                  "save it again")
-        r = tensors[f"{name}.sigma"].shape[0]
-        expected = {"A": (r, in_features), "B": (out_features, r), "dropped_us": (out_features, r),
-                    "dropped_vt": (r, in_features)}
+        r, d = tensors[f"{name}.sigma"].shape[0], tensors[f"{name}.dropped_us"].shape[-1]
+        if d >= min(out_features, in_features):
+            raise ValueError(f"{path}: layer '{name}' drops d={d} of the min(out, in)={min(out_features, in_features)} "
+                             "components of its weight; the adapter file is inconsistent, save it again")
+        expected = {"A": (r, in_features), "B": (out_features, r), "sigma_init": (r,), "dropped_us": (out_features, d),
+                    "dropped_vt": (d, in_features)}
         for key, shape in expected.items():
-            if tuple(tensors[f"{name}.{key}"].shape) != shape:
+            if f"{name}.{key}" in tensors and tuple(tensors[f"{name}.{key}"].shape) != shape:
                 raise ValueError(f"{path}: tensor '{name}.{key}' has shape {tuple(tensors[f'{name}.{key}'].shape)}, "
                                  f"expected {shape}; the adapter file is inconsistent, save it again")
     for module_name in modules:

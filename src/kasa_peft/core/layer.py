@@ -7,11 +7,12 @@ For a base layer ``y = W x + b`` and an active adapter, the forward pass is
          base      truncation:           knowledge-aware update
                    U_d S_d V_d^T x
 
-The base weight ``W`` is never modified (until ``merge``): the truncation is a frozen rank-``r`` correction.
+The base weight ``W`` is never modified (until ``merge``): the truncation is a frozen rank-``d`` correction
+(``d`` dropped components, ``d = r`` by default, ``KasaConfig.drop_rank``; ``us`` is out x d, ``vt`` d x in).
 That keeps the original model exactly recoverable, lets several adapters each drop their own components
-from the same untouched ``W`` (and mix per example in one batch), and is already the shape of a rank-``2r``
-LoRA on the original base. Both terms run as one rank-``2r`` product, so a training step costs what a
-rank-``2r`` LoRA's does (benchmarks/core_speed.py compares it with PEFT's rank-``r`` LoRA).
+from the same untouched ``W`` (and mix per example in one batch), and is already the shape of a rank-``(r + d)``
+LoRA on the original base. Both terms run as one rank-``(r + d)`` product, so a training step costs what a
+rank-``(r + d)`` LoRA's does (benchmarks/core_speed.py compares it with PEFT's rank-``r`` LoRA).
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def adapter_dtype(weight_dtype: torch.dtype) -> torch.dtype:
 
 
 class KasaAdapter(nn.Module):
-    """One adapter of one layer: trainable ``A``, ``B``, ``sigma`` and the frozen dropped components."""
+    """One adapter of one layer: trainable ``A``, ``B``, ``sigma``, the frozen dropped components (``d`` of them,
+    the width of ``dropped``'s factors) and ``sigma_init``, the values ``sigma`` started from (NaN where unknown,
+    e.g. an adapter imported from PEFT), so what training changed can be shown."""
 
     def __init__(self, in_features: int, out_features: int, config: KasaConfig, dropped: DroppedComponents,
                  dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> None:
@@ -89,14 +92,20 @@ class KasaAdapter(nn.Module):
             self.sigma = nn.Parameter(torch.randn(r, dtype=dtype, device=device))
         else:
             self.register_buffer("sigma", torch.ones(r, dtype=dtype, device=device))
+        self.register_buffer("sigma_init", self.sigma.detach().clone())
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.register_buffer("dropped_us", dropped.us.to(device=device, dtype=dtype))
         self.register_buffer("dropped_vt", dropped.vt.to(device=device, dtype=dtype))
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
+    @property
+    def dropped_rank(self) -> int:
+        """``d``, the number of singular components this adapter drops from the layer's weight."""
+        return self.dropped_vt.shape[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``scale * B diag(sigma) A dropout(x) - us vt x`` for ``x`` of any leading shape."""
-        # one rank-2r product [B diag(scale sigma), -us] [A; vt] x, so x and y are read and written once
+        # one rank-(r + d) product [B diag(scale sigma), -us] [A; vt] x, so x and y are read and written once
         x = x.to(self.A.dtype)
         if isinstance(self.dropout, nn.Identity):
             down = x @ torch.cat([self.A, self.dropped_vt]).T

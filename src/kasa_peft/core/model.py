@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import ALL_LINEAR, KasaConfig, matches
 from .layer import KasaLayer, ModulesToSave, is_supported_layer, weight_matrix
-from .truncation import DroppedComponents, check_rank, dropped_share, truncate_smallest, warn_if_large
+from .truncation import DroppedComponents, check_drop, check_rank, dropped_share, truncate_for, warn_if_large
 
 STATE_ATTRIBUTE = "_kasa_state"
 # the attribute names transformers gives sequence/token classification heads (as PEFT's SEQ_CLS_HEAD_NAMES)
@@ -93,6 +93,12 @@ def target_layer_names(model: nn.Module, config: KasaConfig) -> list[str]:
     return selected
 
 
+def check_adapter_name(name: object) -> None:
+    """Raise unless ``name`` can name an adapter: a non-empty string without ``.`` (torch module dicts key on it)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"invalid adapter name {name!r}: use a non-empty name without '.', e.g. 'sst2' or 'sst2_v2'")
+
+
 def _base_layer(model: nn.Module, name: str) -> nn.Module:
     module = model.get_submodule(name)
     return module.base_layer if isinstance(module, KasaLayer) else module
@@ -107,11 +113,13 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
            dropped: Mapping[str, DroppedComponents] | None = None) -> nn.Module:
     """Add a KaSA adapter to ``model`` in place and make it the active, only trainable one.
 
-    Each targeted weight gets its ``r`` smallest singular components computed (or taken from ``dropped``,
-    e.g. loaded from disk or computed on another process) and the adapter ``B = 0, A ~ Kaiming, sigma ~ N(0, 1)``.
+    Each targeted weight gets its smallest singular components computed (``config.drop_rank``: ``r`` of them by
+    default) or taken from ``dropped`` (e.g. loaded from disk or computed on another process; each layer's count
+    ``d`` is the width of its factors), and the adapter ``B = 0, A ~ Kaiming, sigma ~ N(0, 1)``.
     Every check runs before the model is changed. Computing the truncation warns when it removes more than 1% of a
     weight's norm (`warn_if_large`).
     """
+    check_adapter_name(adapter_name)
     state = getattr(model, STATE_ATTRIBUTE, None) or KasaState()
     if adapter_name in state.configs:
         raise ValueError(f"an adapter named '{adapter_name}' already exists on this model; pick another adapter_name "
@@ -119,17 +127,21 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
     if any(layer.merged_adapter is not None for _, layer in kasa_layers(model)):
         raise ValueError("the model has a merged adapter: call kasa_peft.unmerge(model) before adding another")
     names = target_layer_names(model, config)
-    for name in names:
-        check_rank(config.r, *weight_matrix(_base_layer(model, name)).shape, layer_name=name)
     if dropped is not None and set(dropped) != set(names):
         raise ValueError(f"precomputed dropped components cover {sorted(set(dropped) ^ set(names))[:5]} differently "
                          "from the layers the config targets")
+    for name in names:
+        shape = weight_matrix(_base_layer(model, name)).shape
+        if dropped is None:
+            check_drop(config, *shape, layer_name=name)
+        else:
+            check_dropped_shape(dropped[name], *shape, layer_name=name)
     save_names = _modules_to_save_names(model, config)
     shares = {}
     for name in names:
         base = _base_layer(model, name)
         if dropped is None:
-            parts = truncate_smallest(weight_matrix(base), config.r, config.truncation)
+            parts = truncate_for(weight_matrix(base), config)
             shares[name] = dropped_share(weight_matrix(base), parts)
         else:
             parts = dropped[name]
@@ -147,8 +159,18 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
     state.configs[adapter_name] = config
     setattr(model, STATE_ATTRIBUTE, state)
     set_adapter(model, adapter_name)
-    warn_if_large(shares, config.r)
+    warn_if_large(shares, config)
     return model
+
+
+def check_dropped_shape(dropped: DroppedComponents, out_features: int, in_features: int, layer_name: str) -> None:
+    """Precomputed components must be ``us`` (out x d), ``vt`` (d x in) with ``0 <= d < min(out, in)``."""
+    us, vt = dropped
+    if us.dim() != 2 or vt.dim() != 2 or us.shape[0] != out_features or vt.shape[1] != in_features \
+            or us.shape[1] != vt.shape[0]:
+        raise ValueError(f"the dropped components given for layer '{layer_name}' have shapes {tuple(us.shape)} and "
+                         f"{tuple(vt.shape)}; a ({out_features}, {in_features}) weight needs (out, d) and (d, in)")
+    check_rank(us.shape[1], out_features, in_features, layer_name, setting="d")
 
 
 def _modules_to_save_names(model: nn.Module, config: KasaConfig) -> list[str]:

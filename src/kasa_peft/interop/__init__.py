@@ -1,16 +1,18 @@
 """Sharing and serving KaSA adapters: PEFT / LoRA / merged exports, PEFT import, several adapters on one
-base, weighted combination, inspection."""
+base, weighted combination, inspection, the pre-flight truncation report."""
 
 from .base_model import BaseModelNotFound, load_pretrained, resolve_base_model
 from .combine import combine_adapters
-from .inspection import format_inspection, inspect_adapter, plot_sigma
+from .inspection import format_inspection, inspect_adapter, plot_adapter
 from .lora_export import export_lora
 from .merged import export_merged
 from .peft_kasa import export_peft_kasa, import_peft_kasa
 from .serving import TaggedInput, adapter_active, load_adapters, read_tagged_inputs, run_by_adapter
+from .truncation_report import format_truncation_report, plot_spectra, truncation_report
 
 __all__ = [
     "BaseModelNotFound", "TaggedInput", "adapter_active", "combine_adapters", "export_lora", "export_merged",
-    "export_peft_kasa", "format_inspection", "import_peft_kasa", "inspect_adapter", "load_adapters",
-    "load_pretrained", "plot_sigma", "read_tagged_inputs", "resolve_base_model", "run_by_adapter",
+    "export_peft_kasa", "format_inspection", "format_truncation_report", "import_peft_kasa", "inspect_adapter",
+    "load_adapters", "load_pretrained", "plot_adapter", "plot_spectra", "read_tagged_inputs", "resolve_base_model",
+    "run_by_adapter", "truncation_report",
 ]

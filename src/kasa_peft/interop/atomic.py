@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..core.files import default_permissions
+
 
 @contextmanager
 def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
@@ -26,6 +28,7 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield staging
+        default_permissions(staging)
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..core.model import check_adapter_name
 from .gguf import export_gguf_adapter, export_merged_gguf
-from .inspection import format_inspection, inspect_adapter, plot_sigma
+from .inspection import format_inspection, inspect_adapter, plot_adapter
 from .lora_export import export_lora
 from .merged import export_merged
 from .peft_kasa import export_peft_kasa, import_peft_kasa
@@ -17,13 +18,19 @@ EXPORTERS = {"lora": export_lora, "peft-kasa": export_peft_kasa, "merged": expor
 
 
 def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
-                   base: str | os.PathLike | None = None, gguf_type: str | None = None) -> Path:
+                   base: str | os.PathLike | None = None, label_names: Sequence[str] | None = None,
+                   gguf_type: str | None = None) -> Path:
     """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged,gguf,merged-gguf} --out OUT [--base PATH]
-    [--gguf-type {f32,f16,q8_0,source}]``."""
+    [--gguf-type {f32,f16,q8_0,source}]``.
+
+    ``label_names`` (a classifier's classes) go into a merged model's ``id2label`` / ``label2id``.
+    """
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORTERS)}")
     if gguf_type is not None and fmt != "merged-gguf":
         raise ValueError(f"--gguf-type applies to --format merged-gguf only, not {fmt}")
+    if fmt == "merged":
+        return export_merged(adapter_dir, out, base_model=base, label_names=label_names)
     options = {"tensor_type": gguf_type} if gguf_type is not None else {}
     return EXPORTERS[fmt](adapter_dir, out, base_model=base, **options)
 
@@ -38,7 +45,7 @@ def inspect_command(adapter_dir: str | os.PathLike, plot: str | os.PathLike | No
     """``kasa-peft inspect ADAPTER_DIR [--plot FILE.png]``: the text to print (the plot is written first)."""
     text = format_inspection(inspect_adapter(adapter_dir))
     if plot is not None:
-        text += f"\n\nsigma heatmap written to {plot_sigma(adapter_dir, plot)}"
+        text += f"\n\nplot of what training changed written to {plot_adapter(adapter_dir, plot)}"
     return text
 
 
@@ -50,6 +57,10 @@ def parse_adapter_specs(specs: Iterable[str]) -> dict[str, str]:
         name, path = (name, path) if sep else ("default", spec)
         if not name or not path:
             raise ValueError(f"--adapter {spec!r}: expected NAME=DIR")
+        try:
+            check_adapter_name(name)
+        except ValueError as err:
+            raise ValueError(f"--adapter {spec!r}: {err}") from None
         if name in adapters:
             raise ValueError(f"--adapter name {name!r} is used twice ({adapters[name]} and {path}); "
                              "give each adapter its own name")

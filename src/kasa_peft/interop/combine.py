@@ -12,9 +12,9 @@ It is represented exactly as a KaSA adapter of rank ``R = sum_i r_i`` with ``alp
 
     A_c = [A_1; A_2; ...],   B_c = [B_1, B_2, ...],   sigma_c = [w_1 scale_1 sigma_1, w_2 scale_2 sigma_2, ...]
 
-and dropped components ``[us_t, 0]``, ``[vt_t; 0]`` (zero-padded to rank R). A layer that adapter ``i``
-does not adapt gets zero blocks for it. PEFT's ``add_weighted_adapter`` (``"cat"``) builds
-``sum_i w_i scale_i B_i A_i``: it drops ``sigma_i``.
+and the dropped components ``us_t``, ``vt_t`` as they are (each layer keeps adapter ``t``'s ``d``; ``d = 0``
+where ``t`` does not adapt the layer). A layer that adapter ``i`` does not adapt gets zero blocks for it.
+PEFT's ``add_weighted_adapter`` (``"cat"``) builds ``sum_i w_i scale_i B_i A_i``: it drops ``sigma_i``.
 """
 
 from __future__ import annotations
@@ -48,14 +48,11 @@ def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_nam
     rank = sum(ranks.values())
     involved = (*names, truncation_from)
     layers = [(n, layer) for n, layer in kasa_layers(model) if any(a in layer.adapters for a in involved)]
-    too_small = [n for n, layer in layers if rank >= min(layer.out_features, layer.in_features)]
-    if too_small:
-        raise ValueError(f"the combined adapter has rank {rank} (the sum of {ranks}), which layer {too_small[0]} "
-                         "cannot hold (KaSA needs rank < min(out, in)); combine fewer adapters")
-    config = state.configs[truncation_from].replace(r=rank, alpha=float(rank), use_rslora=False, learn_sigma=True,
-                                                    target_modules=tuple(n for n, _ in layers),
-                                                    exclude_modules=(), modules_to_save=())
-    dropped = {n: padded_truncation(layer, truncation_from, rank) for n, layer in layers}
+    source = state.configs[truncation_from]
+    config = source.replace(r=rank, alpha=float(rank), use_rslora=False, learn_sigma=True,
+                            drop_rank=source.r if source.drop_rank == "r" else source.drop_rank,
+                            target_modules=tuple(n for n, _ in layers), exclude_modules=(), modules_to_save=())
+    dropped = {n: truncation_of(layer, truncation_from) for n, layer in layers}
     inject(model, config, adapter_name, dropped=dropped)
     with torch.no_grad():
         for _, layer in layers:
@@ -66,8 +63,10 @@ def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_nam
                     combined.A[block] = source.A
                     combined.B[:, block] = source.B
                     combined.sigma[block] = weights[name] * source.scale * source.sigma
+                    combined.sigma_init[block] = weights[name] * source.scale * source.sigma_init
                 else:
                     combined.A[block], combined.B[:, block], combined.sigma[block] = 0.0, 0.0, 0.0
+                    combined.sigma_init[block] = 0.0
     return model
 
 
@@ -80,13 +79,9 @@ def _blocks(ranks: dict[str, int]) -> dict[str, slice]:
     return blocks
 
 
-def padded_truncation(layer: nn.Module, adapter_name: str, rank: int) -> DroppedComponents:
-    """``adapter_name``'s dropped components of ``layer`` zero-padded to ``rank`` (all zero if it has none)."""
-    out_features, in_features = layer.out_features, layer.in_features
-    us = torch.zeros(out_features, rank)
-    vt = torch.zeros(rank, in_features)
+def truncation_of(layer: nn.Module, adapter_name: str) -> DroppedComponents:
+    """``adapter_name``'s dropped components of ``layer`` (none, ``d = 0``, if it does not adapt the layer)."""
     if adapter_name in layer.adapters:
         source = layer.adapters[adapter_name]
-        r = source.dropped_us.shape[1]
-        us[:, :r], vt[:r] = source.dropped_us, source.dropped_vt
-    return DroppedComponents(us, vt)
+        return DroppedComponents(source.dropped_us.clone(), source.dropped_vt.clone())
+    return DroppedComponents(torch.zeros(layer.out_features, 0), torch.zeros(0, layer.in_features))

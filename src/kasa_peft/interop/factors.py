@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from ..core import KasaAdapter
-
 
 def update_factors(A: torch.Tensor, B: torch.Tensor, sigma: torch.Tensor,
                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,11 +21,12 @@ def update_factors(A: torch.Tensor, B: torch.Tensor, sigma: torch.Tensor,
     return B * (scale * sigma), A
 
 
-def stacked_factors(adapter: KasaAdapter) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(P, Q)`` with ``P Q = scale B diag(sigma) A - us vt = adapter.delta_weight()``."""
-    p_update, q_update = update_factors(adapter.A, adapter.B, adapter.sigma, adapter.scale)
-    p = torch.cat([p_update, -adapter.dropped_us.to(p_update.dtype)], dim=1)
-    q = torch.cat([q_update, adapter.dropped_vt.to(q_update.dtype)], dim=0)
+def delta_factors(A: torch.Tensor, B: torch.Tensor, sigma: torch.Tensor, dropped_us: torch.Tensor,
+                  dropped_vt: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P, Q)`` with ``P Q = scale B diag(sigma) A - us vt`` (module docstring)."""
+    p_update, q_update = update_factors(A, B, sigma, scale)
+    p = torch.cat([p_update, -dropped_us.to(p_update.dtype)], dim=1)
+    q = torch.cat([q_update, dropped_vt.to(q_update.dtype)], dim=0)
     return p.detach().contiguous(), q.detach().contiguous()
 
 

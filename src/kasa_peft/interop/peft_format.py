@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core import KasaAdapter, KasaLayer, ModulesToSave, kasa_layers
+from ..core import KasaConfig, KasaLayer, ModulesToSave, read_adapter
 from ..core.config import matches
-from ..core.io import base_model_name
-from ..core.layer import is_transposed
-from ..core.model import saved_modules
+from ..core.io import adapter_contents
+from ..core.model import CLASSIFICATION_HEADS
+from .base_model import adapted_model
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
@@ -67,39 +69,80 @@ def target_suffixes(module_names: Sequence[str], adapted: Sequence[str]) -> list
     return sorted(suffixes)
 
 
-def adapted_layers(model: nn.Module, adapter_name: str) -> list[tuple[str, KasaLayer]]:
-    return [(name, layer) for name, layer in kasa_layers(model) if adapter_name in layer.adapters]
+@dataclass(frozen=True)
+class SavedAdapter:
+    """One adapter in the form ``save_adapter`` writes (``metadata``, ``tensors``), and what is known of its base.
+
+    ``module_names`` are the base's module names when a model is at hand (``None``: only the adapter file).
+    """
+
+    metadata: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    module_names: list[str] | None = None
+
+    @property
+    def config(self) -> KasaConfig:
+        return KasaConfig.from_dict(self.metadata["config"])
+
+    def layer(self, name: str) -> dict[str, torch.Tensor]:
+        """``A``, ``B``, ``sigma``, ``dropped_us``, ``dropped_vt`` of one adapted layer."""
+        return {key: self.tensors[f"{name}.{key}"] for key in ("A", "B", "sigma", "dropped_us", "dropped_vt")}
+
+    def saved_module(self, name: str) -> dict[str, torch.Tensor]:
+        prefix = f"modules_to_save.{name}."
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    @property
+    def is_classifier(self) -> bool:
+        """Whether it trained a classification head (``classifier`` / ``score``, as transformers names them)."""
+        return any(name.rsplit(".", 1)[-1] in CLASSIFICATION_HEADS for name in self.metadata["modules_to_save"])
 
 
-def write_peft_adapter(model: nn.Module, adapter_name: str, out: Path, config_fields: dict[str, Any],
-                       layer_tensors: Callable[[KasaAdapter], dict[str, torch.Tensor]]) -> None:
-    """Write one KaSA adapter of ``model`` into directory ``out`` in PEFT's LoRA layout.
+@contextmanager
+def saved_adapter(source: str | os.PathLike | nn.Module, base_model: nn.Module | str | os.PathLike | None = None,
+                  adapter_name: str | None = None) -> Iterator[SavedAdapter]:
+    """The adapter an export writes: read from a directory (nothing else is needed, every factor is in the
+    file), or taken from a model: ``source`` itself, or the directory's adapter loaded onto a ``base_model``
+    module (which checks that it fits)."""
+    if not isinstance(source, nn.Module) and not isinstance(base_model, nn.Module):
+        yield SavedAdapter(*read_adapter(source))
+        return
+    with adapted_model(source, base_model, adapter_name) as (model, name):
+        yield SavedAdapter(*adapter_contents(model, name), original_module_names(model))
 
-    ``config_fields`` are the ``LoraConfig`` fields specific to the format (rank, alpha, ...); the
-    targets, ``modules_to_save``, ``fan_in_fan_out`` (Conv1D layers) and base model name are filled in
-    here. ``layer_tensors`` gives each layer's tensors by PEFT's key suffix (``lora_A.weight``, ...).
+
+def write_peft_adapter(adapter: SavedAdapter, out: Path, config_fields: dict[str, Any],
+                       layer_tensors: Callable[[dict[str, torch.Tensor], KasaConfig], dict[str, torch.Tensor]],
+                       base_model_name_or_path: str | None) -> None:
+    """Write ``adapter`` into directory ``out`` in PEFT's LoRA layout.
+
+    ``config_fields`` are the ``LoraConfig`` fields specific to the format (rank, alpha, ...); the targets,
+    ``modules_to_save``, ``fan_in_fan_out`` (Conv1D layers), ``task_type`` (``SEQ_CLS`` for an adapter with a
+    trained classifier, else ``CAUSAL_LM``) and the base are filled in here. ``layer_tensors`` gives a layer's
+    tensors by PEFT's key suffix (``lora_A.weight``, ...) from its saved ones. Targets are the shortest
+    unambiguous suffixes when the base's module names are known, else the full layer names.
     """
     peft = require_peft()
-    layers = adapted_layers(model, adapter_name)
+    layers = list(adapter.metadata["layers"])
+    config = adapter.config
     tensors: dict[str, torch.Tensor] = {}
-    for name, layer in layers:
-        for key, value in layer_tensors(layer.adapters[adapter_name]).items():
+    for name in layers:
+        for key, value in layer_tensors(adapter.layer(name), config).items():
             tensors[f"{PEFT_PREFIX}{name}.{key}"] = value
-    modules = []
-    for name, wrapper in saved_modules(model):
-        if adapter_name in wrapper.copies:
-            modules.append(name)
-            for key, value in wrapper.copies[adapter_name].state_dict().items():
-                tensors[f"{PEFT_PREFIX}{name}.{key}"] = value
-    config = peft.LoraConfig(
-        target_modules=target_suffixes(original_module_names(model), [name for name, _ in layers]),
-        modules_to_save=modules or None,
-        fan_in_fan_out=any(is_transposed(layer.base_layer) for _, layer in layers),
-        base_model_name_or_path=base_model_name(model),
+    modules = adapter.metadata["modules_to_save"]
+    for name in modules:
+        for key, value in adapter.saved_module(name).items():
+            tensors[f"{PEFT_PREFIX}{name}.{key}"] = value
+    targets = target_suffixes(adapter.module_names, layers) if adapter.module_names is not None else sorted(layers)
+    peft_config = peft.LoraConfig(
+        target_modules=targets, modules_to_save=modules or None,
+        fan_in_fan_out=bool(adapter.metadata.get("fan_in_fan_out", False)),
+        base_model_name_or_path=base_model_name_or_path or None,
+        task_type="SEQ_CLS" if adapter.is_classifier else "CAUSAL_LM",
         inference_mode=True,
         **config_fields,
     )
-    config.save_pretrained(str(out))
+    peft_config.save_pretrained(str(out))
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(out / WEIGHTS_NAME),
               metadata={"format": "pt"})
 

@@ -5,7 +5,8 @@ the base weight (float32 SVD) every time it loads the adapter; its forward is th
 ``W_world x + scaling * B diag(lora_diag) A x`` with ``scaling = lora_alpha / r``. Differences that do not
 affect outputs: PEFT sums the regularisers over layers in the paper's r x r form (imported adapters get
 ``regularizer="paper", reduction="sum"``); exported ones keep beta and gamma as they are. PEFT's KaSA
-refuses Conv1D (GPT-2) layers: export those with ``export_lora``.
+refuses Conv1D (GPT-2) layers, and always drops ``r`` components: export those, and adapters with another
+``drop_rank``, with ``export_lora``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import KasaAdapter, KasaConfig, inject, kasa_layers, kasa_state, save_adapter
+from ..models import head_size
+from ..core import KasaConfig, inject, kasa_layers, save_adapter
 from ..core.config import matches
-from ..core.layer import is_transposed
 from ..core.model import saved_modules
 from .atomic import atomic_directory
-from .base_model import adapted_model, resolve_base_model, temporary_adapter
-from .peft_format import adapted_layers, read_peft_adapter, require_peft, write_peft_adapter
+from .base_model import export_base_name, resolve_base_model, temporary_adapter
+from .peft_format import read_peft_adapter, require_peft, saved_adapter, write_peft_adapter
 
 # LoraConfig options with no KaSA counterpart here, and the value meaning "not used".
 UNSUPPORTED_OPTIONS = {
@@ -40,22 +41,30 @@ def export_peft_kasa(source: str | os.PathLike | nn.Module, out: str | os.PathLi
     Arguments as ``export_lora``. Raises for Conv1D (GPT-2) layers, which PEFT's KaSA does not support.
     """
     peft = require_peft()
-    with atomic_directory(out) as staging, adapted_model(source, base_model, adapter_name) as (model, name):
-        transposed = [n for n, layer in adapted_layers(model, name) if is_transposed(layer.base_layer)]
-        if transposed:
-            raise ValueError(f"PEFT's KaSA does not support Conv1D layers ({transposed[0]}, ...): export this "
-                             "adapter with --format lora (export_lora), an exact rank-2r LoRA any PEFT version loads")
-        config = kasa_state(model).configs[name]
+    with atomic_directory(out) as staging, saved_adapter(source, base_model, adapter_name) as adapter:
+        if adapter.metadata.get("fan_in_fan_out"):
+            raise ValueError(f"PEFT's KaSA does not support Conv1D layers ({next(iter(adapter.metadata['layers']))}, "
+                             "...): export this adapter with --format lora (export_lora), an exact rank-2r LoRA any "
+                             "PEFT version loads")
+        config = adapter.config
+        other = {name: d for name in adapter.metadata["layers"]
+                 if (d := adapter.tensors[f"{name}.dropped_us"].shape[1]) != config.r}
+        if other:
+            first = next(iter(other))
+            raise ValueError(f"PEFT's KaSA always drops r={config.r} components per weight, and this adapter drops "
+                             f"d={other[first]} at {first} ({len(other)} layers differ; drop_rank="
+                             f"{config.drop_rank!r}): export it with --format lora (export_lora), an exact LoRA of "
+                             "rank r + d per layer that any PEFT version loads")
         fields = {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
                   "use_rslora": config.use_rslora,
                   "kasa_config": peft.KasaConfig(beta=config.beta, gamma=config.gamma)}
-        write_peft_adapter(model, name, staging, fields, peft_kasa_tensors)
+        write_peft_adapter(adapter, staging, fields, peft_kasa_tensors, export_base_name(adapter, base_model))
     return Path(out)
 
 
-def peft_kasa_tensors(adapter: KasaAdapter) -> dict[str, torch.Tensor]:
-    return {"lora_A.weight": adapter.A.detach(), "lora_B.weight": adapter.B.detach(),
-            "lora_diag": adapter.sigma.detach()}
+def peft_kasa_tensors(layer: dict[str, torch.Tensor], config: KasaConfig) -> dict[str, torch.Tensor]:
+    return {"lora_A.weight": layer["A"].detach(), "lora_B.weight": layer["B"].detach(),
+            "lora_diag": layer["sigma"].detach()}
 
 
 def kasa_config_from_peft(peft_config: dict[str, Any], module_names: list[str]) -> KasaConfig:
@@ -101,13 +110,16 @@ def import_peft_kasa(peft_dir: str | os.PathLike, base_model: nn.Module | str | 
     """Convert a PEFT KaSA adapter directory into a kasa-peft adapter directory ``out``.
 
     The dropped components are computed once from the original base (``base_model``, or the PEFT
-    config's ``base_model_name_or_path``) and stored, so loading the result computes no SVD. The base
+    config's ``base_model_name_or_path``; a spec such as a path or ``minilm``, loaded as a sequence
+    classifier for a ``SEQ_CLS`` adapter) and stored, so loading the result computes no SVD. The base
     must be the untouched original (not one PEFT has already truncated). A given ``base_model`` module
     is left as it was. ``out`` must be new or empty; it is written atomically.
     """
     peft_config, tensors = read_peft_kasa(peft_dir)
+    heads = tuple(f"{name}." for name in peft_config.get("modules_to_save") or ())
+    num_labels = head_size(tensors, heads) if peft_config.get("task_type") == "SEQ_CLS" and heads else None
     with atomic_directory(out) as staging:
-        model = resolve_base_model(base_model, peft_config.get("base_model_name_or_path") or "")
+        model = resolve_base_model(base_model, peft_config.get("base_model_name_or_path") or "", num_labels)
         config = kasa_config_from_peft(peft_config, [n for n, _ in model.named_modules()])
 
         def attach(target: nn.Module, name: str) -> None:
@@ -121,7 +133,8 @@ def import_peft_kasa(peft_dir: str | os.PathLike, base_model: nn.Module | str | 
 
 @torch.no_grad()
 def copy_peft_tensors(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], source) -> None:
-    """Copy PEFT's ``lora_A``/``lora_B``/``lora_diag`` and ``modules_to_save`` into adapter ``name``.
+    """Copy PEFT's ``lora_A``/``lora_B``/``lora_diag`` and ``modules_to_save`` into adapter ``name`` (its
+    ``sigma_init`` becomes unknown, NaN).
 
     Raises (naming the mismatch) when the layers or shapes differ from what the adapter holds: it was
     made for another base model.
@@ -141,6 +154,7 @@ def copy_peft_tensors(model: nn.Module, name: str, tensors: dict[str, torch.Tens
                 raise ValueError(f"{source} was made for a different base model: tensor {key} is {found}, "
                                  f"expected {tuple(target.shape)} for this base")
             target.copy_(tensors[key])
+        adapter.sigma_init.fill_(float("nan"))  # PEFT does not record where lora_diag started
     for module_name, wrapper in saved_modules(model):
         if name in wrapper.copies:
             prefix = f"{module_name}."

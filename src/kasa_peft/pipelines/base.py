@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 from torch import nn
 
+from ..core.files import default_permissions
+
 ModelTask = Literal["sequence_classification", "causal_lm"]
 Metrics = dict[str, Any]
 T = TypeVar("T")
@@ -42,6 +44,9 @@ class TaskPipeline(Protocol):
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         """Metrics on the evaluation data; prediction files go to ``output_dir`` when it is given."""
 
+    def evaluation_summary(self) -> str:
+        """What one evaluation covers, for people (e.g. ``"252 meaning representations, beam search ..."``)."""
+
 
 def best_device() -> torch.device:
     """Where evaluation and inference run: the GPU when there is one (training goes where the Trainer puts it)."""
@@ -63,6 +68,7 @@ def write_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
+        default_permissions(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

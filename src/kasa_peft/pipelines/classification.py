@@ -53,6 +53,9 @@ class ClassificationPipeline:
     def train_features(self, tokenizer) -> list[dict[str, Any]]:
         return encode(tokenizer, self.train, self.max_length)
 
+    def evaluation_summary(self) -> str:
+        return f"{sum(len(examples) for examples in self.eval_sets.values())} examples"
+
     def data_collator(self, tokenizer) -> DataCollatorWithPadding:
         return DataCollatorWithPadding(tokenizer)
 

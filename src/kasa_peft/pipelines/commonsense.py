@@ -44,6 +44,9 @@ class CommonsensePipeline(PromptTargetPipeline):
     def main_metric(self) -> str:
         return f"{'average' if len(self.test_sets) > 1 else next(iter(self.test_sets))}/option_accuracy"
 
+    def evaluation_summary(self) -> str:
+        return f"{sum(len(examples) for examples in self.test_sets.values())} questions, {self.decoding}"
+
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         metrics: Metrics = {}
         records: list[dict[str, Any]] = []

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..training.method_names import METHODS
 from .task_names import parse_task
 
 
@@ -36,6 +35,8 @@ class RunConfig:
     regularizer: str = "paper"
     reduction: str = "mean"
     learn_sigma: bool = True
+    drop_rank: str = "r"  # "r", "auto" or an integer (held as int once checked)
+    drop_budget: float | None = None
     target_modules: list[str] | None = None
     # optimisation
     lr: float | None = None
@@ -86,9 +87,14 @@ class RunConfig:
         if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--dropout and --warmup-ratio must be in [0, 1), got {self.dropout!r} and "
                              f"{self.warmup_ratio!r}")
-        parse_task(self.task)  # an unknown task or method fails here, before anything is loaded
-        from ..training.methods import METHODS  # here, so that `kasa-peft --help` does not load the Trainer
+        from ..core.config import KasaConfig  # here: the core imports torch, which `kasa-peft --help` need not load
 
+        object.__setattr__(self, "drop_rank", parse_drop_rank(self.drop_rank))
+        try:
+            KasaConfig(r=self.r, drop_rank=self.drop_rank, drop_budget=self.drop_budget)
+        except ValueError as err:
+            raise ValueError(f"--drop-rank / --drop-budget: {err}".replace("invalid KasaConfig: ", "")) from None
+        parse_task(self.task)  # an unknown task or method fails here, before anything is loaded
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
 
@@ -126,7 +132,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfig:
     """The run's config: task defaults, overridden by the config file, overridden by the command line."""
-    given = {**_normalise(file_values, "the config file"), **_normalise(cli_values, "the command line")}
+    given = {**normalise_settings(file_values, "the config file"), **normalise_settings(cli_values, "the command line")}
     missing = [f"--{_flag(name)}" for name in ("task", "model") if given.get(name) is None]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}: give them on the command line or in the --config file")
@@ -136,6 +142,8 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> R
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The settings in a ``.yaml``/``.yml``/``.json`` file: a mapping of RunConfig field names (``-`` or ``_``)."""
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found: check the --config path")
@@ -150,7 +158,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def _normalise(values: dict[str, Any], source: str) -> dict[str, Any]:
+def normalise_settings(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Keys as field names, values converted to the field's type (YAML reads ``4e-4`` as a string)."""
     hints = typing.get_type_hints(RunConfig)
     normalised = {}
@@ -182,6 +190,12 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
         raise ValueError(f"setting {_flag(name)!r} must be {_type_name(kind)}, got {value!r}") from None
 
 
+def parse_drop_rank(value: str | int) -> str | int:
+    """``--drop-rank`` as KasaConfig takes it: ``"r"``, ``"auto"`` or an integer (``"4"`` is 4)."""
+    text = str(value).strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _type_name(kind: Any) -> str:
     if typing.get_origin(kind) is list:
         return "a list or a comma-separated string"
@@ -192,4 +206,4 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-__all__ = ["TASK_DEFAULTS", "RunConfig", "read_config_file", "resolve_config"]
+__all__ = ["TASK_DEFAULTS", "RunConfig", "normalise_settings", "parse_drop_rank", "read_config_file", "resolve_config"]

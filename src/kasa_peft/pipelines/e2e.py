@@ -30,6 +30,9 @@ class E2EPipeline(PromptTargetPipeline):
     references: list[list[str]]
     main_metric = "BLEU"
 
+    def evaluation_summary(self) -> str:
+        return f"{len(self.mrs)} meaning representations, {self.decoding}"
+
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         generations = self.decoding.generate(model, tokenizer, [format_mr(mr) for mr in self.mrs])
         outputs = [" ".join(text.split()) for text in generations]  # one line per MR

@@ -31,6 +31,10 @@ class Decoding:
         return cls(config.eval_batch_size or config.batch_size, config.max_new_tokens, config.num_beams,
                    config.length_penalty, config.no_repeat_ngram_size, config.use_chat_template)
 
+    def __str__(self) -> str:
+        search = f"beam search with {self.num_beams} beams" if self.num_beams > 1 else "greedy decoding"
+        return f"{search}, up to {self.max_new_tokens} new tokens each"
+
     def chat_template(self, tokenizer) -> bool:
         """Whether prompts go through the tokenizer's chat template."""
         if self.use_chat_template is None:

@@ -7,13 +7,15 @@ by adapter and each group is run in batches with that adapter active.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..interop import load_adapters, read_tagged_inputs, run_by_adapter
-from ..models import load_model
+from ..core import read_adapter
+from ..interop import TaggedInput, load_adapters, read_tagged_inputs, run_by_adapter
+from ..models import head_size, load_model
 from ..tasks.glue import ClassificationExamples
 from .base import best_device
 from .classification import predict
@@ -36,24 +38,36 @@ def predict_labels(model_spec: str, adapters: Mapping[str, str], lines: Iterable
                    batch_size: int = 32) -> list[dict[str, Any]]:
     """``{"adapter", "text", "label"}`` for every input line (``text`` and optional ``text_pair`` fields).
 
-    Class names come from the ``metrics.json`` that ``kasa-peft train`` writes next to the first adapter;
-    without it the label is the class id (or, for a one-output head, the score).
+    Each adapter predicts with its own classification head, and its classes are named by the ``metrics.json``
+    that ``kasa-peft train`` wrote next to it (without one, the label is the class id, or for a one-output
+    head the score). Adapters whose heads have the same size share one base model; each other size gets a
+    copy of its own. Lines for the base model (or every line, when no adapter is given) run on the first
+    of these models.
     """
-    label_names = recorded_label_names(next(iter(adapters.values()), None))
-    model, tokenizer = load_model(model_spec, "sequence_classification", len(label_names) if label_names else None)
+    sizes = {name: head_size(read_adapter(path)[1]) for name, path in adapters.items()}
+    label_names = {name: recorded_label_names(path) for name, path in adapters.items()}
     inputs = read_tagged_inputs(lines, list(adapters), next(iter(adapters), None))
-    load_adapters(model, adapters).to(best_device())
+    groups: dict[int | None, list[str]] = {}
+    for name, size in sizes.items():
+        groups.setdefault(size, []).append(name)
+    labels: list[Any] = [None] * len(inputs)
+    for number, (size, names) in enumerate(groups.items() or [(None, [])]):
+        model, tokenizer = load_model(model_spec, "sequence_classification", size)
+        load_adapters(model, {name: adapters[name] for name in names}).to(best_device())
+        chosen = [i for i, item in enumerate(inputs) if item.adapter in names or (item.adapter is None and number == 0)]
+        run = functools.partial(classify, model, tokenizer, max_length, batch_size)
+        for index, prediction in zip(chosen, run_by_adapter(model, [inputs[i] for i in chosen], run), strict=True):
+            classes = label_names.get(inputs[index].adapter)
+            labels[index] = classes[prediction] if classes and isinstance(prediction, int) else prediction
+    return [{"adapter": item.adapter, "text": item.text, "label": label}
+            for item, label in zip(inputs, labels, strict=True)]
 
-    def run(items: list) -> list:
-        pairs = [item.fields.get("text_pair") for item in items]
-        examples = ClassificationExamples([item.text for item in items], pairs if any(pairs) else None,
-                                          [0] * len(items))
-        return predict(model, tokenizer, examples, max_length, batch_size)
 
-    predictions = run_by_adapter(model, inputs, run)
-    return [{"adapter": item.adapter, "text": item.text,
-             "label": label_names[p] if label_names and isinstance(p, int) else p}
-            for item, p in zip(inputs, predictions, strict=True)]
+def classify(model, tokenizer, max_length: int, batch_size: int, items: list[TaggedInput]) -> list[int] | list[float]:
+    """The predicted class id (or score) of each input's ``text`` (and ``text_pair``) with the active adapter."""
+    pairs = [item.fields.get("text_pair") for item in items]
+    examples = ClassificationExamples([item.text for item in items], pairs if any(pairs) else None, [0] * len(items))
+    return predict(model, tokenizer, examples, max_length, batch_size)
 
 
 def recorded_label_names(run_dir: str | Path | None) -> list[str] | None:

@@ -9,10 +9,12 @@ once the run has finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..core.config import ALL_LINEAR
+from ..core.files import default_permissions
 from ..models import load_model
 from ..training import KasaTrainer, MethodSpec, PreparedModel, load_trained, prepare_model
 from ..training.distributed import barrier, is_main_process, on_main_process
@@ -65,6 +68,10 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     barrier()  # no rank may write before every rank has checked the directory
     config, pipeline, tokenizer, features, steps, prepared = start(config)
     on_main_process(lambda: start_run_dir(output_dir, config), f"starting the run in {output_dir}")
+    if is_main_process():
+        print(f"kasa-peft: {steps} optimizer steps on {len(features)} examples; each evaluation "
+              f"({evaluation_times(config)}) covers {pipeline.evaluation_summary()} "
+              "(--max-eval-samples N evaluates a fixed subset)", file=sys.stderr)
 
     predictions_dir = output_dir if is_main_process() else None
     evaluation = PeriodicEvaluation(lambda m: pipeline.evaluate(m, tokenizer, predictions_dir), config.eval_steps,
@@ -93,6 +100,7 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     }
 
     def finish() -> None:
+        default_permissions(output_dir)  # what the method's saving wrote (safetensors files are 0600)
         write_atomically(output_dir / METRICS_FILE, json.dumps(record, indent=2) + "\n")
         shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     on_main_process(finish, f"writing {output_dir / METRICS_FILE}")
@@ -169,11 +177,14 @@ def check_output_dir(output_dir: Path, config: RunConfig) -> None:
 
 
 def start_run_dir(output_dir: Path, config: RunConfig) -> None:
-    """Create the run directory with ``run_config.json``; a resumed run must have the same settings."""
+    """Create the run directory with ``run_config.json``; a resumed run must have the same settings (a setting the
+    recorded file predates counts as its default)."""
     recorded = output_dir / RUN_CONFIG_FILE
     if recorded.is_file():
         before = json.loads(recorded.read_text())
-        changed = sorted(k for k, v in config.to_dict().items() if k != "resume" and before.get(k) != v)
+        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+        changed = sorted(k for k, v in config.to_dict().items()
+                         if k != "resume" and before.get(k, defaults[k]) != v)
         if changed:
             raise ValueError(f"--resume: {output_dir} was started with different settings ({', '.join(changed)}); "
                              "resume with the original settings or choose another --output-dir")
@@ -195,12 +206,20 @@ def finalise(config: RunConfig, model: nn.Module, tokenizer, pipeline: TaskPipel
     return config.replace(**changes)
 
 
+def evaluation_times(config: RunConfig) -> str:
+    """When a run evaluates, for people."""
+    times = [f"every {config.eval_steps} steps"] if config.eval_steps else []
+    times += ["every epoch"] if config.eval_every_epoch else []
+    return ", ".join([*times, "at the end"])
+
+
 def method_spec(config: RunConfig, steps: int) -> MethodSpec:
     targets = config.target_modules
     return MethodSpec(method=config.method, r=config.r, alpha=config.alpha, dropout=config.dropout,
                       target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets),
                       beta=config.beta, gamma=config.gamma, regularizer=config.regularizer,
                       reduction=config.reduction, learn_sigma=config.learn_sigma,
+                      drop_rank=config.drop_rank, drop_budget=config.drop_budget,
                       total_steps=steps)
 
 

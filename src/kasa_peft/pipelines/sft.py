@@ -31,6 +31,9 @@ class SFTPipeline(PromptTargetPipeline):
     def main_metric(self) -> str:
         return f"{next(iter(self.eval_sets))}/rouge_l"
 
+    def evaluation_summary(self) -> str:
+        return f"{sum(len(pairs) for pairs in self.eval_sets.values())} prompts, {self.decoding}"
+
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         metrics: Metrics = {}
         records = []

@@ -14,9 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
-
 from ._common import PathLike, check_choice, data_path, read_csv, read_json_records, require_columns
 from .hub import GLUE, HubSource, hub_records, hub_split
 from .metrics import accuracy, check_lengths
@@ -198,6 +195,9 @@ def glue_metrics(task: str, predictions: Sequence[int | float], labels: Sequence
     ``accuracy``, ``f1`` (positive class 1) and their mean ``combined``; STS-B:
     ``pearson`` and ``spearman``. For MNLI score each of its eval splits separately.
     """
+    from scipy.stats import pearsonr, spearmanr  # here: the task list is read when any command checks its --task
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
     spec = get_glue_task(task)
     check_lengths(predictions, labels)
     if spec.is_regression:

@@ -1,4 +1,8 @@
-"""The benchmark data from the Hugging Face hub, for runs without ``--data-dir``.
+"""The Hugging Face hub: whether it can be reached, and the benchmark data for runs without ``--data-dir``.
+
+Without a network, ``huggingface_hub`` retries each request for about a minute before it gives up;
+:func:`hub_reachable` finds out once, in at most a few seconds, so that an offline machine fails fast (or
+reads its local cache) instead.
 
 Every source is read with ``datasets.load_dataset`` (cached by ``datasets``); each task
 loader turns the rows into exactly what it makes of the local files:
@@ -16,8 +20,12 @@ loader turns the rows into exactly what it makes of the local files:
 
 from __future__ import annotations
 
+import functools
+import socket
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 PARQUET = "refs/convert/parquet"  # the hub's parquet export of a dataset that is a loading script upstream
 GLUE = "nyu-mll/glue"
@@ -27,6 +35,41 @@ SELF_INSTRUCT = "yizhongw/self_instruct"
 SEED_TASKS_JSONL = ("https://raw.githubusercontent.com/yizhongw/self-instruct/"
                     "0b26ccaa415992100fa32df62d41b994cf928e23/data/seed_tasks.jsonl")
 _FIX = "pass --data-dir with the layout of shared/data (see the README), or --train-file/--eval-file"
+PROBE_TIMEOUT_SECONDS = 3.0
+
+
+def offline_mode() -> bool:
+    """Whether the user switched the hub off (``HF_HUB_OFFLINE=1``): only local caches are read."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the hub answers a TCP connection within ``PROBE_TIMEOUT_SECONDS`` (asked once per process).
+
+    ``False`` in offline mode. With an HTTP(S) proxy configured the hub is assumed reachable (the proxy, not
+    this machine, resolves it).
+    """
+    if offline_mode():
+        return False
+    if urllib.request.getproxies().get("https"):
+        return True
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=PROBE_TIMEOUT_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+def unreachable_hub_message() -> str:
+    from huggingface_hub import constants
+
+    return f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from this machine"
 
 
 @dataclass(frozen=True)
@@ -58,6 +101,9 @@ def hub_records(source: HubSource, split: str) -> list[dict[str, Any]]:
     """The rows of ``split`` of ``source`` as dicts; ``ConnectionError`` saying what to do when it cannot be loaded."""
     import datasets
 
+    if not offline_mode() and not hub_reachable():
+        raise ConnectionError(f"could not load {source}, split {split!r}: {unreachable_hub_message()} (if a copy is in "
+                              f"the datasets cache, set HF_HUB_OFFLINE=1 to read it): {_FIX}")
     try:
         rows = datasets.load_dataset(source.path, source.name, revision=source.revision,
                                      data_files=source.data_files, split=split)

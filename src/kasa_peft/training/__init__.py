@@ -1,10 +1,19 @@
-"""Training: the methods compared (KaSA and baselines), the Trainer integration, an own-loop helper."""
+"""Training: the methods compared (KaSA and baselines), the Trainer integration, an own-loop helper.
 
-from .loop import kasa_loss, param_groups
-from .methods import (
-    METHODS, MethodSpec, PreparedModel, classification_head_names, load_trained, prepare_model,
-)
-from .trainer import KasaTrainer
+The names below are imported on first use, so that checking a method name (``method_names``) loads no torch.
+"""
 
-__all__ = ["METHODS", "KasaTrainer", "MethodSpec", "PreparedModel", "classification_head_names", "kasa_loss",
-           "load_trained", "param_groups", "prepare_model"]
+import importlib
+
+_EXPORTS = {
+    "kasa_loss": "loop", "param_groups": "loop", "METHODS": "method_names", "MethodSpec": "methods",
+    "PreparedModel": "methods", "classification_head_names": "methods", "load_trained": "methods",
+    "prepare_model": "methods", "KasaTrainer": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -3,10 +3,12 @@
 Truncation is computed once and identically for all ranks. Layer ``i`` with weight (out x in),
 ``k = min(out, in)``, costs about ``k^2 * max(out, in)`` flops (the Gram matrix; its eigendecomposition,
 ``k^3``, is no more), so the targeted layers are dealt to ranks by longest-processing-time-first: each
-layer, most expensive first, goes to the least-loaded rank. The owner computes ``truncate_smallest`` and
-broadcasts the dropped factors ``us`` (out x r) and ``vt`` (r x in), ``4 r (out + in)`` bytes per layer; then
-every rank calls ``inject`` with the same factors, so they are bit-identical everywhere. Adapter
-initialisation (``A`` Kaiming, ``sigma`` randn) is broadcast from rank 0 too: FSDP does not do it.
+layer, most expensive first, goes to the least-loaded rank. The owner computes ``truncate_smallest`` (with
+``drop_rank="auto"`` that also chooses the layer's ``d``), one all-reduce tells every rank each layer's ``d``, and
+the owner broadcasts the dropped factors ``us`` (out x d) and ``vt`` (d x in), ``4 d (out + in)`` bytes per layer;
+then every rank calls ``inject`` with the same factors, so they are bit-identical everywhere. Adapter
+initialisation (``A`` Kaiming, ``sigma`` randn and its record ``sigma_init``) is broadcast from rank 0 too: FSDP
+does not do it.
 
 Order of operations: inject into the full, unsharded model, then shard / wrap (``accelerator.prepare``,
 ``fully_shard``, ``DistributedDataParallel``, ``deepspeed.initialize``). A model whose weights are
@@ -34,8 +36,8 @@ from torch import nn
 from ..core import KasaConfig, inject, target_layer_names, truncate_smallest
 from ..core.io import adapter_contents, write_adapter
 from ..core.layer import weight_matrix
-from ..core.model import _adapter_parameters, _base_layer
-from ..core.truncation import DroppedComponents, check_rank, dropped_share, warn_if_large
+from ..core.model import _adapter_parameters, _base_layer, kasa_layers
+from ..core.truncation import DroppedComponents, check_drop, dropped_share, warn_if_large
 
 Group = dist.ProcessGroup | None
 
@@ -89,30 +91,41 @@ def inject_distributed(model: nn.Module, config: KasaConfig, adapter_name: str =
     names = target_layer_names(model, config)
     weights = [weight_matrix(_base_layer(model, name)) for name in names]
     for name, weight in zip(names, weights, strict=True):
-        check_rank(config.r, *weight.shape, layer_name=name)
+        check_drop(config, *weight.shape, layer_name=name)
     owners = layer_owners([tuple(w.shape) for w in weights], dist.get_world_size(group))
     rank = dist.get_rank(group)
+    count, budget = config.drop_target()
     mine: dict[str, DroppedComponents] = {}
     error = None
     try:
         for name, weight, owner in zip(names, weights, owners, strict=True):
             if owner == rank:
-                mine[name] = truncate_smallest(weight, config.r, config.truncation)
+                mine[name] = truncate_smallest(weight, count, config.truncation, budget)
     except Exception as err:  # noqa: BLE001  (re-raised below, after telling the other ranks)
         error = err
     raise_if_any_rank_failed(error, "truncation", group)
-    dropped = {name: broadcast_dropped(mine.get(name), tuple(weight.shape), config.r, owner, group)
-               for name, weight, owner in zip(names, weights, owners, strict=True)}
+    counts = shared_counts([mine[name].us.shape[1] if name in mine else 0 for name in names], group)
+    dropped = {name: broadcast_dropped(mine.get(name), tuple(weight.shape), d, owner, group)
+               for name, weight, owner, d in zip(names, weights, owners, counts, strict=True)}
     inject(model, config, adapter_name, dropped=dropped)
     if rank == 0:
-        warn_if_large({name: dropped_share(w, dropped[name]) for name, w in zip(names, weights, strict=True)}, config.r)
-    broadcast_tensors(list(_adapter_parameters(model, adapter_name)), 0, group)
+        warn_if_large({name: dropped_share(w, dropped[name]) for name, w in zip(names, weights, strict=True)}, config)
+    initial_sigmas = [layer.adapters[adapter_name].sigma_init for _, layer in kasa_layers(model)
+                      if adapter_name in layer.adapters]
+    broadcast_tensors([*_adapter_parameters(model, adapter_name), *initial_sigmas], 0, group)
     return model
+
+
+def shared_counts(local: Sequence[int], group: Group = None) -> list[int]:
+    """Each layer's dropped count ``d`` on every rank: each rank gives its own layers' and 0 elsewhere (one sum)."""
+    counts = torch.tensor(local, dtype=torch.int64, device=communication_device(group))
+    dist.all_reduce(counts, group=group)
+    return counts.tolist()
 
 
 def broadcast_dropped(dropped: DroppedComponents | None, shape: tuple[int, int], r: int, owner: int,
                       group: Group = None) -> DroppedComponents:
-    """The owner's dropped components of one (out, in) weight, on every rank (one float32 broadcast)."""
+    """The owner's ``r`` dropped components of one (out, in) weight, on every rank (one float32 broadcast)."""
     out_features, in_features = shape
     device = communication_device(group)
     if dist.get_rank(group) == owner:

@@ -41,8 +41,8 @@ from ..core import (
 )
 from ..core.layer import weight_matrix
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
+from .method_names import METHODS
 
-METHODS = ("kasa", "lora", "pissa", "milora", "dora", "adalora", "peft-kasa", "fft")
 HEAD_NAMES = ("classifier", "score")  # what transformers calls a sequence classifier's head
 METHOD_FILE = "kasa_peft_method.json"
 ADALORA_INIT_RANK_FACTOR = 1.5
@@ -57,7 +57,8 @@ class MethodSpec:
     """What to train. The same fields for every method, so that only the adapter differs between runs.
 
     ``beta``, ``gamma`` weight KaSA's penalties (``kasa`` and ``peft-kasa``); ``regularizer``,
-    ``reduction`` and ``learn_sigma`` are those of `kasa_peft.KasaConfig` (``kasa`` only); ``total_steps``
+    ``reduction``, ``learn_sigma``, ``drop_rank`` and ``drop_budget`` are those of `kasa_peft.KasaConfig` (``kasa``
+    only); ``total_steps``
     is the number of optimizer steps, needed by AdaLoRA's rank schedule.
     """
 
@@ -72,6 +73,8 @@ class MethodSpec:
     regularizer: str = "paper"
     reduction: str = "mean"
     learn_sigma: bool = True
+    drop_rank: int | str = "r"
+    drop_budget: float | None = None
     total_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -81,6 +84,9 @@ class MethodSpec:
             value = getattr(self, name)
             if not isinstance(value, str):
                 object.__setattr__(self, name, tuple(value))
+        if self.method != "kasa" and (self.drop_rank != "r" or self.drop_budget is not None):
+            raise ValueError(f"drop_rank / drop_budget choose KaSA's truncation and apply to method 'kasa' only, "
+                             f"not {self.method!r}: leave them out")
         if self.method == "adalora" and (self.total_steps is None or self.total_steps < 1):
             raise ValueError("method 'adalora' needs total_steps (the number of optimizer steps of the run) for its "
                              f"rank schedule; got {self.total_steps!r}")
@@ -218,7 +224,8 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:
     return KasaConfig(r=spec.r, alpha=spec.alpha, dropout=spec.dropout, target_modules=spec.target_modules,
                       modules_to_save=head_modules, beta=spec.beta, gamma=spec.gamma,
-                      regularizer=spec.regularizer, reduction=spec.reduction, learn_sigma=spec.learn_sigma)
+                      regularizer=spec.regularizer, reduction=spec.reduction, learn_sigma=spec.learn_sigma,
+                      drop_rank=spec.drop_rank, drop_budget=spec.drop_budget)
 
 
 def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...]):

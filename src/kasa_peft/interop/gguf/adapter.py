@@ -23,8 +23,8 @@ from torch import nn
 
 from ...core import kasa_state
 from ..base_model import adapted_model
-from ..factors import stacked_factors
-from ..peft_format import adapted_layers
+from ..factors import delta_factors
+from .merged import adapted_layers, gguf_base
 from .naming import GgufLayout
 from .writing import Field, Tensor, write_gguf
 
@@ -46,6 +46,7 @@ def export_gguf_adapter(source: str | os.PathLike | nn.Module, out: str | os.Pat
         UnsupportedArchitecture: the base is not of the Llama family (llama, mistral, qwen2).
         ModulesToSaveInAdapter: the adapter trains whole modules (``modules_to_save``).
     """
+    base_model, _ = gguf_base(source, base_model)
     with adapted_model(source, base_model, adapter_name) as (model, name):
         layout = GgufLayout.of(model.config)
         config = kasa_state(model).configs[name]
@@ -56,7 +57,9 @@ def export_gguf_adapter(source: str | os.PathLike | nn.Module, out: str | os.Pat
         tensors = []
         for module_name, layer in adapted_layers(model, name):
             base_name = layout.tensor_name(f"{module_name}.weight")
-            lora_b, lora_a = stacked_factors(layer.adapters[name])
+            adapter = layer.adapters[name]
+            lora_b, lora_a = delta_factors(adapter.A, adapter.B, adapter.sigma, adapter.dropped_us, adapter.dropped_vt,
+                                           adapter.scale)
             tensors.append(Tensor(f"{base_name}.lora_a", lora_a.float().numpy()))
             tensors.append(Tensor(f"{base_name}.lora_b", layout.to_llama_rows(base_name, lora_b).float().numpy()))
         fields = [Field(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER, STRING),

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from ...core import merge_and_unload, set_adapter
+from ...core import KasaLayer, kasa_layers, read_adapter
 from ...core.model import saved_modules
-from ...models import ModelLoadError, resolve_model_path
+from ...models import ModelLoadError, load_base, resolve_model_path
 from ..base_model import adapted_model
-from ..peft_format import adapted_layers
 from .naming import GgufLayout
 from .writing import Field, Tensor, write_gguf
 
@@ -48,27 +48,47 @@ def export_merged_gguf(source: str | os.PathLike | nn.Module, out: str | os.Path
     """
     if tensor_type not in TENSOR_TYPES:
         raise ValueError(f"unknown GGUF tensor type {tensor_type!r}; choose one of {list(TENSOR_TYPES)}")
+    base_model, found = gguf_base(source, base_model)
     with adapted_model(source, base_model, adapter_name) as (model, name):
         layout = GgufLayout.of(model.config)
-        reader = gguf.GGUFReader(base_gguf or source_gguf(model))
+        reader = gguf.GGUFReader(base_gguf or require_gguf(found, base_model or model.config.name_or_path))
         changed = merged_tensors(model, name, layout)
         check_fits(reader, layout, changed)
         tensors = [output_tensor(t, changed.get(t.name), tensor_type) for t in reader.tensors]
         return write_gguf(out, layout.architecture, copied_fields(reader, tensor_type), tensors)
 
 
-def source_gguf(model: nn.Module) -> Path:
-    """The GGUF file ``model`` was loaded from (``config.name_or_path``: a shortcut or a ``.gguf`` path)."""
-    spec = getattr(model.config, "name_or_path", "") or ""
+def gguf_file(spec: str) -> Path | None:
+    """The GGUF file a model spec (a shortcut such as ``smollm2``, or a ``.gguf`` path) stands for, else None."""
     try:
         origin = resolve_model_path(spec) if spec else None
     except ModelLoadError:
-        origin = None
-    if origin is None or origin.kind != "gguf":
+        return None
+    return Path(origin.path) / origin.gguf_file if origin is not None and origin.kind == "gguf" else None
+
+
+def gguf_base(source: str | os.PathLike | nn.Module, base_model: nn.Module | str | os.PathLike | None,
+              ) -> tuple[nn.Module | str | os.PathLike | None, Path | None]:
+    """The base to export against and its GGUF file: a GGUF spec (``base_model``, else the one the adapter
+    records) is loaded as the causal LM transformers dequantizes from it."""
+    if isinstance(source, nn.Module) or isinstance(base_model, nn.Module):
+        model = source if isinstance(source, nn.Module) else base_model
+        return base_model, gguf_file(getattr(model.config, "name_or_path", "") or "")
+    spec = str(base_model) if base_model is not None else read_adapter(source)[0].get("base_model", "")
+    path = gguf_file(spec)
+    return (load_base(spec, "causal_lm") if path is not None else base_model), path
+
+
+def require_gguf(path: Path | None, base_model) -> Path:
+    if path is None:
         raise ValueError(f"merged-gguf takes the tokenizer and hyperparameters from the base's GGUF file, but the base "
-                         f"{spec!r} was not loaded from one; pass --base FILE.gguf (the base as GGUF, e.g. from "
-                         "llama.cpp's convert_hf_to_gguf.py), or use --format merged for a Hugging Face directory")
-    return Path(origin.path) / origin.gguf_file
+                         f"{base_model!r} is not one; pass --base FILE.gguf (the base as GGUF, e.g. from llama.cpp's "
+                         "convert_hf_to_gguf.py), or use --format merged for a Hugging Face directory")
+    return path
+
+
+def adapted_layers(model: nn.Module, adapter_name: str) -> list[tuple[str, KasaLayer]]:
+    return [(name, layer) for name, layer in kasa_layers(model) if adapter_name in layer.adapters]
 
 
 def merged_tensors(model: nn.Module, adapter_name: str, layout: GgufLayout) -> dict[str, torch.Tensor]:
