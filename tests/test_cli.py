@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -17,11 +18,12 @@ import torch
 
 import kasa_peft
 
+from core.test_io import flip_a_data_byte, rewrite_metadata
 from kasa_peft.cli import EXIT_ERROR
 from pipelines.helpers import run_cli, save_model, write_classification_files
 from tiny_models import tiny_bert
 
-SUBCOMMANDS = ("train", "eval", "generate", "predict", "score", "demo", "export", "import", "inspect")
+SUBCOMMANDS = ("train", "eval", "generate", "predict", "score", "demo", "judge", "export", "import", "inspect")
 
 
 @pytest.fixture(scope="module")
@@ -395,3 +397,16 @@ def test_bugs_keep_their_traceback(cli, monkeypatch, tmp_path):
     monkeypatch.undo()
     with pytest.raises(FileNotFoundError):
         cli("--traceback", "score", "glue:cola", "--predictions", tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: rewrite_metadata(path, r=4), r"run: its config says r = 4 but layer '.*' has rank 8"),
+    (lambda path: flip_a_data_byte(path / "adapter_model.safetensors"),
+     r"run/adapter_model\.safetensors is corrupt: its tensor data do not match the sha256"),
+], ids=["rank", "flipped-byte"])
+def test_a_damaged_adapter_fails_predict_with_one_line(cli, bert_dir, files, tmp_path, damage, message):
+    out = tmp_path / "run"
+    assert cli(*classify_args(bert_dir, files, out)).code == 0
+    damage(out)
+    predicted = cli("predict", "--model", bert_dir, "--adapter", f"reviews={out}", "--text", "fine", "--max-length", 64)
+    assert re.search(message, one_error_line(predicted))

@@ -61,7 +61,18 @@ def summarise(records: list[Record], out: Path) -> None:
         f"{table}\nBLEU minus LoRA's BLEU with the same seed (x100):\n\n"
         f"{paired_table(bleu, METHODS, SEEDS, 'method')}\n"
         f"kasa-auto is kasa with `drop_rank: auto`.\n"
-        f"Machine: {machine_line(records)}.\nCommand: `python benchmarks/quality/e2e.py`\n")
+        f"{_unscorable_nist(records, out)}Machine: {machine_line(records)}.\n"
+        "Command: `python benchmarks/quality/e2e.py`\n")
+
+
+def _unscorable_nist(records: list[Record], out: Path) -> str:
+    """A warning naming the runs whose NIST predates the mteval reference-length fix (issue 16): those saved
+    without their predictions (``<id>.predictions.txt``), which therefore cannot be rescored."""
+    stale = [r["id"] for r in records if not (out / "runs" / f"{r['id']}.predictions.txt").is_file()]
+    if not stale:
+        return ""
+    return (f"NIST of {', '.join(stale)} is not the official scorer's: it was computed before the fix of NIST's "
+            "reference length (issue 16), and these runs kept no predictions to rescore; rerun them.\n\n")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 The job (written by ``harness.worker_command``) holds the table, the run's id and labels, the `RunConfig`
 settings and where the record goes. The record is written only once training and evaluation have finished,
 through a temporary file and a rename, so a record on disk is always a finished run; its paths are relative to
-the repository.
+the repository. A generation run's outputs (``e2e_predictions.txt``) are kept beside the record, as
+``<id>.predictions.txt``, so that its scores can be recomputed when a metric is corrected.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from common import machine_info  # noqa: E402
 from quality.harness import repository_relative  # noqa: E402
 from kasa_peft.pipelines.base import write_atomically  # noqa: E402
 from kasa_peft.pipelines.config import RunConfig  # noqa: E402
+from kasa_peft.pipelines.e2e import PREDICTIONS_FILE  # noqa: E402
 from kasa_peft.pipelines.run import read_run, train  # noqa: E402
 
 
@@ -33,6 +36,9 @@ def run_job(job: dict) -> dict:
 def main() -> None:
     job = json.loads(sys.argv[1])
     record = run_job(job)
+    predictions = Path(record["output_dir"]) / PREDICTIONS_FILE
+    if predictions.is_file():
+        shutil.copyfile(predictions, Path(job["record"]).with_suffix(".predictions.txt"))
     write_atomically(Path(job["record"]), json.dumps(repository_relative(record), indent=2) + "\n")
 
 

@@ -6,7 +6,12 @@ command answers ``--help`` and argument errors without loading torch.
 
 import importlib
 
+from .providers import register_quantization_provider
 from .version import __version__
+
+# bitsandbytes layers are read through kasa_peft.interop.bitsandbytes, imported when the first one is met
+register_quantization_provider("bitsandbytes", "kasa_peft.interop.bitsandbytes",
+                               "bitsandbytes Linear4bit (NF4, FP4, double quantization) and Linear8bitLt")
 
 _CORE = (
     "DroppedComponents", "KasaAdapter", "KasaConfig", "KasaLayer", "ModulesToSave", "ParameterCount",

@@ -26,8 +26,10 @@ EXIT_INTERRUPTED = 130
 
 HELP = {
     "task": "what to train on: glue:<cola|sst2|mrpc|rte|stsb|qnli|mnli|qqp>, classify (your files), sentiment "
-            "(the demo's tweets), e2e, commonsense:<set>|all, sft",
+            "(the demo's tweets), e2e, commonsense:<set>|all, sft, ifeval (sft scored by IFEval)",
     "model": "a local Hugging Face model directory, a hub id, a .gguf file, or a shortcut: minilm, smollm2",
+    "quantize": "load the base quantized with bitsandbytes: 4bit (NF4, double quantization) or 8bit (LLM.int8()); "
+                "the adapter trains beside it in float32 (needs `pip install 'kasa-peft[quantized]'`)",
     "output_dir": "directory for the adapter, predictions and metrics.json",
     "method": "kasa (default), lora, pissa, milora, dora, adalora, peft-kasa (the baselines, through PEFT), or fft",
     "r": "adapter rank (by default KaSA also drops the r smallest singular components of each weight: see "
@@ -181,12 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(train, list(HELP))
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a trained run (--run DIR) or adapter (--adapter)")
+    evaluate = commands.add_parser("eval", help="evaluate a trained run (--run DIR), an adapter (--adapter) "
+                                     "or the base model (--model and --task alone)")
     evaluate.add_argument("--run", help="the --output-dir of a finished `kasa-peft train`")
     evaluate.add_argument("--adapter", help="an adapter directory (with --model and --task; the other options default "
                                             "to the task's)")
-    _add_run_options(evaluate, ["task", "model", "method", "seed", *EVAL_OVERRIDES], COMMAND_HELP["eval"])
+    _add_run_options(evaluate, ["task", "model", "quantize", "method", "seed", *EVAL_OVERRIDES], COMMAND_HELP["eval"])
     evaluate.add_argument("--output-dir", dest="predictions_dir", help="write the prediction files here")
+    evaluate.add_argument("--harness", metavar="TASKS",
+                          help="run lm-evaluation-harness instead: comma-separated tasks; commonsense:<set>|all "
+                               "read --data-dir (offline), other names come from lm-eval's registry")
     evaluate.set_defaults(handler=_evaluate)
 
     inputs = ("Each input line is text, TAG<TAB>text or a JSON object ({\"adapter\": ..., \"text\": ...}); untagged "
@@ -224,6 +230,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(demo, ("model", "max_train_samples", "max_eval_samples", "max_length", "epochs", "max_steps",
                             "batch_size", "lr", "seed"))
     demo.set_defaults(handler=_demo)
+
+    judge = commands.add_parser("judge", help="MT-Bench: answer the 80 questions, grade them with an LLM judge",
+                                description="Grades through any OpenAI-compatible chat endpoint (a hosted API or a "
+                                            "local llama.cpp/vLLM server); judgments are cached in OUT and a rerun "
+                                            "resumes.")
+    judge.add_argument("--model", required=True, help=HELP["model"])
+    judge.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                       help="an adapter, or a run of any method, to judge (repeatable); none: the base model")
+    judge.add_argument("--pairwise", action="store_true",
+                       help="compare two models in both orders (two --adapter, or one against the base model) "
+                            "instead of rating each 1-10")
+    judge.add_argument("--judge-url", help="the endpoint's API base, e.g. https://api.openai.com/v1 or "
+                                           "http://localhost:8080/v1")
+    judge.add_argument("--judge-model", help="the judge model's name at that endpoint (e.g. gpt-4o)")
+    judge.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                       help="environment variable holding the API key (default OPENAI_API_KEY; a localhost "
+                            "endpoint needs none)")
+    judge.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per judge request (default 120)")
+    judge.add_argument("--output-dir", dest="judge_dir", required=True,
+                       help="answers, the judgment cache and judge_results.json go here")
+    judge.add_argument("--max-questions", type=int, help="only the first N questions (a quick check)")
+    _add_run_options(judge, ("data_dir", "max_new_tokens", "eval_batch_size"))
+    judge.set_defaults(handler=_judge)
 
     export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA, a merged model or GGUF")
     export.add_argument("adapter_dir", metavar="ADAPTER_DIR",
@@ -324,15 +353,21 @@ def _evaluate(args: argparse.Namespace) -> Work:
             raise ValueError(f"`kasa-peft eval --adapter DIR` needs {' and '.join(missing)}: the base model the "
                              "adapter was trained on and the task to evaluate it on")
         recorded, adapter = {}, args.adapter
+    elif "model" in values and "task" in values:
+        recorded, adapter = {}, None  # the base model as it is
     else:
-        raise ValueError("`kasa-peft eval` needs --run DIR (a finished run) or --adapter DIR with --model and --task")
+        raise ValueError("`kasa-peft eval` needs --run DIR (a finished run), --adapter DIR with --model and --task, "
+                         "or --model and --task alone (the base model)")
     config = resolve_config(recorded, values)
     predictions_dir = Path(args.predictions_dir) if args.predictions_dir else None
+    harness = [task.strip() for task in (args.harness or "").split(",") if task.strip()]
 
     def work() -> None:
-        from .pipelines.run import evaluate
+        from .pipelines.run import evaluate, evaluate_with_harness
 
-        print(json.dumps(evaluate(config, adapter, predictions_dir), indent=2))
+        metrics = evaluate_with_harness(config, adapter, harness) if harness else evaluate(config, adapter,
+                                                                                             predictions_dir)
+        print(json.dumps(metrics, indent=2))
     return work
 
 
@@ -399,6 +434,28 @@ def _demo(args: argparse.Namespace) -> Work:
         from .pipelines.demo import run_demo
 
         print(format_demo(run_demo(args.demo_dir, **_run_values(args))))
+    return work
+
+
+def _judge(args: argparse.Namespace) -> Work:
+    from .pipelines.config import resolve_config
+
+    values = {"max_new_tokens": 1024, **_run_values(args)}  # FastChat's answer length
+    config = resolve_config({}, {"task": "sft", "model": args.model, **values})
+    if not config.data_dir:
+        raise ValueError("`kasa-peft judge` needs --data-dir holding instruct/mt_bench/ (see the README)")
+
+    def work() -> None:
+        from .interop.cli_commands import parse_adapter_specs
+        from .interop.judge import endpoint_from_options
+        from .pipelines.generation import Decoding
+        from .pipelines.judge import JudgeRun, run_judge
+
+        endpoint = endpoint_from_options(args.judge_url, args.judge_model, args.judge_key_env, args.judge_timeout)
+        run = JudgeRun(args.model, parse_adapter_specs(args.adapter), config.data_dir, Path(args.judge_dir),
+                       endpoint, "pairwise" if args.pairwise else "single", Decoding.from_config(config),
+                       args.max_questions)
+        print(json.dumps(run_judge(run)["results"], indent=2))
     return work
 
 

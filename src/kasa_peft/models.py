@@ -158,7 +158,8 @@ def _resolve_shortcut(name: str, shortcut: Shortcut) -> ModelSource:
 
 
 def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torch.dtype = torch.float32,
-               padding_side: Literal["left", "right"] = "right") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               padding_side: Literal["left", "right"] = "right", quantize: Literal["4bit", "8bit"] | None = None,
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the model and tokenizer a ``--model`` spec points to.
 
     Args:
@@ -170,6 +171,9 @@ def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torc
         dtype: the dtype of the loaded weights.
         padding_side: set explicitly on the tokenizer. ``"right"`` suits classification and training; pass
             ``"left"`` for batched generation with a causal LM.
+        quantize: load the linear layers quantized with bitsandbytes (``"4bit"``: NF4 with double quantization,
+            computing in ``dtype``; ``"8bit"``: LLM.int8()), as transformers' ``BitsAndBytesConfig`` does; the
+            output head and a new classification head stay in ``dtype``. A GGUF file is dequantized first.
 
     Returns:
         ``(model, tokenizer)``, the model in eval mode. A tokenizer without a pad token gets its eos token as
@@ -181,7 +185,7 @@ def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torc
         ModelLoadError: the spec cannot be resolved or loaded (see the message for the fix).
         ValueError: an unknown task, or ``num_labels`` given for a causal LM.
     """
-    model, tokenizer = _load(spec, task, num_labels, dtype, require_tokenizer=True)
+    model, tokenizer = _load(spec, task, num_labels, dtype, require_tokenizer=True, quantize=quantize)
     tokenizer.padding_side = padding_side
     return model, tokenizer
 
@@ -202,9 +206,9 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase | None:
         return AutoTokenizer.from_pretrained(location, **_hub_kwargs(source))
 
 
-def _load(spec: str, task: Task, num_labels: int | None, dtype: torch.dtype, require_tokenizer: bool
-          ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
-    model_kwargs = _model_kwargs(task, num_labels, dtype)
+def _load(spec: str, task: Task, num_labels: int | None, dtype: torch.dtype, require_tokenizer: bool,
+          quantize: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    model_kwargs = _model_kwargs(task, num_labels, dtype) | _quantization_kwargs(quantize, dtype)
     source = resolve_model_path(spec)
     location = _location(source)
     with _explain_load_failure(source):
@@ -259,6 +263,19 @@ def _model_kwargs(task: str, num_labels: int | None, dtype: torch.dtype) -> dict
         return {"dtype": dtype}
     # A checkpoint's own classification head of another size is replaced by a new one.
     return {"dtype": dtype, "num_labels": num_labels, "ignore_mismatched_sizes": True}
+
+
+def _quantization_kwargs(quantize: str | None, dtype: torch.dtype) -> dict:
+    """The ``from_pretrained`` keyword arguments that load the model quantized with bitsandbytes."""
+    if quantize is None:
+        return {}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(f"--quantize {quantize} needs the bitsandbytes package: run "
+                             "`pip install 'kasa-peft[quantized]'` (or `pip install bitsandbytes`).")
+    from .interop.bitsandbytes import quantization_config
+
+    device_map = "cuda" if torch.cuda.is_available() else "cpu"  # bitsandbytes quantizes on the layer's device
+    return {"quantization_config": quantization_config(quantize, dtype), "device_map": device_map}
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -12,8 +12,11 @@ from kasa_peft import KasaConfig, KasaLayer, inject, target_layer_names
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"beta": -1e-4}, "beta must be >= 0"),
-    ({"gamma": -1.0}, "gamma must be >= 0"),
+    ({"beta": -1e-4}, "beta must be a finite number >= 0"),
+    ({"gamma": -1.0}, "gamma must be a finite number >= 0"),
+    ({"beta": math.inf}, "beta must be a finite number"),
+    ({"gamma": math.inf}, "gamma must be a finite number"),
+    ({"dropout": math.nan}, r"dropout must be in \[0, 1\)"),
     ({"r": 0}, "r must be a positive integer"),
     ({"r": 2.5}, "r must be a positive integer"),
     ({"alpha": 0.0}, "alpha must be a positive"),

@@ -14,6 +14,7 @@ from kasa_peft import (
 from kasa_peft.core.truncation import drop_count_within
 
 from .helpers import dropped_product, outputs, rel_err, train_steps
+from .test_io import as_older_file
 
 MIXED = KasaConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj"), drop_rank="auto", drop_budget=MIXED_BUDGET)
 
@@ -108,6 +109,7 @@ def test_files_without_sigma_init_still_load(tmp_path):
     path = save_adapter(model, tmp_path / "old")
     tensors = load_file(path / "adapter_model.safetensors")
     save_file({k: v for k, v in tensors.items() if not k.endswith(".sigma_init")}, path / "adapter_model.safetensors")
+    as_older_file(path)  # nor a checksum (an older file)
     loaded = load_adapter(tiny_llama_with_tails(), path)
     assert torch.equal(outputs(loaded, token_batch()), outputs(model, token_batch()))
     assert all(layer.adapters["default"].sigma_init.isnan().all() for _, layer in kasa_layers(loaded))

@@ -104,6 +104,29 @@ def test_merge_equals_the_unmerged_adapter_and_unmerge_restores(case):
     assert rel_err(outputs(model, batch), adapted) <= 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_merge_then_unmerge_restores_a_half_precision_base_bit_exact(case, dtype):
+    """Subtracting the delta again cannot undo the rounding of ``W + delta`` to 8 or 11 bits: the replaced weight
+    is kept, so unmerge, disable_adapters and unload give back the base exactly (issue 16, item 17)."""
+    model, config = case
+    model.to(dtype)
+    batch = token_batch()
+    original, weights = outputs(model, batch), {n: p.detach().clone() for n, p in model.named_parameters()}
+    inject(model, config)
+    randomize_updates(model, seed=3)
+    adapted = outputs(model, batch)
+    for _ in range(2):  # twice: a kept weight is not lost by a second cycle
+        merge(model)
+        assert rel_err(outputs(model, batch), adapted) <= 3e-2  # the merged weights are rounded to dtype
+        with disable_adapters(model):
+            assert torch.equal(outputs(model, batch), original)
+        unmerge(model)
+        assert torch.equal(outputs(model, batch), adapted)
+    merge(model)
+    restored = unload(model)
+    assert all(torch.equal(p, weights[n]) for n, p in restored.named_parameters())
+
+
 def test_merge_and_unload_leaves_no_trace_of_the_library():
     model = inject(tiny_bert(), KasaConfig(r=4, modules_to_save=("classifier",)))
     batch = token_batch()

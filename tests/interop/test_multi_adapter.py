@@ -9,6 +9,7 @@ import torch
 from tiny_models import token_batch
 
 import kasa_peft as kp
+from core.test_io import rewrite_metadata
 from kasa_peft.interop import (
     TaggedInput, adapter_active, load_adapters, load_pretrained, read_tagged_inputs, run_by_adapter,
 )
@@ -123,7 +124,7 @@ def test_a_dotted_adapter_name_is_refused_before_the_model_changes(setups, tmp_p
     else:
         config_file = tmp_path / "adapter" / "adapter_config.json"
         kp.save_adapter(setup.adapted(), tmp_path / "adapter")
-        config_file.write_text(config_file.read_text().replace('"adapter_name": "default"', '"adapter_name": "a.b"'))
+        rewrite_metadata(tmp_path / "adapter", adapter_name="a.b")
         with pytest.raises(ValueError, match=f"{config_file}: invalid adapter name 'a.b'"):
             kp.load_adapter(model, tmp_path / "adapter")
     after = model.state_dict()

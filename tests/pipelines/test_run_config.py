@@ -42,6 +42,10 @@ def test_json_config_and_comma_separated_lists(tmp_path):
     ({"task": "glue:cola", "model": "m", "r": 2.5}, "'r' must be an integer"),
     ({"task": "glue:cola", "model": "m", "resume": "maybe"}, "'resume' must be true or false"),
     ({"task": "glue:cola", "model": "m", "r": 0}, "--r must be positive"),
+    ({"task": "glue:cola", "model": "m", "lr": "inf"}, "--lr must be a finite number, got inf"),
+    ({"task": "glue:cola", "model": "m", "beta": "inf"}, "--beta must be a finite number, got inf"),
+    ({"task": "glue:cola", "model": "m", "gamma": float("nan")}, "--gamma must be a finite number, got nan"),
+    ({"task": "e2e", "model": "m", "length_penalty": "-inf"}, "--length-penalty must be a finite number"),
     ({"task": "glue:cola", "model": "m", "dropout": 1.0}, "--dropout"),
     ({"task": "glue:cola", "model": "m", "method": "qlora"}, "unknown method 'qlora'"),
     ({"task": "glue:colaa", "model": "m"}, "unknown task 'glue:colaa'"),
@@ -61,6 +65,9 @@ def test_config_file_errors(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_config_file(tmp_path / "broken.json")
+    (tmp_path / "latin1.yaml").write_bytes(b"model: caf\xe9\n")
+    with pytest.raises(ValueError, match=r"latin1\.yaml is not UTF-8 text \(byte 0xe9 at byte 10\)"):
+        read_config_file(tmp_path / "latin1.yaml")
 
 
 def test_task_names():

@@ -66,6 +66,15 @@ def test_read_predictions_strips_lines_and_keeps_empty_ones(tmp_path):
     assert read_predictions(path) == ["a pub.", "", "X"]
 
 
+def test_non_utf8_files_are_named(tmp_path):
+    (tmp_path / "out.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(ValueError, match=r"out\.txt is not UTF-8 text \(byte 0xe9 at byte 3\)"):
+        read_predictions(tmp_path / "out.txt")
+    (tmp_path / "refs.csv").write_bytes(b"mr,ref\nname[X],caf\xe9\n")
+    with pytest.raises(ValueError, match=r"refs\.csv is not UTF-8 text"):
+        e2e.read_e2e_csv(tmp_path / "refs.csv")
+
+
 def test_score_files_requires_one_line_per_distinct_mr(tmp_path):
     refs = tmp_path / "refs.csv"
     refs.write_text("mr,ref\nm1,a\nm1,b\nm2,c\n", encoding="utf-8")
@@ -121,11 +130,14 @@ def test_nist_of_a_two_segment_example():
     assert scores["NIST"] == pytest.approx(expected * nist_penalty(4 / 5))
 
 
-def test_nist_averages_reference_length_over_the_largest_reference_count():
-    # 6 reference words over max(2, 1) reference sets: average 3 against 2 candidate words, ratio 2/3 -> 0.5.
-    # info(a) = log2(6/2), info(c) = log2(6/1); no candidate bigrams.
-    scores = mteval_scores(["a", "c"], [["a b", "a b"], ["c d"]])
-    assert scores["NIST"] == pytest.approx(0.5 * (math.log2(3) + math.log2(6)) / 2)
+def test_nist_averages_reference_length_over_the_mean_non_empty_reference_count():
+    # mteval-v13a: average reference length = reference words / (non-empty references / segments).
+    # 6 reference words, 3 references over 2 segments: 6 / 1.5 = 4 against 2 candidate words, ratio 1/2.
+    # (Dividing by the largest reference count, 2, would give 3 and ratio 2/3.) Empty references are the
+    # official scorer's padding and count for nothing. info(a) = log2(6/2), info(c) = log2(6/1).
+    expected = nist_penalty(1 / 2) * (math.log2(3) + math.log2(6)) / 2
+    for refs in ([["a b", "a b"], ["c d"]], [["a b", "a b"], ["c d", ""]], [["a b", "", "a b"], ["", "c d"]]):
+        assert mteval_scores(["a", "c"], refs)["NIST"] == pytest.approx(expected)
 
 
 @pytest.mark.integration
@@ -188,9 +200,9 @@ def test_full_scorer_on_a_hand_worked_corpus(tmp_path):
     assert 0 < scores["METEOR"] < 1
     # NIST: 21 reference words; unigram info log2(21/count): "the", "vaults", "a", "pub" occur twice, "." three
     # times. Non-zero higher-order info: "vaults is", "pub ." (log2(2/1) each) of 10 candidate bigrams, and
-    # "the vaults is", "a pub ." of 6 trigrams. 14 candidate words against 21 / 2 (two reference sets): no penalty.
+    # "the vaults is", "a pub ." of 6 trigrams. 14 candidate words against 21 / (5 references / 4 segments) = 16.8.
     unigram_info = 8 * math.log2(21) + 4 * math.log2(21 / 2) + 2 * math.log2(21 / 3)
-    assert scores["NIST"] == pytest.approx(unigram_info / 14 + 2 / 10 + 2 / 6)
+    assert scores["NIST"] == pytest.approx((unigram_info / 14 + 2 / 10 + 2 / 6) * nist_penalty(14 / 16.8))
 
 
 def test_without_java_coco_metrics_are_none_with_a_reason(monkeypatch):

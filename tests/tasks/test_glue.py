@@ -212,3 +212,53 @@ def test_user_file_errors(tmp_path):
     uneven = write(tmp_path / "f.jsonl", '{"text": "x", "label": 1}\n{"text": "y"}\n')
     with pytest.raises(ValueError, match="record 2: no column 'label'"):
         load_classification_file(uneven, ["text"], "label")
+
+
+# --- data that must be refused before training, naming the file ---------------------------
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\n", r"train\.csv holds no examples \(it is empty or has a header row only\)"),
+    ("", r"train\.csv holds no examples"),
+    ("text,label\nx,pos\ny,\nz,neg\n", r"train\.csv, record 2: 'label' is empty"),
+    ("text,label\nx,pos\n,\nz,neg\n", r"train\.csv, record 2: 'text', 'label' is empty"),
+    ("text,label\nx,pos\ny,  \n", r"train\.csv, record 2: 'label' is empty"),
+    ("text,label\nx,pos\ny,pos\n", r"train\.csv: column 'label' holds one class only \('pos'\)"),
+    (b"text,label\ncaf\xe9,pos\nx,neg\n", r"train\.csv is not UTF-8 text \(byte 0xe9 at byte 14\)"),
+], ids=["header-only", "empty", "empty-label", "empty-row", "blank-label", "one-class", "latin-1"])
+def test_user_file_data_problems_are_named(tmp_path, content, message):
+    path = tmp_path / "train.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message):
+        load_classification_file(path, ["text"], "label")
+
+
+def test_blank_lines_are_skipped(tmp_path):
+    path = write(tmp_path / "train.csv", "text,label\nx,pos\n\n\ny,neg\n")
+    assert load_classification_file(path, ["text"], "label").labels == [1, 0]
+
+
+def test_jsonl_null_label_is_named(tmp_path):
+    path = write(tmp_path / "train.jsonl", '{"text": "x", "label": "a"}\n{"text": "y", "label": null}\n')
+    with pytest.raises(ValueError, match=r"train\.jsonl, record 2: 'label' is empty"):
+        load_classification_file(path, ["text"], "label")
+
+
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "-inf", "", "high"])
+def test_stsb_scores_must_be_finite_numbers(tmp_path, score):
+    write(tmp_path / "glue/STS-B/train.tsv", STSB_HEADER + "0\tg\tf\ty\t0\tn\tn\tA.\tB.\t1.0\n"
+          f"1\tg\tf\ty\t0\tn\tn\tC.\tD.\t{score}\n")
+    with pytest.raises(ValueError, match=rf"train\.tsv, record 2: score '{score}' is not a finite number"):
+        load_glue("stsb", tmp_path, "train")
+
+
+def test_glue_header_only_and_non_utf8_files_are_named(tmp_path):
+    path = write(tmp_path / "glue/RTE/dev.tsv", "index\tsentence1\tsentence2\tlabel\n")
+    with pytest.raises(ValueError, match=r"RTE/dev\.tsv holds no examples"):
+        load_glue("rte", tmp_path, "dev")
+    path.write_bytes(b"index\tsentence1\tsentence2\tlabel\n0\tcaf\xe9\tb\tentailment\n")
+    with pytest.raises(ValueError, match=r"RTE/dev\.tsv is not UTF-8 text \(byte 0xe9"):
+        load_glue("rte", tmp_path, "dev")

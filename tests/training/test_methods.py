@@ -249,6 +249,8 @@ def test_spec_errors_name_the_fix():
         MethodSpec(method="qlora")
     with pytest.raises(ValueError, match="needs total_steps"):
         MethodSpec(method="adalora")
+    with pytest.raises(ValueError, match="MethodSpec.beta must be a finite number, got inf"):
+        MethodSpec(method="peft-kasa", beta=float("inf"))
     assert MethodSpec(target_modules=["query"]).target_modules == ("query",)
 
 

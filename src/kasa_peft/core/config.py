@@ -78,8 +78,10 @@ class KasaConfig:
         _check(isinstance(self.r, int) and self.r >= 1, f"r must be a positive integer, got {self.r!r}")
         _check(math.isfinite(self.alpha) and self.alpha > 0, f"alpha must be a positive number, got {self.alpha!r}")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
-        _check(self.beta >= 0, f"beta must be >= 0 (it weights a penalty), got {self.beta!r}")
-        _check(self.gamma >= 0, f"gamma must be >= 0 (it weights a penalty), got {self.gamma!r}")
+        for name in ("beta", "gamma"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0,
+                   f"{name} must be a finite number >= 0 (it weights a penalty), got {value!r}")
         for name, kind in (("regularizer", Regularizer), ("reduction", Reduction), ("truncation", TruncationMethod)):
             choices, value = typing.get_args(kind), getattr(self, name)
             _check(value in choices, f"{name} must be one of {choices}, got {value!r}")

@@ -1,14 +1,53 @@
-"""Files with the permissions the user's umask gives.
+"""Files that appear whole or not at all, and the cleanup of what a killed writer left behind.
 
-``tempfile`` creates files 0600 and directories 0700, and safetensors writes its files 0600: a file written
-through them and renamed into place would be private, whatever the umask says. Everything the library
-writes goes through :func:`default_permissions` before it is moved into place.
+A file is written to a temporary sibling ``.<name>.<pid>.<random>.tmp``, flushed to disk, then renamed over
+``<name>`` (``os.replace`` is atomic on POSIX): a reader, or a process killed at any instant, sees the old
+file or the new one. The writer's process id in the temporary's name lets a later writer remove the
+temporaries of writers that no longer run (``remove_stale``) without touching those of a live one.
+
+Files get the permissions the user's umask gives: ``tempfile`` creates files 0600 and directories 0700, and
+safetensors writes its files 0600, so a file written through them and renamed into place would be private,
+whatever the umask says. Everything the library writes goes through :func:`default_permissions` before it is
+moved into place.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+STALE_SUFFIX = ".tmp"
+LEGACY_STAGING = ".tmp-"  # how kasa-peft 0.1's staging directories were named: .<name>.tmp-<random>
+
+
+def temporary_prefix(name: str) -> str:
+    """The prefix of this process's temporaries for ``name``: ``.<name>.<pid>.``."""
+    return f".{name}.{os.getpid()}."
+
+
+def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary)``, flush the result to disk, and rename it to ``path``.
+
+    On any error the temporary is removed and ``path`` is unchanged.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, path.name)
+    handle, name = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=STALE_SUFFIX, dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        default_permissions(temporary)
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
 
 
 def current_umask() -> int:
@@ -24,3 +63,52 @@ def default_permissions(path: str | os.PathLike) -> None:
     mask = current_umask()
     for item in (path, *path.rglob("*")) if path.is_dir() else (path,):
         item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (`write_file_atomically`)."""
+    write_file_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def remove_stale(directory: Path, name: str) -> list[Path]:
+    """Remove the temporaries for ``name`` in ``directory`` whose writer process no longer runs, and the
+    ``.<name>.tmp-*`` staging directories of kasa-peft versions that did not record it; returns them."""
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.glob(f".{name}.*"):
+        pid = _writer_pid(entry.name, name)
+        legacy = entry.name.startswith(f".{name}{LEGACY_STAGING}")
+        if not legacy and (pid is None or pid == os.getpid() or _is_running(pid)):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _writer_pid(entry: str, name: str) -> int | None:
+    """The pid in ``.<name>.<pid>.<random>.tmp`` (mkstemp's random part has no dot), else ``None``."""
+    match = re.fullmatch(rf"\.{re.escape(name)}\.(\d+)\.[a-z0-9_]+{re.escape(STALE_SUFFIX)}", entry)
+    return int(match[1]) if match else None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a directory) to disk, so a rename never outlives the data it points to."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -4,32 +4,42 @@ The file holds, per adapted layer, ``A``, ``B``, ``sigma``, ``sigma_init`` (the 
 dropped components ``dropped_us`` (out x d), ``dropped_vt`` (d x in) (so loading computes no SVD, and each
 layer's ``d`` is their width) and a fingerprint of the base weight the adapter was made for; plus the
 ``modules_to_save`` copies. Files from before ``sigma_init`` load with it unknown (NaN).
-Everything is checked against the model before the model is changed, and saves are atomic.
+Everything is checked against the model before the model is changed.
+
+Saving is atomic, also over an existing adapter: the safetensors file carries the whole metadata in its
+header (``kasa_peft_metadata``), so it alone is the adapter, and it is written first, by one atomic rename
+(`files.write_file_atomically`). ``adapter_config.json`` is a readable copy renamed in after it; a process
+killed between the two renames leaves the new safetensors beside the old JSON, and loading reads the header,
+so the directory holds the old adapter or the new one, whole. Files without that header (written before
+it existed) are read from ``adapter_config.json``. The metadata also records ``tensors_sha256``
+(`tensor_checksum`), which loading verifies, and loading refuses non-finite values (but for an unknown
+``sigma_init``).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..version import __version__
 from .config import KasaConfig
-from .files import default_permissions
-from .layer import KasaLayer, copy_full_into, full_tensor, is_transposed, weight_matrix
+from .files import remove_stale, write_file_atomically, write_text_atomically
+from .layer import KasaLayer, ModulesToSave, copy_full_into, full_tensor, is_transposed, weight_matrix
 from .model import (
     _base_layer, check_adapter_name, inject, kasa_layers, kasa_state, original_weight, saved_modules,
 )
+from .quantized import quantized_support
 from .truncation import DroppedComponents
 
 CONFIG_NAME = "adapter_config.json"
@@ -37,24 +47,38 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "kasa-peft"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("adapter_name", "config", "layers", "modules_to_save")
+HEADER_KEY = "kasa_peft_metadata"  # the safetensors header entry holding the whole metadata
+CHECKSUM_KEY = "tensors_sha256"
 # the per-layer tensors of an adapter, as attributes of `KasaAdapter`; "sigma_init" is optional on reading
 ADAPTER_TENSORS = ("A", "B", "sigma", "sigma_init", "dropped_us", "dropped_vt")
 REQUIRED_TENSORS = ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerprint")
 # A base whose weights differ from the fingerprinted ones by more than this (relative to ||W||_F) is another
 # model. Loose enough for a dtype change of the base (bf16 rounding is ~4e-3), tight enough for any other model.
+# A quantized layer allows its scheme's tolerance instead (`QuantizedLinear.fingerprint_tolerance`): the adapter
+# records the largest one of the base it was made on, and a load allows the larger of that and the new base's.
 FINGERPRINT_TOLERANCE = 1e-2
 
 
 def weight_fingerprint(weight: torch.Tensor) -> torch.Tensor:
     """Four float64 numbers that identify an (out, in) weight: ``||W||_F`` and three ``u_i^T W v_i``.
 
-    ``u_i``, ``v_i`` are fixed cosine patterns, so the fingerprint costs one skinny matmul per layer.
+    ``u_i``, ``v_i`` are fixed cosine patterns, so the fingerprint costs one skinny matmul per layer. It covers
+    the weight the layer computes with (dequantized for a quantized layer); quantization noise moves it by about
+    the scheme's relative error, so an adapter made on a 4-bit base loads onto the full-precision base and the
+    other way round (`fingerprint_tolerance`), while an unrelated model differs by O(1).
     """
     w = weight.detach().to(torch.float64)
     u = _cosine_patterns(w.shape[0], 0.37, 1, w.device)
     v = _cosine_patterns(w.shape[1], 0.61, 2, w.device)
     projections = ((w @ v) * u).sum(dim=0)
     return torch.cat([torch.linalg.matrix_norm(w).reshape(1), projections]).cpu()
+
+
+def fingerprint_tolerance(layer: nn.Module) -> float:
+    """The relative distance a fingerprint of ``layer``'s weight may have from that of the same weight stored in
+    another precision: ``FINGERPRINT_TOLERANCE`` for a float weight, the scheme's for a quantized one."""
+    support = quantized_support(layer)
+    return max(FINGERPRINT_TOLERANCE, support.fingerprint_tolerance if support is not None else 0.0)
 
 
 @functools.lru_cache(maxsize=32)
@@ -64,10 +88,15 @@ def _cosine_patterns(length: int, frequency: float, phase: int, device: torch.de
     return torch.stack([torch.cos(frequency * (i + 1) * positions + phase * i) for i in range(3)], dim=1)
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> Path:
-    """Write one adapter (default: the active one) to directory ``path``; returns the path."""
+def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None,
+                 allow_non_finite: bool = False) -> Path:
+    """Write one adapter (default: the active one) to directory ``path``; returns the path.
+
+    An adapter holding NaN or infinity is refused (it is the trace of a diverged run, not a result) unless
+    ``allow_non_finite`` (e.g. to inspect one); such a file does not load.
+    """
     metadata, tensors = adapter_contents(model, adapter_name)
-    return write_adapter(path, metadata, tensors)
+    return write_adapter(path, metadata, tensors, allow_non_finite)
 
 
 def adapter_contents(model: nn.Module, adapter_name: str | None = None,
@@ -85,10 +114,12 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
         raise ValueError(f"no adapter named '{name}' to save; this model has {sorted(state.configs)}")
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, list[int]] = {}
+    tolerance = FINGERPRINT_TOLERANCE
     transposed = False
     for layer_name, layer in kasa_layers(model):
         if name not in layer.adapters:
             continue
+        tolerance = max(tolerance, fingerprint_tolerance(layer.base_layer))
         adapter = layer.adapters[name]
         transposed = transposed or is_transposed(layer.base_layer)
         with gathered(layer):
@@ -106,17 +137,31 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
     metadata = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kasa_peft_version": __version__,
         "adapter_name": name, "base_model": base_model_name(model), "config": state.configs[name].to_dict(),
-        "layers": layers, "modules_to_save": saved,
+        "layers": layers, "modules_to_save": saved, "base_fingerprint_tolerance": tolerance,
         "fan_in_fan_out": transposed,  # the base stores these weights as (in, out): Conv1D (PEFT's name for it)
     }
     return metadata, {k: v.to("cpu").contiguous() for k, v in tensors.items()}
 
 
-def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, torch.Tensor]) -> Path:
-    """Write ``adapter_contents``' output to directory ``path`` atomically; returns the path."""
-    _write_atomically(Path(path), {CONFIG_NAME: lambda p: p.write_text(json.dumps(metadata, indent=2) + "\n"),
-                                   WEIGHTS_NAME: lambda p: save_file(tensors, str(p), metadata={"format": "pt"})})
-    return Path(path)
+def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, torch.Tensor],
+                  allow_non_finite: bool = False) -> Path:
+    """Write ``adapter_contents``' output to directory ``path`` atomically (module docstring); returns the path."""
+    path = Path(path)
+    if not allow_non_finite:
+        check_finite(tensors, f"the adapter to save to {path}", "find where training diverged (lower --lr, "
+                     "check the data) or pass allow_non_finite=True to write it anyway")
+    metadata = {**metadata, CHECKSUM_KEY: tensor_checksum(tensors)}
+    header = {"format": "pt", HEADER_KEY: json.dumps(metadata)}
+    created = not path.exists()
+    remove_stale(path.parent, path.name)
+    try:
+        write_file_atomically(path / WEIGHTS_NAME, lambda file: save_file(tensors, str(file), metadata=header))
+        write_text_atomically(path / CONFIG_NAME, json.dumps(metadata, indent=2) + "\n")
+    except BaseException:
+        if created:  # a first save that failed leaves nothing
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
 
 
 def base_model_name(model: nn.Module) -> str:
@@ -125,40 +170,41 @@ def base_model_name(model: nn.Module) -> str:
     return str(getattr(config, "name_or_path", "") or "")
 
 
-def _write_atomically(target: Path, writers: dict) -> None:
-    """Write all files into a temporary sibling directory, then swap it in place of ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        for filename, write in writers.items():
-            write(staging / filename)
-        default_permissions(staging)
-        if target.exists():
-            _merge_into(staging, target)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the tensors in name order: each one's name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
-def _merge_into(staging: Path, target: Path) -> None:
-    """Replace ``target``'s adapter files by ``staging``'s, each by an atomic rename (other files are kept)."""
-    for file in staging.iterdir():
-        os.replace(file, target / file.name)
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
+    """Raise ``ValueError`` naming the first tensor of ``what`` that holds NaN or infinity (``sigma_init`` is NaN
+    where it is unknown: adapters first saved before it was recorded)."""
+    for name, tensor in tensors.items():
+        if name.endswith(".sigma_init"):
+            continue
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{what}: tensor '{name}' holds {bad} NaN or infinite value(s); {fix}")
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The metadata and tensors of a saved adapter, with errors that say what is wrong with the directory."""
+    """The metadata and tensors of a saved adapter, with errors that say what is wrong with the directory.
+
+    The metadata comes from the safetensors header, or from ``adapter_config.json`` for files written before
+    the header carried it; the tensors are checked against ``tensors_sha256`` when recorded, and for NaN/inf.
+    """
     path = Path(path)
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-    if not config_file.is_file() or not weights_file.is_file():
+    if not weights_file.is_file():
         raise FileNotFoundError(f"{path} is not a KaSA adapter directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        metadata = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_file} is corrupt ({err}); save the adapter again") from None
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{config_file} is corrupt (not a JSON object); save the adapter again")
+    header = _header_metadata(weights_file)
+    if header is None and not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a KaSA adapter directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    metadata = _parse_metadata(header, weights_file) if header is not None else _read_config_file(config_file)
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{config_file} is not a kasa-peft adapter config.{_peft_hint(metadata)}")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
@@ -171,7 +217,44 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights_file} is corrupt or truncated ({err}); save the adapter again") from None
+    verify_tensors(weights_file, metadata.get(CHECKSUM_KEY), tensors)
     return metadata, tensors
+
+
+def verify_tensors(weights_file: Path, checksum: str | None, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming ``weights_file`` when its tensors differ from ``checksum`` (``None``: not
+    recorded, an older file) or hold NaN/inf."""
+    if checksum is not None and tensor_checksum(tensors) != checksum:
+        raise ValueError(f"{weights_file} is corrupt: its tensor data do not match the sha256 recorded when it was "
+                         "saved; save the adapter again or restore the file from a copy")
+    check_finite(tensors, str(weights_file), "the adapter is unusable; save it again from a finite model")
+
+
+def _header_metadata(weights_file: Path) -> str | None:
+    """The metadata JSON in the safetensors header, ``None`` when the header has none (older files)."""
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            return (handle.metadata() or {}).get(HEADER_KEY)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{weights_file} is corrupt or truncated ({err}); save the adapter again") from None
+
+
+def _parse_metadata(text: str, source: Path) -> dict:
+    try:
+        metadata = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{source} is corrupt ({err}); save the adapter again") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{source} is corrupt (its metadata is not a JSON object); save the adapter again")
+    return metadata
+
+
+def _read_config_file(config_file: Path) -> dict:
+    try:
+        text = config_file.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{config_file} is corrupt ({err}); save the adapter again") from None
+    return _parse_metadata(text, config_file)
 
 
 def _peft_hint(metadata: dict) -> str:
@@ -200,7 +283,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     config = KasaConfig.from_dict(metadata["config"])
     layers = metadata["layers"]
     _check_tensors(path, layers, metadata["modules_to_save"], tensors)
-    _check_base(model, path, layers, tensors)
+    _check_ranks(path, config, layers, tensors)
+    _check_base(model, path, layers, tensors, metadata.get("base_fingerprint_tolerance", FINGERPRINT_TOLERANCE))
+    _check_saved_modules(model, path, metadata["modules_to_save"], tensors)
     dropped = {n: DroppedComponents(tensors[f"{n}.dropped_us"], tensors[f"{n}.dropped_vt"]) for n in layers}
     inject(model, config, name, dropped=dropped)
     with torch.no_grad():
@@ -277,8 +362,37 @@ def _check_tensors(path, layers: dict, modules: list[str], tensors: dict[str, to
             raise ValueError(f"{path}: the saved copy of module '{module_name}' is missing; save the adapter again")
 
 
-def _check_base(model: nn.Module, path, layers: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Fail before any change when ``model`` is not the base the adapter was made for."""
+def _check_ranks(path, config: KasaConfig, layers: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """The rank of every saved layer must be the config's ``r`` (the adapter is built from the config)."""
+    for name in layers:
+        rank = tensors[f"{name}.sigma"].shape[0]
+        if rank != config.r:
+            raise ValueError(f"{path}: its config says r = {config.r} but layer '{name}' has rank {rank}; the "
+                             "adapter is inconsistent, save it again")
+
+
+def _check_saved_modules(model: nn.Module, path, modules: list[str], tensors: dict[str, torch.Tensor]) -> None:
+    """Each saved copy must have the names and shapes of the model's module it replaces."""
+    for module_name in modules:
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise ValueError(f"adapter {path} was made for a different base model: it saves module "
+                             f"'{module_name}', which this model does not have") from None
+        expected = {k: tuple(v.shape) for k, v in _original(module).state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in _saved_copy(tensors, module_name).items()}
+        if saved != expected:
+            raise ValueError(f"adapter {path} was made for a different base model: its copy of module "
+                             f"'{module_name}' has tensors {saved}, this model's has {expected}")
+
+
+def _original(module: nn.Module) -> nn.Module:
+    return module.original if isinstance(module, ModulesToSave) else module
+
+
+def _check_base(model: nn.Module, path, layers: dict, tensors: dict[str, torch.Tensor], saved_tolerance: float) -> None:
+    """Fail before any change when ``model`` is not the base the adapter was made for (``saved_tolerance``: how
+    precise the saved fingerprints are, `FINGERPRINT_TOLERANCE` unless the base they came from was quantized)."""
     for name, (out_features, in_features) in layers.items():
         try:
             module = _base_layer(model, name)
@@ -291,7 +405,7 @@ def _check_base(model: nn.Module, path, layers: dict, tensors: dict[str, torch.T
                              f"{tuple(weight.shape)} here but ({out_features}, {in_features}) in the adapter.")
         expected = tensors[f"{name}.base_fingerprint"]
         actual = weight_fingerprint(weight)
-        if (actual - expected).abs().max() > FINGERPRINT_TOLERANCE * expected[0]:
+        if (actual - expected).abs().max() > max(saved_tolerance, fingerprint_tolerance(module)) * expected[0]:
             raise ValueError(f"adapter {path} was made for a different base model: the weights of layer '{name}' "
                              "differ from those it was trained on. Load it onto the model it was trained on.")
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from .config import ALL_LINEAR, KasaConfig, matches
-from .layer import KasaLayer, ModulesToSave, is_supported_layer, weight_matrix
+from .layer import KasaLayer, ModulesToSave, is_adaptable_layer, is_transposed, weight_matrix, weight_shape
+from .quantized import check_readable, quantized_support
 from .truncation import DroppedComponents, check_drop, check_rank, dropped_share, truncate_for, warn_if_large
 
 STATE_ATTRIBUTE = "_kasa_state"
@@ -43,9 +44,10 @@ def saved_modules(model: nn.Module) -> Iterator[tuple[str, ModulesToSave]]:
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """Names of the layers KaSA can adapt (wrapped ones by their original name)."""
+    """Names of the layers KaSA can adapt (wrapped ones by their original name), and of quantized linear layers it
+    cannot read (so that targeting one is a clear error, not a silent skip)."""
     return [name for name, module in unwrapped_modules(model)
-            if isinstance(module, KasaLayer) or is_supported_layer(module)]
+            if isinstance(module, KasaLayer) or is_adaptable_layer(module)]
 
 
 def unwrapped_modules(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -131,7 +133,8 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
         raise ValueError(f"precomputed dropped components cover {sorted(set(dropped) ^ set(names))[:5]} differently "
                          "from the layers the config targets")
     for name in names:
-        shape = weight_matrix(_base_layer(model, name)).shape
+        check_readable(_base_layer(model, name), name)
+        shape = weight_shape(_base_layer(model, name))
         if dropped is None:
             check_drop(config, *shape, layer_name=name)
         else:
@@ -141,8 +144,9 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
     for name in names:
         base = _base_layer(model, name)
         if dropped is None:
-            parts = truncate_for(weight_matrix(base), config)
-            shares[name] = dropped_share(weight_matrix(base), parts)
+            weight = weight_matrix(base)  # dequantized once for a quantized layer
+            parts = truncate_for(weight, config)
+            shares[name] = dropped_share(weight, parts)
         else:
             parts = dropped[name]
         layer = model.get_submodule(name)
@@ -228,7 +232,8 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
 
 @contextlib.contextmanager
 def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block the model computes exactly as the original (merged adapters are unmerged first)."""
+    """Within the block the model computes exactly as the original (merged adapters are unmerged first: bit-exact
+    except on a float32 / float64 weight, restored to float32 rounding, see `KasaLayer.merge`)."""
     modules = [m for _, m in [*kasa_layers(model), *saved_modules(model)]]
     remerge = [m for m in modules if getattr(m, "merged_adapter", None) is not None]
     for module in remerge:
@@ -276,7 +281,8 @@ def unmerge(model: nn.Module) -> None:
 
 
 def unload(model: nn.Module) -> nn.Module:
-    """Remove every adapter and give back the original model (bit-exact unless an adapter was merged)."""
+    """Remove every adapter and give back the original model: bit-exact, also after a merge, except for a merge
+    into a float32 / float64 weight, restored to float32 rounding (`KasaLayer.merge`)."""
     for name, layer in list(kasa_layers(model)):
         layer.unmerge()
         _replace(model, name, layer.base_layer)
@@ -289,8 +295,8 @@ def unload(model: nn.Module) -> nn.Module:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active adapter and return a plain model with no trace of this library."""
     active = kasa_state(model).active
-    merge(model)
     for name, layer in list(kasa_layers(model)):
+        layer.merge(keep_replaced=False)
         _replace(model, name, layer.base_layer)
     for name, wrapper in list(saved_modules(model)):
         _replace(model, name, wrapper.module_for(active))
@@ -302,7 +308,7 @@ def _drop_state(model: nn.Module) -> None:
     if hasattr(model, STATE_ATTRIBUTE):
         delattr(model, STATE_ATTRIBUTE)
     for param in model.parameters():
-        param.requires_grad_(True)
+        param.requires_grad_(param.dtype.is_floating_point)  # packed quantized weights cannot require gradients
 
 
 class ParameterCount(NamedTuple):
@@ -330,7 +336,13 @@ def dropped_components(model: nn.Module, adapter_name: str) -> dict[str, Dropped
 
 
 def original_weight(layer: KasaLayer) -> torch.Tensor:
-    """The (out, in) weight of the untouched base (unmerging the merged delta on the fly)."""
+    """The (out, in) weight of the untouched base (what a merge replaced, or unmerging the delta on the fly)."""
+    replaced = layer.replaced_by_merge
+    if replaced is not None:
+        support = quantized_support(layer.base_layer)
+        if support is not None:
+            return support.dequantize(replaced)
+        return replaced["data"].T if is_transposed(layer.base_layer) else replaced["data"]
     weight = weight_matrix(layer.base_layer)
     if layer.merged_adapter is None:
         return weight

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.files import default_permissions
+from ..core.files import STALE_SUFFIX, default_permissions, remove_stale, temporary_prefix
 
 
 @contextmanager
@@ -18,14 +18,16 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     """A staging directory next to ``out`` that is renamed to ``out`` when the block succeeds.
 
     ``out`` must not exist or be an empty directory (so a failed or partial export can never be mistaken
-    for a good one, and no stale file of an earlier export survives). On any error nothing is left behind.
+    for a good one, and no stale file of an earlier export survives). On any error nothing is left behind,
+    and the staging directories of exports that were killed are removed (`remove_stale`).
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not an empty directory; choose a new output "
                               "directory or remove this one first")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale(out.parent, out.name)
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(out.name), suffix=STALE_SUFFIX, dir=out.parent))
     try:
         yield staging
         default_permissions(staging)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -13,7 +11,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 from torch import nn
 
-from ..core.files import default_permissions
+from ..core.files import write_text_atomically as write_atomically  # the pipelines' atomic text writer
 
 ModelTask = Literal["sequence_classification", "causal_lm"]
 Metrics = dict[str, Any]
@@ -59,20 +57,6 @@ def fixed_subset(items: Sequence[T], limit: int | None) -> list[T]:
         return list(items)
     chosen = sorted(random.Random(SUBSET_SEED).sample(range(len(items)), limit))
     return [items[i] for i in chosen]
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        default_permissions(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:

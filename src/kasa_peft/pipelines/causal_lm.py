@@ -22,20 +22,26 @@ from tqdm.auto import tqdm
 IGNORE_INDEX = -100  # label value the Hugging Face losses skip
 
 
-def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = False) -> list[int]:
+Conversation = list[dict[str, str]]  # chat messages, {"role": ..., "content": ...}
+
+
+def encode_prompt(tokenizer, prompt: str | Conversation, use_chat_template: bool = False) -> list[int]:
     """Token ids of ``prompt`` as generation receives them.
 
     Plain: ``tokenizer(prompt)`` with the tokenizer's own special tokens (e.g. Llama's BOS).
-    Chat: the prompt as one user turn, rendered with the generation prompt (the assistant header) and
-    tokenised without adding special tokens, since the template writes its own.
+    Chat: the prompt as one user turn (or, given a list of messages, that conversation), rendered with the
+    generation prompt (the assistant header) and tokenised without adding special tokens, since the template
+    writes its own.
     """
     if not use_chat_template:
+        if not isinstance(prompt, str):
+            raise ValueError("a conversation (a list of messages) needs the chat template: use_chat_template=True")
         return list(tokenizer(prompt)["input_ids"])
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this tokenizer has no chat template: set tokenizer.chat_template or do not ask for one "
                          "(use_chat_template=False)")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -148,9 +154,10 @@ def evaluating(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def generate_texts(model, tokenizer, prompts: list[str], *, batch_size: int = 8, max_new_tokens: int = 64,
-                   num_beams: int = 1, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                   do_sample: bool = False, use_chat_template: bool = False, progress: bool = True) -> list[str]:
+def generate_texts(model, tokenizer, prompts: Sequence[str | Conversation], *, batch_size: int = 8,
+                   max_new_tokens: int = 64, num_beams: int = 1, length_penalty: float = 1.0,
+                   no_repeat_ngram_size: int = 0, do_sample: bool = False, use_chat_template: bool = False,
+                   progress: bool = True) -> list[str]:
     """The text each prompt's continuation decodes to (special tokens skipped, stripped), in input order.
 
     Prompts are encoded with ``encode_prompt``, batched by length and left-padded (padding the ids

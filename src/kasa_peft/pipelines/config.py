@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..tasks._common import read_text
 from ..training.method_names import METHODS
 from .task_names import parse_task
+
+QUANTIZE_CHOICES = (None, "4bit", "8bit")  # as kasa_peft.interop.bitsandbytes, which imports bitsandbytes
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class RunConfig:
 
     task: str
     model: str
+    quantize: str | None = None
     output_dir: str | None = None
     method: str = "kasa"
     # adapter
@@ -73,6 +78,10 @@ class RunConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+                raise ValueError(f"--{_flag(field.name)} must be a finite number, got {value!r}")
         positive = ("r", "alpha", "epochs", "max_steps", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
                     "max_length", "eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "num_beams",
                     "max_new_tokens", "lr", "head_lr")
@@ -87,6 +96,9 @@ class RunConfig:
         if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--dropout and --warmup-ratio must be in [0, 1), got {self.dropout!r} and "
                              f"{self.warmup_ratio!r}")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise ValueError(f"--quantize must be one of {', '.join(q for q in QUANTIZE_CHOICES if q)}, got "
+                             f"{self.quantize!r}")
         from ..core.config import KasaConfig  # here: the core imports torch, which `kasa-peft --help` need not load
 
         object.__setattr__(self, "drop_rank", parse_drop_rank(self.drop_rank))
@@ -127,6 +139,8 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
                                   "max_new_tokens": 32},
     "sft": _GENERATION | {"lr": 2e-4, "epochs": 1.0, "batch_size": 8, "max_length": 512, "max_new_tokens": 128,
                           "instruct_eval_sets": ["user_oriented", "seed"]},
+    # sft's training; IFEval's evaluation with lm-evaluation-harness's generation budget (1280 new tokens, greedy).
+    "ifeval": _GENERATION | {"lr": 2e-4, "epochs": 1.0, "batch_size": 8, "max_length": 512, "max_new_tokens": 1280},
 }
 
 
@@ -147,8 +161,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found: check the --config path")
+    text = read_text(path)
     try:
-        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ValueError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}"
                          ) from None

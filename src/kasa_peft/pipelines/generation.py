@@ -6,12 +6,13 @@ Training examples are ``prompt + target + EOS`` with the loss on the target only
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from .causal_lm import CausalLMCollator, encode_prompt_target, generate_texts, option_logliks, padding_id
+from .causal_lm import CausalLMCollator, Conversation, encode_prompt_target, generate_texts, option_logliks, padding_id
 from .config import RunConfig
 
 
@@ -41,8 +42,8 @@ class Decoding:
             return bool(getattr(tokenizer, "chat_template", None))
         return self.use_chat_template
 
-    def generate(self, model: nn.Module, tokenizer, prompts: list[str]) -> list[str]:
-        """The decoded continuation of every prompt."""
+    def generate(self, model: nn.Module, tokenizer, prompts: Sequence[str | Conversation]) -> list[str]:
+        """The decoded continuation of every prompt (a text, or a conversation for the chat template)."""
         return generate_texts(model, tokenizer, prompts, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
                               num_beams=self.num_beams, length_penalty=self.length_penalty,
                               no_repeat_ngram_size=self.no_repeat_ngram_size,

@@ -7,6 +7,7 @@ from .classification import file_pipeline, glue_pipeline, sentiment_pipeline
 from .commonsense import commonsense_pipeline
 from .config import RunConfig
 from .e2e import e2e_pipeline
+from .ifeval import ifeval_pipeline
 from .sft import sft_pipeline
 from .task_names import parse_task
 
@@ -21,5 +22,6 @@ def build_pipeline(config: RunConfig) -> TaskPipeline:
         "e2e": lambda: e2e_pipeline(config),
         "commonsense": lambda: commonsense_pipeline(config, task.member),
         "sft": lambda: sft_pipeline(config),
+        "ifeval": lambda: ifeval_pipeline(config),
     }
     return builders[task.family]()

@@ -3,19 +3,27 @@
 The output directory holds, when a run has finished, the trained adapter (the whole model for ``fft``), the
 evaluation's prediction files and ``metrics.json``, which is written last and atomically: a directory without
 ``metrics.json`` is not a result. ``run_config.json`` (the resolved settings) is written when training starts,
-and Trainer checkpoints go to ``checkpoints/``; ``--resume`` continues from the latest one and they are removed
-once the run has finished.
+and Trainer checkpoints go to ``checkpoints/``; ``--resume`` continues from the newest complete one (a
+checkpoint being written when the run was killed is skipped, with a warning) and they are removed once the run
+has finished. Once training has ended, its steps and loss are kept in ``checkpoints/trained.json``, and once the
+final evaluation is done, the whole record in ``checkpoints/record.json``, before the adapter is written: a run
+killed after training is finished by ``--resume`` from the last checkpoint and these, without training again
+(Trainer, resumed from its last step, would take one more). One process at a time trains into a directory
+(`run_lock.run_directory_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import platform
+import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -25,7 +33,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 from transformers import TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core.config import ALL_LINEAR
 from ..core.files import default_permissions
@@ -37,13 +46,17 @@ from ..version import __version__
 from .base import Metrics, TaskPipeline, best_device, write_atomically
 from .config import RunConfig
 from .evaluation import PeriodicEvaluation, best_evaluation, evaluations
-from .generation import PromptTargetPipeline
+from .generation import Decoding, PromptTargetPipeline
 from .registry import build_pipeline
+from .run_lock import run_directory_lock
 from .targets import default_target_modules
 
 METRICS_FILE = "metrics.json"
 RUN_CONFIG_FILE = "run_config.json"
 CHECKPOINTS_DIR = "checkpoints"
+PENDING_RECORD = "record.json"  # in checkpoints/: the finished run's record, before its adapter is written
+TRAINED_FILE = "trained.json"  # in checkpoints/: steps and training loss, once training has ended
+TRAINER_STATE = "trainer_state.json"  # Trainer writes it last into a checkpoint
 
 
 @dataclass
@@ -64,10 +77,23 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     if not config.output_dir:
         raise ValueError("missing --output-dir: name the directory that receives the adapter and metrics.json")
     output_dir = Path(config.output_dir)
+    with run_directory_lock(output_dir) if is_main_process() else contextlib.nullcontext():
+        return _train_locked(config, output_dir, started, callbacks)
+
+
+def _train_locked(config: RunConfig, output_dir: Path, started: float,
+                  callbacks: Sequence[TrainerCallback]) -> RunResult:
     check_output_dir(output_dir, config)
     barrier()  # no rank may write before every rank has checked the directory
     config, pipeline, tokenizer, features, steps, prepared = start(config)
     on_main_process(lambda: start_run_dir(output_dir, config), f"starting the run in {output_dir}")
+    pending, trained = output_dir / CHECKPOINTS_DIR / PENDING_RECORD, output_dir / CHECKPOINTS_DIR / TRAINED_FILE
+    checkpoint = latest_checkpoint(output_dir) if config.resume else None
+    if checkpoint is not None and pending.is_file():  # trained and evaluated; killed before metrics.json
+        record = json.loads(pending.read_text())
+        _check_final_checkpoint(checkpoint, record["optimizer_steps"], pending)
+        prepared.load_checkpoint(checkpoint)
+        return _finish(output_dir, prepared, record)
     if is_main_process():
         print(f"kasa-peft: {steps} optimizer steps on {len(features)} examples; each evaluation "
               f"({evaluation_times(config)}) covers {pipeline.evaluation_summary()} "
@@ -79,25 +105,48 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     trainer = KasaTrainer(model=prepared.model, args=training_arguments(config, output_dir / CHECKPOINTS_DIR, steps),
                           train_dataset=features, data_collator=pipeline.data_collator(tokenizer),
                           prepared=prepared, head_lr=config.head_lr, callbacks=[evaluation, *callbacks])
-    checkpoint = latest_checkpoint(output_dir) if config.resume else None
-    outcome = trainer.train(resume_from_checkpoint=checkpoint)
-    final = evaluation.run(trainer.state, prepared.model)
+    if checkpoint is not None and trained.is_file():  # trained; killed before its record was kept
+        outcome = json.loads(trained.read_text())
+        state = _check_final_checkpoint(checkpoint, outcome["optimizer_steps"], trained)
+        prepared.load_checkpoint(checkpoint)
+    else:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        state = trainer.state
+        outcome = {"optimizer_steps": state.global_step, "train_loss": result.training_loss, "resumed_from": checkpoint}
+        on_main_process(lambda: write_atomically(trained, json.dumps(outcome) + "\n"), f"writing {trained}")
+    final = evaluation.run(state, prepared.model)
 
-    prepared.save(output_dir)
-    history = evaluations(trainer.state.log_history)
+    history = evaluations(state.log_history)
     record = {
         "task": config.task, "method": config.method, "model": config.model, "main_metric": pipeline.main_metric,
         "label_names": pipeline.label_names,
         "best": best_evaluation(history, pipeline.main_metric), "final": final, "evaluations": history,
         "trainable_parameters": prepared.trainable_parameters().trainable,
         "total_parameters": prepared.trainable_parameters().total,
-        "train_examples": len(features), "optimizer_steps": trainer.state.global_step,
-        "train_loss": outcome.training_loss, "resumed_from": checkpoint,
+        "train_examples": len(features), **outcome,
         "wall_time_seconds": time.perf_counter() - started,  # of this invocation (a resumed run: since resuming)
         "seed": config.seed, "processes": trainer.args.world_size, "fsdp": trainer.is_fsdp_enabled,
         "versions": versions(), "device": str(next(prepared.model.parameters()).device),
         "config": config.to_dict(),
     }
+    on_main_process(lambda: write_atomically(pending, json.dumps(record, indent=2) + "\n"),
+                    f"writing {pending}")
+    return _finish(output_dir, prepared, record)
+
+
+def _check_final_checkpoint(checkpoint: str, optimizer_steps: int, source: Path) -> TrainerState:
+    """The state of ``checkpoint``, which must be the one training ended at (``optimizer_steps``, from
+    ``source``)."""
+    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+    if state.global_step != optimizer_steps:
+        raise ValueError(f"--resume: {source} records {optimizer_steps} steps but the newest complete checkpoint is "
+                         f"{checkpoint}; delete {source.parent.parent} and train again")
+    return state
+
+
+def _finish(output_dir: Path, prepared: PreparedModel, record: dict[str, Any]) -> RunResult:
+    """Write the trained adapter, then ``metrics.json``, then remove the checkpoints."""
+    prepared.save(output_dir)
 
     def finish() -> None:
         default_permissions(output_dir)  # what the method's saving wrote (safetensors files are 0600)
@@ -123,7 +172,8 @@ def start(config: RunConfig) -> RunStart:
     initial adapter (``A``, ``sigma``) and classification head as the run had."""
     set_seed(config.seed)
     pipeline = build_pipeline(config)
-    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
+    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels,
+                                  quantize=config.quantize)
     config = finalise(config, model, tokenizer, pipeline)
     features = pipeline.train_features(tokenizer)
     steps = total_steps(config, len(features))
@@ -138,17 +188,63 @@ def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path
     """
     set_seed(config.seed)
     pipeline = build_pipeline(config)
-    model, tokenizer = load_model(config.model, pipeline.model_task, pipeline.num_labels)
+    model, tokenizer = load_with_adapter(config.model, adapter_dir, config.method, pipeline.model_task,
+                                         pipeline.num_labels, quantize=config.quantize)
+    return pipeline.evaluate(model, tokenizer, output_dir)
+
+
+def evaluate_with_harness(config: RunConfig, adapter_dir: str | Path | None, tasks: list[str]) -> Metrics:
+    """lm-evaluation-harness's metrics for ``tasks`` on the model of ``evaluate`` (its adapter merged)."""
+    from .harness import run_harness
+
+    model, tokenizer = load_with_adapter(config.model, adapter_dir, config.method, quantize=config.quantize)
+    chat = Decoding.from_config(config).chat_template(tokenizer)
+    return run_harness(model, tokenizer, tasks, config.data_dir, chat, config.eval_batch_size or config.batch_size,
+                       config.max_eval_samples)
+
+
+def load_with_adapter(model_spec: str, adapter_dir: str | Path | None, method: str = "kasa",
+                      model_task: str = "causal_lm", num_labels: int | None = None,
+                      quantize: str | None = None) -> tuple[nn.Module, Any]:
+    """``model_spec`` (quantized as ``quantize`` says) with the trained adapter (or whole model) of any method in
+    ``adapter_dir``, on the best device; ``method`` applies to a directory that does not record its own."""
+    model, tokenizer = load_model(model_spec, model_task, num_labels, quantize=quantize)
     if adapter_dir is not None:
         recorded = (Path(adapter_dir) / METHOD_FILE).is_file()  # the method saved with a run wins over the default
-        model = load_trained(model, adapter_dir, None if recorded else config.method)
-    return pipeline.evaluate(model.to(best_device()), tokenizer, output_dir)
+        model = load_trained(model, adapter_dir, None if recorded else method)
+    return model.to(best_device()), tokenizer
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:
-    """The last Trainer checkpoint of an unfinished run (``None``: start from the beginning)."""
+    """The newest complete Trainer checkpoint of an unfinished run (``None``: start from the beginning).
+
+    Trainer writes ``trainer_state.json`` after the model, optimizer, scheduler and RNG states; a checkpoint
+    without a readable one was being written when the run was killed, and is skipped with a warning.
+    """
     checkpoints = output_dir / CHECKPOINTS_DIR
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if not checkpoints.is_dir():
+        return None
+    numbered = {int(match[1]): p for p in checkpoints.iterdir()
+                if p.is_dir() and (match := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name))}
+    for _, checkpoint in sorted(numbered.items(), reverse=True):
+        problem = _incomplete(checkpoint)
+        if problem is None:
+            return str(checkpoint)
+        warnings.warn(f"--resume: skipping {checkpoint}: {problem}, so it was still being written when the run "
+                      "stopped; resuming from the checkpoint before it", stacklevel=2)
+    return None
+
+
+def _incomplete(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` is incomplete, or ``None`` when its ``trainer_state.json`` is whole."""
+    state = checkpoint / TRAINER_STATE
+    if not state.is_file():
+        return f"it has no {TRAINER_STATE}"
+    try:
+        TrainerState.load_from_json(str(state))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return f"its {TRAINER_STATE} is cut off"
+    return None
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:

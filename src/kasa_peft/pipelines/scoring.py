@@ -18,7 +18,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..tasks._common import require_path
+from ..tasks._common import read_lines, require_path
 from ..tasks.commonsense import accuracy, extract_answer, load_commonsense
 from ..tasks.e2e import load_e2e, score_e2e_files, score_e2e_predictions
 from ..tasks.glue import get_glue_task, glue_metrics, label_ids, load_glue
@@ -65,7 +65,7 @@ def score(task: str, predictions: str | Path, references: str | Path | None = No
 
 def read_items(path: str | Path) -> list[str]:
     """One item per line (see the module docstring); blank lines of a ``.jsonl`` file are skipped."""
-    lines = require_path(path, "check the file name").read_text(encoding="utf-8").splitlines()
+    lines = read_lines(require_path(path, "check the file name"), "utf-8")
     if Path(path).suffix != ".jsonl":
         return [line.strip() for line in lines]
     items = []

@@ -49,8 +49,13 @@ class SFTPipeline(PromptTargetPipeline):
         return metrics
 
 
+def sft_train_pairs(config: RunConfig) -> list[tuple[str, str]]:
+    """The training pairs: ``--train-file``, else the T0 subset under ``--data-dir`` (or the hub's T0 set)."""
+    return load_sft_file(config.train_file) if config.train_file else load_t0_train(config.data_dir)
+
+
 def sft_pipeline(config: RunConfig) -> SFTPipeline:
-    train = load_sft_file(config.train_file) if config.train_file else load_t0_train(config.data_dir)
+    train = sft_train_pairs(config)
     if config.eval_file:
         eval_sets = {"eval": load_sft_file(config.eval_file)}
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import cache
 from typing import NamedTuple
 
-FAMILIES = ("glue", "classify", "sentiment", "e2e", "commonsense", "sft")
+FAMILIES = ("glue", "classify", "sentiment", "e2e", "commonsense", "sft", "ifeval")
 
 
 @cache

@@ -12,7 +12,8 @@ Metrics reproduce the official scorer, ``measure_scores.py`` of tuetschek/e2e-me
   BLEU smoothing of n-gram orders with no match, and NIST information weights from
   all references. The scorer pads every MR to the largest reference count with empty
   references; as in mteval, those are skipped for the brevity penalty, and NIST's
-  average reference length is (all reference words) / (largest reference count).
+  average reference length is (all reference words) / (mean count of non-empty references
+  per MR), mteval's ``$cum_ref_count / $cum_seg_count``.
 * METEOR 1.5, ROUGE-L and CIDEr(-D) from pycocoevalcap, on text lowercased and
   tokenized by its Stanford PTBTokenizer (punctuation removed).
 
@@ -29,7 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 
-from ._common import PathLike, check_choice, data_path, read_csv, require_columns, require_path
+from ._common import PathLike, check_choice, data_path, read_csv, read_lines, require_columns
 from .hub import E2E, hub_records, hub_split
 from .metrics import check_lengths
 
@@ -83,8 +84,7 @@ def format_target(ref: str) -> str:
 
 def read_predictions(path: PathLike) -> list[str]:
     """One system output per line, whitespace-stripped, empty lines kept (as the official scorer)."""
-    with require_path(path).open(encoding="utf-8") as handle:
-        return [line.strip() for line in handle]
+    return [line.strip() for line in read_lines(path, "utf-8")]
 
 
 def score_e2e_files(predictions_path: PathLike, references_csv: PathLike) -> Scores:
@@ -192,10 +192,17 @@ def _nist(hyps: Sequence[list[str]], refs: Sequence[list[list[str]]], matches: l
     for n in range(1, _NIST_ORDER + 1):
         gained = sum(info[ngram] * count for segment in matches for ngram, count in segment[n - 1].items())
         score += gained / max(_ngram_total(hyps, n), 1)
-    ref_words = sum(len(ref) for segment_refs in refs for ref in segment_refs)
-    reference_sets = max(len(segment_refs) for segment_refs in refs)
     hyp_words = sum(len(hyp) for hyp in hyps)
-    return score * _nist_length_penalty(hyp_words / (ref_words / reference_sets))
+    return score * _nist_length_penalty(hyp_words / _nist_reference_length(refs))
+
+
+def _nist_reference_length(refs: Sequence[list[list[str]]]) -> float:
+    """mteval's average reference length: all reference words over the mean number of
+    non-empty references per segment (``$cum_ref_count / $cum_seg_count``), not the
+    number of reference sets, which counts the empty padding too."""
+    ref_words = sum(len(ref) for segment_refs in refs for ref in segment_refs)
+    non_empty_refs = sum(1 for segment_refs in refs for ref in segment_refs if ref)
+    return ref_words / (non_empty_refs / len(refs))
 
 
 def _nist_information(refs: Sequence[list[list[str]]]) -> dict[tuple[str, ...], float]:

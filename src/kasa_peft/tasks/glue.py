@@ -10,11 +10,15 @@ comes from the hub's ``nyu-mll/glue``, whose ``label`` column already holds thes
 from __future__ import annotations
 
 import csv
+import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._common import PathLike, check_choice, data_path, read_csv, read_json_records, require_columns
+from ._common import (
+    PathLike, check_choice, data_path, read_csv, read_json_records, read_text, require_columns, require_records,
+)
 from .hub import GLUE, HubSource, hub_records, hub_split
 from .metrics import accuracy, check_lengths
 
@@ -108,24 +112,37 @@ def _file_split(spec: GlueTask, data_dir: PathLike, split: str) -> tuple[list[di
     header, rows = _read_glue_tsv(path, spec.columns)
     require_columns(header, (*spec.text_fields, spec.label_field), path)
     raw_labels = [row[spec.label_field] for row in rows]
-    labels = [float(value) for value in raw_labels] if spec.is_regression else label_ids(
-        raw_labels, spec.file_labels, path)
+    labels = scores(raw_labels, path) if spec.is_regression else label_ids(raw_labels, spec.file_labels, path)
     return rows, spec.text_fields, labels
+
+
+def scores(raw_labels: Sequence[str | float], source: PathLike) -> list[float]:
+    """Regression targets as finite floats; anything else is an error naming the row."""
+    values = []
+    for number, value in enumerate(raw_labels, start=1):
+        try:
+            score = float(value)
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise ValueError(f"{source}, record {number}: score {value!r} is not a finite number")
+        values.append(score)
+    return values
 
 
 def _hub_split(spec: GlueTask, split: str) -> tuple[list[dict], tuple[str, ...], list]:
     rows = hub_records(HubSource(GLUE, spec.name), hub_split(split))
-    label_type = float if spec.is_regression else int
-    return rows, spec.hub_text_fields, [label_type(row["label"]) for row in rows]
+    raw_labels = [row["label"] for row in rows]
+    labels = scores(raw_labels, f"{GLUE}/{spec.name} ({split})") if spec.is_regression else list(map(int, raw_labels))
+    return rows, spec.hub_text_fields, labels
 
 
 def _read_glue_tsv(path: Path, columns: tuple[str, ...] | None) -> tuple[list[str], list[dict[str, str]]]:
     """(header, rows as dicts) of a GLUE TSV; GLUE text contains stray quotes, so no CSV quoting."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
-    if not rows:
-        raise ValueError(f"{path} is empty")
-    header, body = (list(columns), rows) if columns else (rows[0], rows[1:])
+    text = io.StringIO(read_text(path), newline="")
+    rows = [row for row in csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    header, body = (list(columns), rows) if columns else (rows[0] if rows else [], rows[1:])
+    require_records(body, path)
     for number, row in enumerate(body, start=1):
         if len(row) != len(header):
             raise ValueError(f"{path}, row {number}: expected {len(header)} tab-separated fields, found {len(row)}")
@@ -156,15 +173,29 @@ def load_classification_file(path: PathLike, text_columns: list[str], label_colu
     ``text_columns`` names one column (single sentence) or two (sentence pair). Labels
     are mapped to ids by their position in ``label_names``; when it is not given, the
     sorted distinct labels of this file are used (numerically when all are integers),
-    so pass the training file's ``label_names`` when loading its dev/test files.
+    so pass the training file's ``label_names`` when loading its dev/test files. Blank lines are skipped; an
+    empty text or label cell, a file without examples and (without ``label_names``) a single class are errors.
     """
     if len(text_columns) not in (1, 2):
         raise ValueError(f"text_columns must name 1 or 2 columns, got {len(text_columns)}")
     columns, rows = _read_table(path)
     require_columns(columns, (*text_columns, label_column), path)
+    _require_filled(rows, (*text_columns, label_column), path)
     raw_labels = [str(row[label_column]) for row in rows]
     names = list(label_names) if label_names is not None else _sorted_labels(raw_labels)
+    if len(names) < 2:
+        raise ValueError(f"{path}: column {label_column!r} holds one class only ({names[0]!r}); classification needs "
+                         "examples of at least two classes")
     return _examples(rows, text_columns, label_ids(raw_labels, names, path), names)
+
+
+def _require_filled(rows: Sequence[dict], fields: Sequence[str], path: PathLike) -> None:
+    """Every row needs a non-blank value in each of ``fields`` (an empty label would become a class '')."""
+    for number, row in enumerate(rows, start=1):
+        empty = [field for field in fields if row[field] is None or not str(row[field]).strip()]
+        if empty:
+            raise ValueError(f"{path}, record {number}: {', '.join(map(repr, empty))} is empty; fill it in or "
+                             "remove the row")
 
 
 def _read_table(path: PathLike) -> tuple[list[str], list[dict]]:

@@ -16,6 +16,7 @@ loader turns the rows into exactly what it makes of the local files:
 * Instruction following: ``yizhongw/self_instruct`` at ``refs/convert/parquet``, config ``p3``
   (T0 training data) and ``human_eval`` (the user-oriented evaluation set); the seed tasks as
   Self-Instruct's ``data/seed_tasks.jsonl`` at the commit our copies come from, through the ``json`` loader.
+* IFEval: ``google/IFEval``, split ``train`` (the 541 prompts).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ E2E = HubSource("tuetschek/e2e_nlg", revision=PARQUET)
 T0_TRAIN = HubSource(SELF_INSTRUCT, "p3", PARQUET)
 INSTRUCT_EVAL = {"user_oriented": HubSource(SELF_INSTRUCT, "human_eval", PARQUET),
                  "seed": HubSource("json", data_files=SEED_TASKS_JSONL)}
+IFEVAL = HubSource("google/IFEval")
 
 
 def hub_split(split: str) -> str:

@@ -19,12 +19,19 @@ peft 0.21.2:
 * ``peft-kasa``: ``LoraConfig(kasa_config=KasaConfig(beta, gamma))``, with the loss PEFT defines (paper
   form, summed over layers) added to the task loss; ``regularizer`` / ``reduction`` apply to ``kasa`` only;
 * ``fft``: every parameter trained, nothing injected.
+
+On a quantized base (bitsandbytes 4-bit / 8-bit) ``kasa``, ``lora``, ``dora`` and ``adalora`` train beside the
+quantized weights. The others are refused up front (`check_method_fits_base`): PEFT refuses PiSSA there (its
+initialisation rewrites the base weight; PEFT asks for a float base, quantized afterwards), MiLoRA is built the
+same way, PEFT 0.21.2's KaSA silently becomes a plain LoRA there (its bitsandbytes LoRA layers ignore
+``kasa_config``: no truncation, no ``lora_diag``), and packed weights cannot be fully trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +46,9 @@ from ..core import (
     KasaConfig, ParameterCount, RegularizationTerms, load_adapter, orthogonality_penalty, regularization_terms,
     restore_adapter, singular_value_penalty, trainable_parameters, truncate_smallest,
 )
+from ..core.files import write_text_atomically
 from ..core.layer import weight_matrix
+from ..core.quantized import looks_quantized
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
 from .method_names import METHODS
 
@@ -50,6 +59,7 @@ ADALORA_TINIT_FRACTION = 0.1
 ADALORA_TFINAL_FRACTION = 0.5
 ADALORA_SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # the RankAllocator's importance averages
 ADALORA_STATE_FILE = "adalora_resume_state.safetensors"
+QUANTIZED_BASE_METHODS = ("kasa", "lora", "dora", "adalora")
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,9 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("alpha", "dropout", "beta", "gamma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"MethodSpec.{name} must be a finite number, got {getattr(self, name)!r}")
         for name in ("target_modules", "modules_to_save"):
             value = getattr(self, name)
             if not isinstance(value, str):
@@ -135,7 +148,7 @@ class PreparedModel:
                 self.model.save_pretrained(directory)
             if self.spec.method == "adalora":
                 save_adalora_state(self.model, directory)
-            (directory / METHOD_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2) + "\n")
+            write_text_atomically(directory / METHOD_FILE, json.dumps(self.spec.to_dict(), indent=2) + "\n")
         on_main_process(write, f"saving the {self.spec.method} model to {directory}")
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
@@ -171,6 +184,7 @@ class PreparedModel:
 
 def prepare_model(model: nn.Module, spec: MethodSpec) -> PreparedModel:
     """Make ``model`` trainable with ``spec.method`` (in place for ``kasa`` / ``fft``; PEFT wraps it)."""
+    check_method_fits_base(model, spec.method)
     heads = tuple(dict.fromkeys((*spec.modules_to_save, *classification_head_names(model))))
     if spec.method == "kasa":
         model = inject_distributed(model, kasa_config(spec, heads))
@@ -183,6 +197,16 @@ def prepare_model(model: nn.Module, spec: MethodSpec) -> PreparedModel:
         if spec.method == "milora":
             return PreparedModel(model, spec, heads, init_milora(model))
     return PreparedModel(model, spec, heads)
+
+
+def check_method_fits_base(model: nn.Module, method: str) -> None:
+    """Refuse, before any change, a method that cannot train on ``model``'s quantized weights (module docstring)."""
+    quantized = next((name for name, m in model.named_modules() if looks_quantized(m)), None)
+    if quantized is not None and method not in QUANTIZED_BASE_METHODS:
+        raise ValueError(f"method '{method}' cannot train on a quantized base (layer '{quantized}' is "
+                         f"{type(model.get_submodule(quantized)).__name__}): its initialisation rewrites or trains "
+                         f"the base weights. On a quantized base use one of {', '.join(QUANTIZED_BASE_METHODS)}, or "
+                         "load the model unquantized.")
 
 
 def load_trained(base_model: nn.Module, directory: str | os.PathLike, method: str | None = None) -> nn.Module:

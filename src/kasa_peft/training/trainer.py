@@ -9,12 +9,16 @@
   optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back. Under
   DDP and FSDP (``kasa`` only) one complete adapter is written, by rank 0;
 * AdaLoRA's rank allocator runs after every optimizer step;
-* gradient accumulation averages a sequence classifier's loss over micro-batches (Trainer would sum them).
+* gradient accumulation averages a sequence classifier's loss over micro-batches (Trainer would sum them);
+* a non-finite training loss stops training with `NonFiniteLossError` at the step it appears, before that
+  step's update or checkpoint, so no diverged adapter is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import transformers
@@ -29,6 +33,10 @@ from .methods import PreparedModel, is_sequence_classifier, unwrap_peft
 LOGGED_TERMS = ("task_loss", "reg_l2", "reg_l3")
 
 
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite: training diverged."""
+
+
 class KasaTrainer(transformers.Trainer):
     """``Trainer(*args, prepared=..., head_lr=None, **kwargs)``; the model is ``prepared.model``."""
 
@@ -39,7 +47,8 @@ class KasaTrainer(transformers.Trainer):
         if model is not prepared.model:
             raise ValueError("KasaTrainer trains prepared.model: pass prepared=prepare_model(model, spec) and no "
                              "other model")
-        super().__init__(*args, **kwargs)
+        with _adapters_declared(model):
+            super().__init__(*args, **kwargs)
         if self.is_fsdp_enabled and prepared.spec.method != "kasa":
             raise ValueError(f"FSDP runs method 'kasa' only; train '{prepared.spec.method}' under DDP "
                              "(configs/accelerate/ddp.yaml), which holds a whole model per GPU")
@@ -69,6 +78,16 @@ class KasaTrainer(transformers.Trainer):
         loss = task_loss + share * terms.total.to(task_loss.device)
         self._record(task_loss.detach() * (1.0 if scaled else 1.0 / steps), terms, steps)
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """Trainer's step; raises `NonFiniteLossError` when its loss is NaN or infinite."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            raise NonFiniteLossError(
+                f"the training loss became {loss.float().mean().item()} at step {self.state.global_step + 1}, so "
+                "training diverged and no adapter was saved; lower --lr (and --head-lr), check the data for "
+                "extreme values, then train again")
+        return loss
 
     def _task_loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
         """Trainer.training_step's rule for whether the loss is already normalised over accumulated batches."""
@@ -133,6 +152,20 @@ class KasaTrainer(transformers.Trainer):
 
     def _load_best_model(self) -> None:
         self.prepared.load_checkpoint(self.state.best_model_checkpoint)
+
+
+@contextlib.contextmanager
+def _adapters_declared(model: torch.nn.Module) -> Iterator[None]:
+    """Trainer refuses a quantized transformers model that carries no PEFT adapter ("purely quantized"); a KaSA
+    adapter trains beside the quantized weights just as well, so for the check the model says it has adapters."""
+    declare = getattr(model, "is_quantized", False) and not getattr(model, "_hf_peft_config_loaded", False)
+    if declare:
+        model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        if declare:
+            del model._hf_peft_config_loaded
 
 
 class _AfterOptimizerStep(TrainerCallback):
