@@ -87,7 +87,7 @@ def test_positionals_and_export_format_are_explained(command, positional):
     text = " ".join(subcommand_help(command).split())
     assert f"{positional} a " in text  # the positional is listed with a help text
     if command == "export":
-        assert "--format {lora,peft-kasa,merged} lora: a plain PEFT LoRA" in text
+        assert "--format {lora,peft-kasa,merged,gguf,merged-gguf} lora: a plain PEFT LoRA" in text
 
 
 @pytest.mark.parametrize("command", ["eval", "predict", "generate"])

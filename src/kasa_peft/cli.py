@@ -254,17 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(judge, ("data_dir", "max_new_tokens", "eval_batch_size"))
     judge.set_defaults(handler=_judge)
 
-    export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA or a merged model")
+    export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA, a merged model or GGUF")
     export.add_argument("adapter_dir", metavar="ADAPTER_DIR",
                         help="a KaSA adapter directory (a run's --output-dir, or one save_adapter wrote)")
-    export.add_argument("--format", required=True, choices=("lora", "peft-kasa", "merged"),
+    export.add_argument("--format", required=True, choices=("lora", "peft-kasa", "merged", "gguf", "merged-gguf"),
                         help="lora: a plain PEFT LoRA of rank 2r, exact, on the untouched base (any LoRA runtime); "
                              "peft-kasa: PEFT 0.21's own KaSA layout; merged: a complete model directory (weights, "
                              "tokenizer, label names) that plain from_pretrained loads. lora and peft-kasa need only "
-                             "the adapter file; merged loads the base")
-    export.add_argument("--out", required=True, help="the directory to write")
+                             "the adapter file; merged loads the base. gguf: a llama.cpp LoRA adapter file; "
+                             "merged-gguf: the merged model as one GGUF file (both for Llama-family bases)")
+    export.add_argument("--out", required=True, help="the directory (the file, for the GGUF formats) to write")
     export.add_argument("--base", help="the base model: the one to merge into (merged), or the one the export names "
                                        "(default: the one recorded in the adapter)")
+    export.add_argument("--gguf-type", choices=("f32", "f16", "q8_0", "source"),
+                        help="merged-gguf only: the matrices' type (default f16; source: the base GGUF file's types)")
     export.set_defaults(handler=_export)
 
     import_ = commands.add_parser("import", help="convert a PEFT KaSA adapter into a kasa-peft adapter")
@@ -462,7 +465,7 @@ def _export(args: argparse.Namespace) -> Work:
         from .pipelines.inference import recorded_label_names
 
         labels = recorded_label_names(args.adapter_dir)
-        print(f"wrote {export_command(args.adapter_dir, args.format, args.out, args.base, labels)}")
+        print(f"wrote {export_command(args.adapter_dir, args.format, args.out, args.base, labels, args.gguf_type)}")
     return work
 
 

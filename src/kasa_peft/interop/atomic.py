@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,3 +34,21 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
+    """A staging file path next to ``out``, renamed to ``out`` when the block succeeds.
+
+    ``out`` must not exist (an earlier export is never overwritten). On any error nothing is left behind.
+    """
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new output file or remove this one first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"  # created by the writer, with the usual mode
+    try:
+        yield staging
+        os.replace(staging, out)
+    finally:
+        staging.unlink(missing_ok=True)

@@ -7,25 +7,32 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..core.model import check_adapter_name
+from .gguf import export_gguf_adapter, export_merged_gguf
 from .inspection import format_inspection, inspect_adapter, plot_adapter
 from .lora_export import export_lora
 from .merged import export_merged
 from .peft_kasa import export_peft_kasa, import_peft_kasa
 
-EXPORTERS = {"lora": export_lora, "peft-kasa": export_peft_kasa, "merged": export_merged}
+EXPORTERS = {"lora": export_lora, "peft-kasa": export_peft_kasa, "merged": export_merged,
+             "gguf": export_gguf_adapter, "merged-gguf": export_merged_gguf}
 
 
 def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
-                   base: str | os.PathLike | None = None, label_names: Sequence[str] | None = None) -> Path:
-    """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged} --out OUT [--base PATH]``.
+                   base: str | os.PathLike | None = None, label_names: Sequence[str] | None = None,
+                   gguf_type: str | None = None) -> Path:
+    """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged,gguf,merged-gguf} --out OUT [--base PATH]
+    [--gguf-type {f32,f16,q8_0,source}]``.
 
     ``label_names`` (a classifier's classes) go into a merged model's ``id2label`` / ``label2id``.
     """
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORTERS)}")
+    if gguf_type is not None and fmt != "merged-gguf":
+        raise ValueError(f"--gguf-type applies to --format merged-gguf only, not {fmt}")
     if fmt == "merged":
         return export_merged(adapter_dir, out, base_model=base, label_names=label_names)
-    return EXPORTERS[fmt](adapter_dir, out, base_model=base)
+    options = {"tensor_type": gguf_type} if gguf_type is not None else {}
+    return EXPORTERS[fmt](adapter_dir, out, base_model=base, **options)
 
 
 def import_command(peft_dir: str | os.PathLike, out: str | os.PathLike, base: str | os.PathLike | None = None,
