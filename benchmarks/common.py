@@ -59,3 +59,31 @@ def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path.write_text(markdown)
     return json_path, md_path
+
+
+def peak_rss(step: Callable[[], object], steps: int) -> tuple[int, int]:
+    """``(rss, peak)``: this process's resident set after freeing what the allocator holds, and its peak while
+    ``step()`` runs ``steps`` times, sampled every millisecond on a thread."""
+    import ctypes
+    import gc
+    import threading
+
+    import psutil
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak, done = [baseline], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            done.wait(0.001)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for _ in range(steps):
+        step()
+    done.set()
+    sampler.join()
+    return baseline, peak[0]

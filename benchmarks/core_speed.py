@@ -14,25 +14,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import gc
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 from functools import partial
 from pathlib import Path
 
-import psutil
 import torch
 from peft import KasaConfig as PeftKasaConfig
 from peft import LoraConfig, PeftModel, get_peft_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import kasa_peft  # noqa: E402
-from common import alternate, machine_info, median, timed, write_results  # noqa: E402
+from common import alternate, machine_info, median, peak_rss, timed, write_results  # noqa: E402
 from kasa_peft.models import load_model  # noqa: E402
 
 SETUPS = {
@@ -132,23 +129,8 @@ def memory_probe(name: str, method: str, steps: int) -> dict:
     model = method_model(method, base, setup)
     step = step_fn(method, model, batch(setup, base.config.vocab_size))
     step()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    process = psutil.Process()
-    baseline = process.memory_info().rss
-    peak, done = [baseline], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            done.wait(0.001)
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    for _ in range(steps):
-        step()
-    done.set()
-    sampler.join()
-    return {"peak_rss": peak[0], "baseline_rss": baseline}
+    baseline, peak = peak_rss(step, steps)
+    return {"peak_rss": peak, "baseline_rss": baseline}
 
 
 def bench_memory(name: str, repeats: int, steps: int) -> dict:

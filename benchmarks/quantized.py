@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import gc
 import json
 import os
 import subprocess
 import sys
-import threading
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -38,7 +35,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternate, machine_info, median, write_results  # noqa: E402
+from common import alternate, machine_info, median, peak_rss, write_results  # noqa: E402
 
 STORAGES = ("float32", "4bit", "8bit")
 METHODS = ("kasa", "lora")
@@ -116,21 +113,8 @@ def memory_probe(name: str, storage: str, method: str, steps: int) -> dict:
     model = prepared(method, base)
     step = step_fn(method, model, vocab)
     step()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    peak, done = [process.memory_info().rss], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            done.wait(0.001)
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    for _ in range(steps):
-        step()
-    done.set()
-    sampler.join()
-    return {"peak_rss": peak[0], "before_model_rss": before_model, "tensor_bytes": tensor_bytes(model)}
+    _, peak = peak_rss(step, steps)
+    return {"peak_rss": peak, "before_model_rss": before_model, "tensor_bytes": tensor_bytes(model)}
 
 
 def time_probe(name: str, storage: str, steps: int) -> dict:

@@ -10,18 +10,19 @@ from transformers import (
 VOCAB = 128
 
 
-def tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
+def tiny_bert(num_labels: int = 2, seed: int = 0, hidden_size: int = 32,
+              intermediate_size: int = 48) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=48, max_position_embeddings=64, num_labels=num_labels)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=intermediate_size, max_position_embeddings=64, num_labels=num_labels)
     return BertForSequenceClassification(config).eval()
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """Llama with in > out layers (down_proj 48 -> 32, k/v_proj 32 -> 16) to exercise k = min(out, in)."""
+def tiny_llama(seed: int = 0, hidden_size: int = 32, intermediate_size: int = 48) -> LlamaForCausalLM:
+    """Llama with in > out layers (by default down_proj 48 -> 32, k/v_proj 32 -> 16) to exercise k = min(out, in)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     return LlamaForCausalLM(config).eval()
 
 

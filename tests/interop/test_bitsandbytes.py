@@ -15,8 +15,8 @@ import warnings
 import pytest
 import torch
 from peft import PeftModel
-from tiny_models import VOCAB, token_batch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_bert, tiny_llama, token_batch
+from transformers import BertForSequenceClassification, LlamaForCausalLM
 
 import kasa_peft as kp
 from kasa_peft.core import io as core_io
@@ -34,17 +34,11 @@ CONFIG = kp.KasaConfig(r=4, target_modules="all-linear")
 
 
 def llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(seed, hidden_size=64, intermediate_size=128)
 
 
 def bert(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=64, num_labels=2)
-    return BertForSequenceClassification(config).eval()
+    return tiny_bert(seed=seed, hidden_size=64, intermediate_size=128)
 
 
 MODELS = {"llama": llama, "bert": bert}
