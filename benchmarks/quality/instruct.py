@@ -1,4 +1,5 @@
-"""Instruction following scored by IFEval: SmolLM2-135M fine-tuned on the T0 subset, kasa against lora and pissa.
+"""Instruction following scored by IFEval: SmolLM2-135M fine-tuned on the T0 subset,
+kasa (paper and `drop_rank: auto`) against lora and pissa.
 
     python benchmarks/quality/instruct.py [--jobs 1 --threads 2]
 
@@ -19,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from quality.harness import Record, Run, main  # noqa: E402
+from quality.harness import Record, Run, main, method_settings  # noqa: E402
 from quality.summary import cells, machine_line, metric, stat_table  # noqa: E402
 
 TABLE = "instruct"
-METHODS = ("kasa", "lora", "pissa")
+METHODS = ("kasa", "kasa-auto", "lora", "pissa")
 METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
 SEEDS = (0, 1, 2)
 TRAIN_SAMPLES = 2000
@@ -34,7 +35,7 @@ def runs() -> list[Run]:
     settings = {"task": "ifeval", "model": "smollm2", "r": 8, "alpha": 16.0, "lr": 2e-4, "epochs": 1.0,
                 "batch_size": 8, "max_length": 512, "max_train_samples": TRAIN_SAMPLES, "num_beams": 1,
                 "max_new_tokens": MAX_NEW_TOKENS}
-    return [Run(f"instruct-{method}-s{seed}", {**settings, "method": method, "seed": seed},
+    return [Run(f"instruct-{method}-s{seed}", {**settings, **method_settings(method), "seed": seed},
                 {"method": method, "seed": seed}) for seed in SEEDS for method in METHODS]
 
 

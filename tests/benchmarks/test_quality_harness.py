@@ -271,9 +271,9 @@ def test_paired_differences_subtract_the_reference_run_of_the_same_seed():
 
 
 def test_the_automatic_kasa_row_is_kasa_with_drop_rank_auto():
-    from quality import commonsense, e2e
+    from quality import commonsense, e2e, instruct
 
-    for module in (e2e, commonsense):
+    for module in (e2e, commonsense, instruct):
         settings = {run.labels["method"]: run.settings for run in module.runs() if run.labels["seed"] == 0}
         assert settings["kasa-auto"]["method"] == "kasa" and settings["kasa-auto"]["drop_rank"] == "auto"
         assert {k: v for k, v in settings["kasa-auto"].items() if k != "drop_rank"} == settings["kasa"]
