@@ -51,3 +51,18 @@ def test_nist_of_a_kept_run_is_rescored_with_the_mteval_reference_length(tmp_pat
     assert path.with_suffix(".predictions.txt").read_text() == "a\nc\n"
     assert "| kasa | **36.79** | **0.28** |" in (results / "e2e" / "summary.md").read_text()
     assert "NIST of" not in (results / "e2e" / "summary.md").read_text()
+
+
+def test_the_summary_leaves_out_the_nist_of_runs_without_predictions(tmp_path):
+    def record(run_id: str, nist: float) -> dict:
+        metrics = {"BLEU": 0.5, "NIST": nist, "METEOR": 0.3, "ROUGE_L": 0.4, "CIDEr": 1.0}
+        evaluation = {"step": 100, "epoch": 1.0, "metrics": metrics}
+        return {"table": "e2e", "id": run_id, "labels": {"method": "lora", "seed": int(run_id[-1]), "metric": "all"},
+                "machine": MACHINE, "run": {"best": evaluation, "final": evaluation, "device": "cpu"}}
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "e2e-lora-s1.predictions.txt").write_text("a\n")  # kept: its NIST is the fixed scorer's
+    e2e.summarise([record("e2e-lora-s0", 7.0), record("e2e-lora-s1", 3.0)], tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| lora | **50.00 ± 0.00** | **3.00** |" in summary  # NIST of s1 alone, not the mean with 7.0
+    assert "NIST of e2e-lora-s0 is left out" in summary
