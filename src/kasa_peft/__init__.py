@@ -4,8 +4,7 @@ The public API is the core's (``kasa_peft.core``); it is imported on first use, 
 command answers ``--help`` and argument errors without loading torch.
 """
 
-import importlib
-
+from .lazy import lazy_getattr
 from .providers import register_quantization_provider
 from .version import __version__
 
@@ -23,11 +22,7 @@ _CORE = (
 )
 __all__ = [*_CORE, "__version__"]
 
-
-def __getattr__(name: str):
-    if name not in _CORE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(".core", __name__), name)
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(_CORE, "core"))
 
 
 def __dir__() -> list[str]:

@@ -3,7 +3,7 @@
 The names below are imported on first use, so that checking a method name (``method_names``) loads no torch.
 """
 
-import importlib
+from ..lazy import lazy_getattr
 
 _EXPORTS = {
     "kasa_loss": "loop", "param_groups": "loop", "METHODS": "method_names", "MethodSpec": "methods",
@@ -12,8 +12,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
