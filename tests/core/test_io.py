@@ -276,6 +276,18 @@ def test_a_kill_at_any_rename_leaves_the_old_or_the_new_adapter(tmp_path, k, alp
     assert consistent_alpha(path) == 8.0
 
 
+def test_a_kill_inside_the_tensor_writer_leaves_the_old_adapter_and_nothing_after_the_next_save(tmp_path):
+    path = tmp_path / "adapter"
+    child = subprocess.run([sys.executable, str(WRITER), str(path), "kill-while-writing"], capture_output=True,
+                           text=True)
+    assert child.returncode == -9, child.stderr
+    assert consistent_alpha(path) == 8.0
+    assert [p.name for p in path.rglob(".tmpK1lLd")] == [".tmpK1lLd"]
+    save_adapter(filled_model(4.0), path)
+    assert temporaries(tmp_path) == []
+    assert consistent_alpha(path) == 4.0
+
+
 def test_kill_9_at_random_moments_of_repeated_saves_leaves_a_whole_adapter(tmp_path):
     rng = random.Random(0)
     for attempt in range(5):

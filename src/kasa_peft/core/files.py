@@ -1,9 +1,10 @@
 """Files that appear whole or not at all, and the cleanup of what a killed writer left behind.
 
-A file is written to a temporary sibling ``.<name>.<pid>.<random>.tmp``, flushed to disk, then renamed over
-``<name>`` (``os.replace`` is atomic on POSIX): a reader, or a process killed at any instant, sees the old
-file or the new one. The writer's process id in the temporary's name lets a later writer remove the
-temporaries of writers that no longer run (``remove_stale``) without touching those of a live one.
+A file is written inside a temporary sibling directory ``.<name>.<pid>.<random>.tmp``, flushed to disk,
+then renamed over ``<name>`` (``os.replace`` is atomic on POSIX): a reader, or a process killed at any
+instant, sees the old file or the new one. The writer's process id in the temporary's name lets a later
+writer remove the temporaries of writers that no longer run (``remove_stale``) without touching those of a
+live one.
 
 Files get the permissions the user's umask gives: ``tempfile`` creates files 0600 and directories 0700, and
 safetensors writes its files 0600, so a file written through them and renamed into place would be private,
@@ -32,21 +33,21 @@ def temporary_prefix(name: str) -> str:
 def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(temporary)``, flush the result to disk, and rename it to ``path``.
 
-    On any error the temporary is removed and ``path`` is unchanged.
+    ``temporary`` lies in a private staging directory ``.<name>.<pid>.<random>.tmp``, so whatever the writer
+    creates next to its file (safetensors >= 0.8 writes through its own ``.tmpXXXXXX`` sibling) is removed with
+    it, here on error and by `remove_stale` after a kill. On any error ``path`` is unchanged.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path.parent, path.name)
-    handle, name = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=STALE_SUFFIX, dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(path.name), suffix=STALE_SUFFIX, dir=path.parent))
+    temporary = staging / path.name
     try:
         write(temporary)
         default_permissions(temporary)
         _fsync(temporary)
         os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     _fsync(path.parent)
 
 
