@@ -264,6 +264,7 @@ def test_exports_of_a_trained_classifier_work_in_transformers_peft_and_import(cl
     text-classification pipeline labels like `kasa-peft predict`. LoRA: a config naming the real base and the
     task, so AutoPeftModelForSequenceClassification loads it. PEFT-KaSA: `kasa-peft import` reads it back."""
     import transformers
+    from huggingface_hub import ModelCard
     from peft import AutoPeftModelForSequenceClassification
 
     run = tmp_path / "run"
@@ -295,6 +296,15 @@ def test_exports_of_a_trained_classifier_work_in_transformers_peft_and_import(cl
     with torch.no_grad():
         logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
     assert [["neg", "neutral", "pos"][i] for i in logits.argmax(-1).tolist()] == expected
+
+    for fmt in ("lora", "peft-kasa"):  # the class names travel in the model card, and its snippet loads them
+        card = ModelCard.load(tmp_path / fmt / "README.md")
+        assert (card.data.base_model, card.data.library_name) == (str(Path(bert_dir).resolve()), "peft")
+        namespace: dict = {}
+        exec(card.text.split("```python\n")[1].split("```")[0], namespace)
+        with torch.no_grad():
+            logits = namespace["model"].eval()(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+        assert [namespace["model"].config.id2label[i] for i in logits.argmax(-1).tolist()] == expected
 
     imported = cli("import", tmp_path / "peft-kasa", "--out", tmp_path / "imported", "--base", bert_dir)
     assert imported.code == 0, imported.err

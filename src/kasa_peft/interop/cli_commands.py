@@ -23,15 +23,16 @@ def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathL
     """``kasa-peft export ADAPTER_DIR --format {lora,peft-kasa,merged,gguf,merged-gguf} --out OUT [--base PATH]
     [--gguf-type {f32,f16,q8_0,source}]``.
 
-    ``label_names`` (a classifier's classes) go into a merged model's ``id2label`` / ``label2id``.
+    ``label_names`` (a classifier's classes) go into a merged model's ``id2label`` / ``label2id`` and into the
+    model card of a PEFT-format export.
     """
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORTERS)}")
     if gguf_type is not None and fmt != "merged-gguf":
         raise ValueError(f"--gguf-type applies to --format merged-gguf only, not {fmt}")
-    if fmt == "merged":
-        return export_merged(adapter_dir, out, base_model=base, label_names=label_names)
     options = {"tensor_type": gguf_type} if gguf_type is not None else {}
+    if fmt in ("merged", "lora", "peft-kasa"):
+        options["label_names"] = label_names
     return EXPORTERS[fmt](adapter_dir, out, base_model=base, **options)
 
 

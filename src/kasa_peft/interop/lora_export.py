@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -43,17 +44,19 @@ def lora_config_fields(ranks: dict[str, int]) -> dict:
 
 
 def export_lora(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
-                base_model: nn.Module | str | os.PathLike | None = None, adapter_name: str | None = None) -> Path:
+                base_model: nn.Module | str | os.PathLike | None = None, adapter_name: str | None = None,
+                label_names: Sequence[str] | None = None) -> Path:
     """Write ``source`` (a KaSA adapter directory, or a model carrying KaSA adapters) as a PEFT LoRA to ``out``.
 
     A directory needs nothing else: every factor is in the adapter file. ``base_model`` is what the export
     names as its base (default: the one recorded in the adapter; a shortcut such as ``minilm`` is written as
     the real path); a base module instead is checked to fit the adapter. ``out`` must be new or empty; it
-    is written atomically. Returns ``out``.
+    is written atomically, with a model card (README.md) that lists ``label_names``, a classifier's classes,
+    and passes them as ``id2label`` in its loading snippet. Returns ``out``.
     """
     with atomic_directory(out) as staging, saved_adapter(source, base_model, adapter_name) as adapter:
         write_peft_adapter(adapter, staging, lora_config_fields(layer_ranks(adapter)), lora_pair,
-                           export_base_name(adapter, base_model))
+                           export_base_name(adapter, base_model), Path(out).resolve(), label_names)
     return Path(out)
 
 

@@ -25,6 +25,7 @@ from ..core.config import matches
 from ..core.io import adapter_contents
 from ..core.model import CLASSIFICATION_HEADS
 from .base_model import adapted_model
+from .model_card import write_model_card
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
@@ -113,8 +114,10 @@ def saved_adapter(source: str | os.PathLike | nn.Module, base_model: nn.Module |
 
 def write_peft_adapter(adapter: SavedAdapter, out: Path, config_fields: dict[str, Any],
                        layer_tensors: Callable[[dict[str, torch.Tensor], KasaConfig], dict[str, torch.Tensor]],
-                       base_model_name_or_path: str | None) -> None:
-    """Write ``adapter`` into directory ``out`` in PEFT's LoRA layout.
+                       base_model_name_or_path: str | None, location: Path,
+                       label_names: Sequence[str] | None = None) -> None:
+    """Write ``adapter`` into directory ``out`` in PEFT's LoRA layout, with its model card (`write_model_card`:
+    the export will live at ``location``; ``label_names`` are a classifier's classes).
 
     ``config_fields`` are the ``LoraConfig`` fields specific to the format (rank, alpha, ...); the targets,
     ``modules_to_save``, ``fan_in_fan_out`` (Conv1D layers), ``task_type`` (``SEQ_CLS`` for an adapter with a
@@ -133,18 +136,21 @@ def write_peft_adapter(adapter: SavedAdapter, out: Path, config_fields: dict[str
     for name in modules:
         for key, value in adapter.saved_module(name).items():
             tensors[f"{PEFT_PREFIX}{name}.{key}"] = value
+    task_type = "SEQ_CLS" if adapter.is_classifier else "CAUSAL_LM"
     targets = target_suffixes(adapter.module_names, layers) if adapter.module_names is not None else sorted(layers)
     peft_config = peft.LoraConfig(
         target_modules=targets, modules_to_save=modules or None,
         fan_in_fan_out=bool(adapter.metadata.get("fan_in_fan_out", False)),
         base_model_name_or_path=base_model_name_or_path or None,
-        task_type="SEQ_CLS" if adapter.is_classifier else "CAUSAL_LM",
+        task_type=task_type,
         inference_mode=True,
         **config_fields,
     )
     peft_config.save_pretrained(str(out))
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(out / WEIGHTS_NAME),
               metadata={"format": "pt"})
+    method = "KaSA" if "kasa_config" in config_fields else "LoRA"
+    write_model_card(out, location, base_model_name_or_path, task_type, method, label_names)
 
 
 def read_peft_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -12,6 +12,7 @@ refuses Conv1D (GPT-2) layers, and always drops ``r`` components: export those, 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ UNSUPPORTED_OPTIONS = {
 
 
 def export_peft_kasa(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
-                     base_model: nn.Module | str | os.PathLike | None = None, adapter_name: str | None = None) -> Path:
+                     base_model: nn.Module | str | os.PathLike | None = None, adapter_name: str | None = None,
+                     label_names: Sequence[str] | None = None) -> Path:
     """Write ``source`` (a KaSA adapter directory or a model carrying one) in PEFT's KaSA layout to ``out``.
 
     Arguments as ``export_lora``. Raises for Conv1D (GPT-2) layers, which PEFT's KaSA does not support.
@@ -58,7 +60,8 @@ def export_peft_kasa(source: str | os.PathLike | nn.Module, out: str | os.PathLi
         fields = {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
                   "use_rslora": config.use_rslora,
                   "kasa_config": peft.KasaConfig(beta=config.beta, gamma=config.gamma)}
-        write_peft_adapter(adapter, staging, fields, peft_kasa_tensors, export_base_name(adapter, base_model))
+        write_peft_adapter(adapter, staging, fields, peft_kasa_tensors, export_base_name(adapter, base_model),
+                           Path(out).resolve(), label_names)
     return Path(out)
 
 
