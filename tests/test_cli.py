@@ -4,6 +4,7 @@ ending in one clear error line, exit code 1 and no run directory."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import math
@@ -227,6 +228,26 @@ def test_trained_classifier_serves_predict_and_inspect(cli, bert_dir, files, tmp
 
     inspected = cli("inspect", out)
     assert inspected.code == 0 and "sigma" in inspected.out and "classifier" in inspected.out
+
+
+def test_serving_and_peft_exports_run_without_the_gguf_package(cli, bert_dir, files, tmp_path, monkeypatch):
+    """The quickstart's install has no `gguf` (an extra): predict, inspect and the PEFT exports must not import it;
+    only the llama.cpp formats need it, and say so."""
+    out = tmp_path / "run"
+    assert cli(*classify_args(bert_dir, files, out)).code == 0
+    for name in [n for n in sys.modules if n.startswith(("gguf", "kasa_peft.interop.cli_commands",
+                                                         "kasa_peft.interop.gguf"))]:
+        monkeypatch.delitem(sys.modules, name)
+    interop = importlib.import_module("kasa_peft.interop")
+    for attribute in ("cli_commands", "gguf"):
+        monkeypatch.delattr(interop, attribute, raising=False)
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` fails as when it is not installed
+
+    predicted = cli("predict", "--model", bert_dir, "--adapter", f"a={out}", "--text", "fine", "--max-length", 64)
+    assert predicted.code == 0, predicted.err
+    assert cli("inspect", out).code == 0
+    assert cli("export", out, "--format", "lora", "--out", tmp_path / "lora").code == 0
+    assert "gguf" in one_error_line(cli("export", out, "--format", "gguf", "--out", tmp_path / "a.gguf"))
 
 
 def test_predict_with_several_adapters_uses_each_ones_head_and_label_names(cli, bert_dir, files, tmp_path):

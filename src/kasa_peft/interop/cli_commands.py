@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..core.model import check_adapter_name
-from .gguf import export_gguf_adapter, export_merged_gguf
 from .inspection import format_inspection, inspect_adapter, plot_adapter
-from .lora_export import export_lora
-from .merged import export_merged
-from .peft_kasa import export_peft_kasa, import_peft_kasa
+from .peft_kasa import import_peft_kasa
 
-EXPORTERS = {"lora": export_lora, "peft-kasa": export_peft_kasa, "merged": export_merged,
-             "gguf": export_gguf_adapter, "merged-gguf": export_merged_gguf}
+# format -> (module, function), imported on use: the llama.cpp formats need the optional gguf package
+EXPORTERS = {"lora": ("lora_export", "export_lora"), "peft-kasa": ("peft_kasa", "export_peft_kasa"),
+             "merged": ("merged", "export_merged"), "gguf": ("gguf", "export_gguf_adapter"),
+             "merged-gguf": ("gguf", "export_merged_gguf")}
 
 
 def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
@@ -33,7 +33,9 @@ def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathL
     options = {"tensor_type": gguf_type} if gguf_type is not None else {}
     if fmt in ("merged", "lora", "peft-kasa"):
         options["label_names"] = label_names
-    return EXPORTERS[fmt](adapter_dir, out, base_model=base, **options)
+    module, function = EXPORTERS[fmt]
+    exporter = getattr(importlib.import_module(f".{module}", __package__), function)
+    return exporter(adapter_dir, out, base_model=base, **options)
 
 
 def import_command(peft_dir: str | os.PathLike, out: str | os.PathLike, base: str | os.PathLike | None = None,
