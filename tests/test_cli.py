@@ -198,6 +198,17 @@ def test_other_commands_fail_cleanly(cli, tmp_path):
     assert "not found" in one_error_line(cli("score", "glue:cola", "--predictions", tmp_path / "missing.txt"))
 
 
+def test_a_missing_optional_package_names_the_extra_that_brings_it(cli, tmp_path, monkeypatch):
+    """`score e2e` after the quickstart's install (no `nlg` extra): the error names the extra, which brings all
+    four metric packages, not only the first one found missing."""
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # as when it is not installed
+    (tmp_path / "refs.csv").write_text('mr,ref\n"name[A]","A is a pub."\n')
+    (tmp_path / "p.txt").write_text("A is a pub.\n")
+    line = one_error_line(cli("score", "e2e", "--predictions", tmp_path / "p.txt", "--references",
+                              tmp_path / "refs.csv"))
+    assert "'sacrebleu'" in line and "pip install 'kasa-peft[nlg]'" in line
+
+
 def test_score_glue_and_classify_against_known_values(cli, tmp_path):
     predictions, references = tmp_path / "p.txt", tmp_path / "r.txt"
     predictions.write_text("acceptable\nunacceptable\n1\nacceptable\n")  # names or ids

@@ -149,8 +149,30 @@ def _is_user_error(err: Exception) -> bool:
 
 def _message(err: BaseException) -> str:
     if isinstance(err, ImportError):
-        return f"{err}: install the missing package with pip"
+        extra = _extra_providing(err.name or "")
+        fix = f"pip install 'kasa-peft[{extra}]'" if extra else "install the missing package with pip"
+        return f"{err}: {fix}"
     return str(err).strip() or type(err).__name__
+
+
+def _extra_providing(module: str) -> str | None:
+    """The first of our optional extras (pyproject.toml) whose requirements include ``module``'s distribution."""
+    import importlib.metadata
+    import re
+
+    def normalized(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    wanted = normalized(module.split(".")[0])
+    try:
+        requirements = importlib.metadata.requires("kasa-peft") or []
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return None
+    for requirement in requirements:
+        name, extra = re.match(r"[A-Za-z0-9._-]+", requirement), re.search(r"extra == \"([^\"]+)\"", requirement)
+        if extra and extra.group(1) != "test" and normalized(name.group()) == wanted:
+            return extra.group(1)
+    return None
 
 
 @contextlib.contextmanager
