@@ -22,7 +22,7 @@ import kasa_peft
 from core.test_io import flip_a_data_byte, rewrite_metadata
 from kasa_peft.cli import EXIT_ERROR
 from pipelines.helpers import run_cli, save_model, write_classification_files
-from tiny_models import tiny_bert
+from tiny_models import tiny_bert, tiny_llama
 
 SUBCOMMANDS = ("train", "eval", "generate", "predict", "score", "demo", "judge", "export", "import", "inspect")
 
@@ -207,6 +207,20 @@ def test_a_missing_optional_package_names_the_extra_that_brings_it(cli, tmp_path
     line = one_error_line(cli("score", "e2e", "--predictions", tmp_path / "p.txt", "--references",
                               tmp_path / "refs.csv"))
     assert "'sacrebleu'" in line and "pip install 'kasa-peft[nlg]'" in line
+
+
+def test_a_run_whose_scoring_package_is_missing_fails_before_training(cli, tmp_path, monkeypatch):
+    """sft is scored with rouge-score (the `nlg` extra): without it the run stops before loading the model,
+    with the extra named, instead of failing after training; no run directory is made."""
+    hide_package(monkeypatch, "rouge_score")
+    llama_dir = save_model(tmp_path / "llama", tiny_llama())
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"instruction": "Name a colour.", "output": "Blue."}) + "\n")
+    out = tmp_path / "run"
+    line = one_error_line(cli("train", "--task", "sft", "--model", llama_dir, "--train-file", data, "--eval-file",
+                              data, "--output-dir", out, "--max-steps", 1, "--max-length", 32))
+    assert "'rouge_score'" in line and "pip install 'kasa-peft[nlg]'" in line
+    assert not out.exists()
 
 
 def test_score_glue_and_classify_against_known_values(cli, tmp_path):

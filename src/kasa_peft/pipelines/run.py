@@ -47,7 +47,7 @@ from .base import Metrics, TaskPipeline, best_device, write_atomically
 from .config import RunConfig
 from .evaluation import PeriodicEvaluation, best_evaluation, evaluations
 from .generation import Decoding, PromptTargetPipeline
-from .registry import build_pipeline
+from .registry import build_pipeline, check_evaluation_modules
 from .run_lock import run_directory_lock
 from .targets import default_target_modules
 
@@ -76,6 +76,7 @@ def train(config: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunRe
     started = time.perf_counter()
     if not config.output_dir:
         raise ValueError("missing --output-dir: name the directory that receives the adapter and metrics.json")
+    check_evaluation_modules(config.task)
     output_dir = Path(config.output_dir)
     with run_directory_lock(output_dir) if is_main_process() else contextlib.nullcontext():
         return _train_locked(config, output_dir, started, callbacks)
@@ -186,6 +187,7 @@ def evaluate(config: RunConfig, adapter_dir: str | Path | None, output_dir: Path
     The base model is built as for training (same seed, so a new classification head is the same); prediction
     files go to ``output_dir`` when given.
     """
+    check_evaluation_modules(config.task)
     set_seed(config.seed)
     pipeline = build_pipeline(config)
     model, tokenizer = load_with_adapter(config.model, adapter_dir, config.method, pipeline.model_task,
