@@ -91,11 +91,13 @@ def test_positionals_and_export_format_are_explained(command, positional):
         assert "--format {lora,peft-kasa,merged,gguf,merged-gguf} lora: a plain PEFT LoRA" in text
 
 
-@pytest.mark.parametrize("command", ["eval", "predict", "generate"])
+@pytest.mark.parametrize("command", ["eval", "predict", "generate", "judge"])
 def test_inference_commands_do_not_borrow_trains_help(command):
     text = " ".join(subcommand_help(command).split())
     for phrase in ("training example", "(default: --batch-size)", "(task default)", "(E2E default"):
         assert phrase not in text
+    if command == "judge":  # it has no hub fallback: --data-dir is required
+        assert "from the Hugging Face hub" not in text and "(default 1024" in text
 
 
 def test_eval_of_an_adapter_without_model_names_its_own_options(cli, tmp_path):

@@ -89,6 +89,7 @@ DECODING_OPTIONS = ("eval_batch_size", "max_new_tokens", "num_beams", "length_pe
 # help texts where a command's options mean something else than train's (`kasa-peft predict` and `generate` use
 # the defaults of --task classify and --task sft; `eval` those of the run)
 _PREDICT, _GENERATE = TASK_DEFAULTS["classify"], TASK_DEFAULTS["sft"]
+JUDGE_MAX_NEW_TOKENS = 1024  # FastChat's answer length
 COMMAND_HELP = {
     "eval": {
         "task": "the task to evaluate on (default: the run's; required with --adapter)",
@@ -116,6 +117,11 @@ COMMAND_HELP = {
         "no_repeat_ngram_size": f"forbid repeating n-grams of this size (default {_GENERATE['no_repeat_ngram_size']}: "
                                 "off)",
         "use_chat_template": "wrap prompts in the tokenizer's chat template (default: when it has one)",
+    },
+    "judge": {
+        "data_dir": "the data directory holding instruct/mt_bench/ (required: the questions come from no hub)",
+        "max_new_tokens": f"maximum tokens per answer (default {JUDGE_MAX_NEW_TOKENS}, FastChat's)",
+        "eval_batch_size": f"questions answered per batch (default {_GENERATE['batch_size']})",
     },
 }
 
@@ -273,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--output-dir", dest="judge_dir", required=True,
                        help="answers, the judgment cache and judge_results.json go here")
     judge.add_argument("--max-questions", type=int, help="only the first N questions (a quick check)")
-    _add_run_options(judge, ("data_dir", "max_new_tokens", "eval_batch_size"))
+    _add_run_options(judge, ("data_dir", "max_new_tokens", "eval_batch_size"), COMMAND_HELP["judge"])
     judge.set_defaults(handler=_judge)
 
     export = commands.add_parser("export", help="export an adapter as plain LoRA, PEFT KaSA, a merged model or GGUF")
@@ -462,7 +468,7 @@ def _demo(args: argparse.Namespace) -> Work:
 def _judge(args: argparse.Namespace) -> Work:
     from .pipelines.config import resolve_config
 
-    values = {"max_new_tokens": 1024, **_run_values(args)}  # FastChat's answer length
+    values = {"max_new_tokens": JUDGE_MAX_NEW_TOKENS, **_run_values(args)}
     config = resolve_config({}, {"task": "sft", "model": args.model, **values})
     if not config.data_dir:
         raise ValueError("`kasa-peft judge` needs --data-dir holding instruct/mt_bench/ (see the README)")
