@@ -179,6 +179,20 @@ def test_cli_errors_before_loading_anything(cli, mt_bench_dir, tmp_path, monkeyp
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unreachable_judge_fails_before_any_answer_is_generated(cli, chat_llama_dir, mt_bench_dir, tmp_path):
+    """Answering the 80 questions takes hours on a CPU: a judge that cannot be reached ends the command at once,
+    with one error line."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "out"
+    result = cli("judge", "--model", chat_llama_dir, "--data-dir", mt_bench_dir, "--output-dir", out,
+                 "--judge-url", f"http://127.0.0.1:{port}/v1", "--judge-model", "judge", "--max-new-tokens", 3)
+    assert result.code == 1 and "Traceback" not in result.err and result.err.count("kasa-peft: error:") == 1
+    assert f"http://127.0.0.1:{port}/v1 cannot be reached" in result.err
+    assert not (out / "answers").exists()
+
+
 def test_run_errors(mt_bench_dir, tmp_path):
     with pytest.raises(ValueError, match="'base' is taken"):
         run_judge(judge_run("m", mt_bench_dir, tmp_path, "http://localhost:1/v1", adapters={"base": "/x"}))

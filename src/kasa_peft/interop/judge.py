@@ -25,8 +25,8 @@ _RETRIED_STATUS = {429, 500, 502, 503, 504}
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
-class JudgeError(RuntimeError):
-    """The endpoint could not give a judgment (after the retries, or a request it refuses)."""
+class JudgeError(OSError):
+    """The endpoint could not give a judgment (unreachable, after the retries, or a request it refuses)."""
 
 
 @dataclass
@@ -49,12 +49,26 @@ class ChatEndpoint:
         if not self.model:
             raise ValueError("no judge model: pass --judge-model (e.g. gpt-4o, or the name the local server serves)")
 
+    def check_reachable(self) -> None:
+        """One ``GET {url}/models``, before hours of answer generation: an endpoint that cannot be reached or that
+        refuses the key fails at once. Any other answer passes (not every OpenAI-compatible server lists models)."""
+        import requests
+
+        try:
+            response = requests.get(self.url.rstrip("/") + "/models", headers=self._headers(),
+                                    timeout=min(self.timeout, 10.0))
+        except (requests.Timeout, requests.ConnectionError) as error:
+            raise JudgeError(f"{self.url} cannot be reached ({type(error).__name__}: {error}); check --judge-url "
+                             "and that the server is running") from error
+        if response.status_code in (401, 403):
+            raise JudgeError(f"{self.url} refused the API key (HTTP {response.status_code}: {response.text[:200]})")
+
     def complete(self, messages: list[dict[str, str]], temperature: float, max_tokens: int) -> str:
         """The assistant message's text for ``messages``."""
         import requests
 
         body = {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = self._headers()
         wait, problem = self.backoff, ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -76,6 +90,10 @@ class ChatEndpoint:
             return _message_text(response, self.url)
         raise JudgeError(f"{self.url}: no answer after {self.retries + 1} attempts (last: {problem}); the cache "
                          "keeps the judgments made so far, so rerunning the same command resumes")
+
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 def endpoint_from_options(url: str | None, model: str | None, key_env: str, timeout: float) -> ChatEndpoint:

@@ -56,6 +56,7 @@ def run_judge(run: JudgeRun) -> dict[str, Any]:
     if run.mode == "pairwise" and len(names) != 2:
         raise ValueError(f"pairwise judging compares two models, got {len(names)} adapters: give one --adapter "
                          "(compared with the base model) or two")
+    run.endpoint.check_reachable()
     answers = model_answers(run, names, questions)
     cache = JudgmentCache(run.output_dir / "judgments.jsonl")
 
