@@ -31,6 +31,7 @@ schedule's head rate.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,14 @@ def settings(task: str, method: str, seed: int, schedule: Schedule | None = None
             "gamma": gamma, "epochs": plan.epochs, "batch_size": 16, "max_length": 128, "eval_every_epoch": True,
             "eval_batch_size": 64, "max_train_samples": plan.train_samples, "max_eval_samples": DEV_SAMPLES,
             "seed": seed, **changes}
+
+
+def retrain_command(run_ids: Sequence[str], work: Path) -> str:
+    """The command that trains these runs' adapters again into ``work`` (for the analysis scripts). The repository
+    keeps the runs' records, not their adapters, and a record marks its run finished, so the new records go to
+    ``work`` instead of the committed results."""
+    return (f"python benchmarks/quality/glue.py --work {work} --results {work / 'rerun-records'} "
+            f"--only {' '.join(run_ids)}")
 
 
 def runs() -> list[Run]:

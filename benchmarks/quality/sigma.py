@@ -83,10 +83,11 @@ def plot_change(info: dict, initial: dict[str, list[float]], png: Path) -> Path:
 
 
 def main(work: Path = WORK, results: Path = RESULTS) -> int:
-    missing = [str(adapter_dir(work, t)) for t in TASKS if not (adapter_dir(work, t) / "adapter_config.json").is_file()]
+    missing = [t for t in TASKS if not (adapter_dir(work, t) / "adapter_config.json").is_file()]
     if missing:
-        print(f"no trained adapter in {', '.join(missing)}: run `python benchmarks/quality/glue.py` first "
-              "(its seed-0 kasa runs of these tasks)")
+        print(f"no trained adapter in {', '.join(str(adapter_dir(work, t)) for t in missing)} (the repository keeps "
+              "the GLUE runs' records, not their adapters): train them with "
+              f"`{glue.retrain_command([f'{t}-kasa-s0' for t in missing], work)}`")
         return 1
     out = results / TABLE
     sections = []

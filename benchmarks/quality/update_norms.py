@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None, work: Path = WORK, results: Path = RESUL
     for method in glue.METHODS:
         directory = run_dir(work, task, method)
         if not (directory / "kasa_peft_method.json").is_file():
-            print(f"skipping {method}: no finished run in {directory} (run `python benchmarks/quality/glue.py`)")
+            print(f"skipping {method}: no finished run in {directory}; train it with "
+                  f"`{glue.retrain_command([f'{task}-{method}-s0'], work)}`")
             continue
         updates = relative_updates(base_weights, merged_weights(task, method, directory))
         rows.append([method, f"{100 * statistics.fmean(updates):.2f}", f"{100 * min(updates):.2f}",

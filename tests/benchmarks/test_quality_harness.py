@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -284,3 +285,16 @@ def test_the_automatic_kasa_row_is_kasa_with_drop_rank_auto():
 def test_a_table_names_only_the_seeds_it_has_runs_of():
     records = [fake_record("a", "lora", 2, 0.5), fake_record("a", "kasa", 0, 0.5), fake_record("b", "kasa", 2, 0.5)]
     assert summary.seeds_of(records) == "0, 2"
+
+
+def test_sigma_without_adapters_gives_a_command_that_trains_them(tmp_path, capsys):
+    """A fresh clone has the GLUE records but not the adapters: `glue.py` alone trains nothing (the committed
+    records mark the runs finished), so the command sigma.py prints must be one that would train exactly them."""
+    from quality import glue, sigma
+
+    assert sigma.main(work=tmp_path / "work", results=tmp_path / "results") == 1
+    command = re.search(r"`python benchmarks/quality/glue.py([^`]*)`", capsys.readouterr().out).group(1).split()
+    capsys.readouterr()
+    assert harness.main(glue.TABLE, glue.runs(), lambda records, out: None, [*command, "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == [f"{task}-kasa-s0" for task in sigma.TASKS]
