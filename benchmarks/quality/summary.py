@@ -68,9 +68,11 @@ def row_average(records: Sequence[Record], row: str, column: str, columns: Seque
     """Per row, the mean over ``columns`` of ``value``, computed per ``by`` (the seed), then mean ± std over those.
 
     A row is averaged only over the ``by`` values that have a run in every column (an unfinished seed is left
-    out rather than averaged over fewer tasks).
+    out rather than averaged over fewer tasks). No ``columns``: no averages.
     """
     averages: dict[Any, Stat] = {}
+    if not columns:
+        return averages
     for (row_value,), runs in group(records, (row,)).items():
         per_seed = group(runs, (by,))
         complete = [[value(next(r for r in seed_runs if label(r, column) == c)) for c in columns]

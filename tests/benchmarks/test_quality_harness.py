@@ -298,3 +298,13 @@ def test_sigma_without_adapters_gives_a_command_that_trains_them(tmp_path, capsy
     assert harness.main(glue.TABLE, glue.runs(), lambda records, out: None, [*command, "--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == [f"{task}-kasa-s0" for task in sigma.TASKS]
+
+
+def test_glue_summary_of_a_grid_with_no_complete_task(tmp_path):
+    """One retrained run in a fresh --results (what sigma.py's command gives): the summary is written with no
+    average instead of failing on an empty mean."""
+    from quality import glue
+
+    glue.summarise([fake_record("sst2", "kasa", 0, 0.8)], tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    assert "avg (no task with every seed)" in text and "| kasa |" in text
