@@ -42,6 +42,8 @@ HELP = {
     "reduction": "'mean' (default) or 'sum' of the penalties over layers",
     "learn_sigma": "train KaSA's singular values sigma (default); --no-learn-sigma fixes sigma = 1 (truncation + LoRA, "
                    "the paper's ablation)",
+    "sigma_init": "where KaSA's learned sigma starts: randn (the paper's code, default) or ones (the first update "
+                  "then moves B as LoRA's does)",
     "drop_rank": "how many of each weight's smallest singular components KaSA drops: r (the paper, default), an "
                  "integer d >= 0 (0: no truncation), or auto (per layer the most, up to r, within --drop-budget)",
     "drop_budget": "with --drop-rank auto: the share of each weight's Frobenius norm the truncation may remove, in "
