@@ -270,14 +270,17 @@ def test_paired_differences_subtract_the_reference_run_of_the_same_seed():
     assert "pissa" not in table
 
 
-def test_the_automatic_kasa_row_is_kasa_with_drop_rank_auto():
+def test_the_kasa_variant_rows_are_kasa_with_only_their_options_changed():
     from quality import commonsense, e2e, instruct
 
+    variants = {"kasa-auto": {"drop_rank": "auto"}, "kasa-auto-ones": {"drop_rank": "auto", "sigma_init": "ones"}}
     for module in (e2e, commonsense, instruct):
         settings = {run.labels["method"]: run.settings for run in module.runs() if run.labels["seed"] == 0}
-        assert settings["kasa-auto"]["method"] == "kasa" and settings["kasa-auto"]["drop_rank"] == "auto"
-        assert {k: v for k, v in settings["kasa-auto"].items() if k != "drop_rank"} == settings["kasa"]
-        assert all("drop_rank" not in s for m, s in settings.items() if m != "kasa-auto")
+        assert "kasa-auto" in settings
+        for method, options in variants.items():
+            if method in settings:
+                assert settings[method] == {**settings["kasa"], **options}
+        assert all("drop_rank" not in s and "sigma_init" not in s for m, s in settings.items() if m not in variants)
         assert {run.labels["seed"] for run in module.runs()} == {0, 1, 2}
 
 
