@@ -379,9 +379,9 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     if args.input == "-":
         lines += sys.stdin.read().splitlines()
     elif args.input:
-        if not Path(args.input).is_file():
-            raise FileNotFoundError(f"input file {args.input} not found: check the --input path")
-        lines += Path(args.input).read_text(encoding="utf-8").splitlines()
+        from .tasks._common import read_lines, require_path
+
+        lines += read_lines(require_path(args.input, "check the --input path"))
     if not any(line.strip() for line in lines):
         raise ValueError("no inputs: give --prompt/--text, or --input FILE (or '-' for stdin)")
     return lines
