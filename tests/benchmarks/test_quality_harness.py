@@ -287,3 +287,18 @@ def test_the_kasa_variant_rows_are_kasa_with_only_their_options_changed():
 def test_a_table_names_only_the_seeds_it_has_runs_of():
     records = [fake_record("a", "lora", 2, 0.5), fake_record("a", "kasa", 0, 0.5), fake_record("b", "kasa", 2, 0.5)]
     assert summary.seeds_of(records) == "0, 2"
+
+
+def test_the_worker_writes_record_and_predictions_into_a_new_results_directory(tmp_path, monkeypatch):
+    from quality import worker
+
+    output = tmp_path / "runs" / "e2e-lora-s0"
+    output.mkdir(parents=True)
+    (output / "e2e_predictions.txt").write_text("a pub near the river\n")
+    record = tmp_path / "results" / "e2e" / "runs" / "e2e-lora-s0.json"  # nothing of it exists yet
+    finished = {**fake_record("e2e", "lora", 0, 0.5), "output_dir": str(output)}
+    monkeypatch.setattr(worker, "run_job", lambda job: finished)
+    monkeypatch.setattr(sys, "argv", ["worker.py", json.dumps({"record": str(record)})])
+    worker.main()
+    assert json.loads(record.read_text())["id"] == "e2e-lora-s0"
+    assert record.with_suffix(".predictions.txt").read_text() == "a pub near the river\n"
