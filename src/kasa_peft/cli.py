@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("adapter_dir", metavar="ADAPTER_DIR",
                         help="a KaSA adapter directory (a run's --output-dir, or one save_adapter wrote)")
     export.add_argument("--format", required=True, choices=("lora", "peft-kasa", "merged", "gguf", "merged-gguf"),
-                        help="lora: a plain PEFT LoRA of rank 2r, exact, on the untouched base (any LoRA runtime); "
+                        help="lora: a plain PEFT LoRA of rank r + d, exact, on the untouched base (any LoRA runtime); "
                              "peft-kasa: PEFT 0.21's own KaSA layout; merged: a complete model directory (weights, "
                              "tokenizer, label names) that plain from_pretrained loads. lora and peft-kasa need only "
                              "the adapter file; merged loads the base. gguf: a llama.cpp LoRA adapter file; "
