@@ -100,6 +100,16 @@ def test_inference_commands_do_not_borrow_trains_help(command):
         assert "from the Hugging Face hub" not in text and "(default 1024" in text
 
 
+@pytest.mark.parametrize("command", ["predict", "generate"])
+def test_an_input_file_that_is_missing_or_not_utf8_is_named_before_any_model_loads(cli, tmp_path, command):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    result = cli(command, "--model", "no/such-model", "--input", tmp_path / "latin1.txt")
+    assert result.code == 1
+    assert f"{tmp_path / 'latin1.txt'} is not UTF-8 text (byte 0xe9 at byte 3): save it as UTF-8" in result.err
+    result = cli(command, "--model", "no/such-model", "--input", tmp_path / "missing.txt")
+    assert f"{tmp_path / 'missing.txt'} not found: check the --input path" in result.err
+
+
 def test_eval_of_an_adapter_without_model_names_its_own_options(cli, tmp_path):
     line = one_error_line(cli("eval", "--adapter", tmp_path, "--task", "classify"))
     assert "`kasa-peft eval --adapter DIR` needs --model" in line and "--config" not in line

@@ -25,7 +25,7 @@ from quality.summary import (  # noqa: E402
 )
 
 TABLE = "e2e"
-METHODS = ("kasa", "kasa-auto", "lora", "pissa", "milora", "peft-kasa")
+METHODS = ("kasa", "kasa-auto", "kasa-auto-ones", "lora", "pissa", "milora", "peft-kasa")
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 RAW = {"NIST": 1.0, "CIDEr": 1.0}  # reported unscaled, as the E2E challenge does; the others x100
 SEEDS = (0, 1, 2)
@@ -62,7 +62,8 @@ def summarise(records: list[Record], out: Path) -> None:
         f"(all their references), beam {BEAMS}.\n\n"
         f"{table}\nBLEU minus LoRA's BLEU with the same seed (x100):\n\n"
         f"{paired_table(bleu, METHODS, SEEDS, 'method')}\n"
-        f"kasa-auto is kasa with `drop_rank: auto`.\n"
+        f"kasa-auto is kasa with `drop_rank: auto`; kasa-auto-ones is kasa-auto with sigma started at 1 "
+        f"(`sigma_init: ones`) instead of the paper code's randn.\n"
         f"{_unscorable_nist(stale)}Machine: {machine_line(records)}.\n"
         "Command: `python benchmarks/quality/e2e.py`\n")
 

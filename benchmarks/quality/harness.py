@@ -43,7 +43,8 @@ class Run:
 
 # Method rows of the tables that are a method with options: kasa-auto is kasa with the automatic, spectrum-aware
 # truncation (drop_rank "auto" at the library's default budget).
-VARIANTS = {"kasa-auto": {"method": "kasa", "drop_rank": "auto"}}
+VARIANTS = {"kasa-auto": {"method": "kasa", "drop_rank": "auto"},
+            "kasa-auto-ones": {"method": "kasa", "drop_rank": "auto", "sigma_init": "ones"}}
 
 
 def method_settings(method: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def main() -> None:
     record = run_job(job)
     predictions = Path(record["output_dir"]) / PREDICTIONS_FILE
     if predictions.is_file():
+        Path(job["record"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(predictions, Path(job["record"]).with_suffix(".predictions.txt"))
     write_atomically(Path(job["record"]), json.dumps(repository_relative(record), indent=2) + "\n")
 

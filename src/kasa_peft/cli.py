@@ -42,6 +42,8 @@ HELP = {
     "reduction": "'mean' (default) or 'sum' of the penalties over layers",
     "learn_sigma": "train KaSA's singular values sigma (default); --no-learn-sigma fixes sigma = 1 (truncation + LoRA, "
                    "the paper's ablation)",
+    "sigma_init": "where KaSA's learned sigma starts: randn (the paper's code, default) or ones (the first update "
+                  "then moves B as LoRA's does)",
     "drop_rank": "how many of each weight's smallest singular components KaSA drops: r (the paper, default), an "
                  "integer d >= 0 (0: no truncation), or auto (per layer the most, up to r, within --drop-budget)",
     "drop_budget": "with --drop-rank auto: the share of each weight's Frobenius norm the truncation may remove, in "
@@ -286,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("adapter_dir", metavar="ADAPTER_DIR",
                         help="a KaSA adapter directory (a run's --output-dir, or one save_adapter wrote)")
     export.add_argument("--format", required=True, choices=("lora", "peft-kasa", "merged", "gguf", "merged-gguf"),
-                        help="lora: a plain PEFT LoRA of rank 2r, exact, on the untouched base (any LoRA runtime); "
+                        help="lora: a plain PEFT LoRA of rank r + d, exact, on the untouched base (any LoRA runtime); "
                              "peft-kasa: PEFT 0.21's own KaSA layout; merged: a complete model directory (weights, "
                              "tokenizer, label names) that plain from_pretrained loads. lora and peft-kasa need only "
                              "the adapter file; merged loads the base. gguf: a llama.cpp LoRA adapter file; "
@@ -405,9 +407,9 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     if args.input == "-":
         lines += sys.stdin.read().splitlines()
     elif args.input:
-        if not Path(args.input).is_file():
-            raise FileNotFoundError(f"input file {args.input} not found: check the --input path")
-        lines += Path(args.input).read_text(encoding="utf-8").splitlines()
+        from .tasks._common import read_lines, require_path
+
+        lines += read_lines(require_path(args.input, "check the --input path"))
     if not any(line.strip() for line in lines):
         raise ValueError("no inputs: give --prompt/--text, or --input FILE (or '-' for stdin)")
     return lines

@@ -271,14 +271,17 @@ def test_paired_differences_subtract_the_reference_run_of_the_same_seed():
     assert "pissa" not in table
 
 
-def test_the_automatic_kasa_row_is_kasa_with_drop_rank_auto():
+def test_the_kasa_variant_rows_are_kasa_with_only_their_options_changed():
     from quality import commonsense, e2e, instruct
 
+    variants = {"kasa-auto": {"drop_rank": "auto"}, "kasa-auto-ones": {"drop_rank": "auto", "sigma_init": "ones"}}
     for module in (e2e, commonsense, instruct):
         settings = {run.labels["method"]: run.settings for run in module.runs() if run.labels["seed"] == 0}
-        assert settings["kasa-auto"]["method"] == "kasa" and settings["kasa-auto"]["drop_rank"] == "auto"
-        assert {k: v for k, v in settings["kasa-auto"].items() if k != "drop_rank"} == settings["kasa"]
-        assert all("drop_rank" not in s for m, s in settings.items() if m != "kasa-auto")
+        assert "kasa-auto" in settings
+        for method, options in variants.items():
+            if method in settings:
+                assert settings[method] == {**settings["kasa"], **options}
+        assert all("drop_rank" not in s and "sigma_init" not in s for m, s in settings.items() if m not in variants)
         assert {run.labels["seed"] for run in module.runs()} == {0, 1, 2}
 
 
@@ -308,3 +311,18 @@ def test_glue_summary_of_a_grid_with_no_complete_task(tmp_path):
     glue.summarise([fake_record("sst2", "kasa", 0, 0.8)], tmp_path)
     text = (tmp_path / "summary.md").read_text()
     assert "avg (no task with every seed)" in text and "| kasa |" in text
+
+
+def test_the_worker_writes_record_and_predictions_into_a_new_results_directory(tmp_path, monkeypatch):
+    from quality import worker
+
+    output = tmp_path / "runs" / "e2e-lora-s0"
+    output.mkdir(parents=True)
+    (output / "e2e_predictions.txt").write_text("a pub near the river\n")
+    record = tmp_path / "results" / "e2e" / "runs" / "e2e-lora-s0.json"  # nothing of it exists yet
+    finished = {**fake_record("e2e", "lora", 0, 0.5), "output_dir": str(output)}
+    monkeypatch.setattr(worker, "run_job", lambda job: finished)
+    monkeypatch.setattr(sys, "argv", ["worker.py", json.dumps({"record": str(record)})])
+    worker.main()
+    assert json.loads(record.read_text())["id"] == "e2e-lora-s0"
+    assert record.with_suffix(".predictions.txt").read_text() == "a pub near the river\n"

@@ -133,6 +133,7 @@ def test_sigma_init_records_where_sigma_started():
     ({"drop_rank": "auto", "drop_budget": 1.0}, r"drop_budget must be a share of the weight norm in \(0, 1\)"),
     ({"drop_rank": "auto", "drop_budget": -0.1}, r"drop_budget must be a share of the weight norm in \(0, 1\)"),
     ({"drop_budget": 0.01}, "drop_budget=0.01 is used only with drop_rank='auto'"),
+    ({"sigma_init": "zeros"}, r"sigma_init must be one of \('randn', 'ones'\), got 'zeros'"),
 ])
 def test_bad_settings_are_refused_by_the_config(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -68,3 +68,24 @@ def test_regularization_loss_matches_peft_in_paper_sum_mode(pair):
     ours, theirs, _ = pair
     assert regularization_loss(ours) > 0
     torch.testing.assert_close(regularization_loss(ours), theirs.base_model._get_kasa_loss(), rtol=1e-6, atol=0)
+
+
+def test_sigma_started_at_ones_without_truncation_trains_as_peft_lora():
+    """sigma_init='ones', drop_rank=0, no penalties: the untrained model and the first gradients of A and B are
+    PEFT LoRA's with the same A (sigma's own gradient is what LoRA lacks)."""
+    targets = ("q_proj", "v_proj")
+    ours = inject(tiny_llama(), kasa_peft.KasaConfig(r=R, alpha=ALPHA, beta=0.0, gamma=0.0, target_modules=targets,
+                                                     drop_rank=0, sigma_init="ones"))
+    theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=R, lora_alpha=ALPHA, target_modules=list(targets)))
+    with torch.no_grad():
+        for name, layer in kasa_layers(ours):
+            theirs.base_model.model.get_submodule(name).lora_A["default"].weight.copy_(layer.adapters["default"].A)
+    batch = token_batch()
+    for model in (ours, theirs):
+        model(batch, labels=batch).loss.backward()
+    assert torch.equal(outputs(ours, batch), outputs(theirs, batch))
+    for name, layer in kasa_layers(ours):
+        adapter, peft_layer = layer.adapters["default"], theirs.base_model.model.get_submodule(name)
+        assert torch.equal(adapter.sigma_init, torch.ones(R))
+        assert torch.allclose(adapter.B.grad, peft_layer.lora_B["default"].weight.grad, rtol=1e-5, atol=1e-7), name
+        assert torch.equal(adapter.A.grad, torch.zeros_like(adapter.A)), name  # B = 0, as LoRA's

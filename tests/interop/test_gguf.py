@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_gpt2, tiny_llama
+from tiny_models import MIXED_BUDGET, tiny_gpt2, tiny_llama, tiny_llama_with_tails
 
 import kasa_peft as kp
 from kasa_peft.cli import main
@@ -21,6 +21,7 @@ from .gguf_support import llama_cpp_logits, llama_rows_by_hand, write_base_gguf
 from .support import save_word_tokenizer, train_like
 
 QType = gguf.GGMLQuantizationType
+MIXED = kp.KasaConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj"), drop_rank="auto", drop_budget=MIXED_BUDGET)
 
 
 def read_tensors(path) -> dict[str, gguf.ReaderTensor]:
@@ -60,6 +61,23 @@ def test_adapter_tensors_are_the_exact_lora_factors_in_llama_layout(setups, tmp_
         assert a.tensor_type == b.tensor_type == QType.F32
         np.testing.assert_array_equal(a.data, lora_a.numpy())
         np.testing.assert_array_equal(b.data, lora_b.numpy())
+
+
+def test_layers_of_different_rank_are_zero_padded_to_one_rank_that_alpha_scales_by_one(tmp_path):
+    """drop_rank auto: d = 4, 0, 2, 1, so ranks r + d = 8, 4, 6, 5. llama.cpp scales each pair by
+    alpha / (its rank): padded to 8 with alpha 8, every pair's product is the layer's exact change."""
+    model = kp.inject(tiny_llama_with_tails(), MIXED)
+    train_like(model, "default", seed=3)
+    out = export_gguf_adapter(model, tmp_path / "mixed.gguf")
+    reader = gguf.GGUFReader(out)
+    alpha = reader.fields["adapter.lora.alpha"].contents()
+    tensors = read_tensors(out)
+    expected = expected_pairs(model)
+    assert sorted(a.shape[0] for a, _ in expected.values()) == [4, 5, 6, 8]
+    for name, (lora_a, lora_b) in expected.items():
+        a, b = tensors[f"{name}.lora_a"].data, tensors[f"{name}.lora_b"].data
+        assert a.shape[0] == b.shape[1] == alpha == 8
+        np.testing.assert_allclose(alpha / b.shape[1] * (b @ a), (lora_b @ lora_a).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_adapter_metadata_round_trip(setups, tmp_path):
@@ -220,10 +238,19 @@ def llama_all_linear() -> torch.nn.Module:
     return model
 
 
+def llama_mixed_ranks() -> torch.nn.Module:
+    model = kp.inject(tiny_llama_with_tails(), MIXED)
+    train_like(model, "default", seed=5)
+    return model
+
+
 @needs_llama_cpp
-def test_llama_cpp_with_our_adapter_matches_our_model(tmp_path):
-    model = llama_all_linear()
-    base = write_base_gguf(tiny_llama(), tmp_path / "base.gguf")
+@pytest.mark.parametrize("adapted, base_model", [(llama_all_linear, tiny_llama),
+                                                 (llama_mixed_ranks, tiny_llama_with_tails)])
+def test_llama_cpp_with_our_adapter_matches_our_model(tmp_path, adapted, base_model):
+    """All seven projections with d = r; and q_proj / v_proj with d = 4, 0, 2, 1 (drop_rank auto)."""
+    model = adapted()
+    base = write_base_gguf(base_model(), tmp_path / "base.gguf")
     adapter = export_gguf_adapter(model, tmp_path / "adapter.gguf")
     with torch.no_grad():
         ours = model(torch.tensor([TOKENS])).logits[0].numpy()

@@ -1,10 +1,11 @@
-"""--drop-rank / --drop-budget and the YAML keys drop-rank / drop-budget: through `kasa-peft train` to the adapter."""
+"""--drop-rank / --drop-budget / --sigma-init and their YAML keys: through `kasa-peft train` to the adapter."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from kasa_peft import read_adapter
 from kasa_peft.pipelines.config import read_config_file, resolve_config
@@ -19,11 +20,13 @@ def test_a_train_run_drops_the_requested_count_and_records_it(cli, bert_dir, tmp
     out = tmp_path / "run"
     result = cli("train", "--config", tmp_path / "run.yaml", "--task", "classify", "--model", bert_dir,
                  "--output-dir", out, "--train-file", train_file, "--eval-file", eval_file, "--text-columns", "review",
-                 "--label-column", "label", "--max-steps", 2, "--batch-size", 4, "--max-length", 64, "--r", 8)
+                 "--label-column", "label", "--max-steps", 2, "--batch-size", 4, "--max-length", 64, "--r", 8,
+                 "--sigma-init", "ones")
     assert result.code == 0, result.err
     assert json.loads((out / "metrics.json").read_text())["config"]["drop_rank"] == 3
     metadata, tensors = read_adapter(out)
-    assert metadata["config"]["drop_rank"] == 3
+    assert (metadata["config"]["drop_rank"], metadata["config"]["sigma_init"]) == (3, "ones")
+    assert all(torch.equal(tensors[f"{name}.sigma_init"], torch.ones(8)) for name in metadata["layers"])
     assert {tensors[f"{name}.dropped_us"].shape[1] for name in metadata["layers"]} == {3}
     assert {tensors[f"{name}.A"].shape[0] for name in metadata["layers"]} == {8}
 
@@ -41,6 +44,7 @@ def test_yaml_and_flags_give_the_same_settings(tmp_path):
     ({"drop_rank": "-1"}, "drop_rank must be 'r', 'auto' or an integer >= 0"),
     ({"drop_rank": "auto", "drop_budget": 0}, r"drop_budget must be a share of the weight norm in \(0, 1\)"),
     ({"drop_budget": 0.1}, "used only with drop_rank='auto'"),
+    ({"sigma_init": "zero"}, r"--sigma-init: sigma_init must be one of \('randn', 'ones'\)"),
 ])
 def test_bad_settings_fail_before_anything_loads(values, message):
     with pytest.raises(ValueError, match=message):
@@ -50,6 +54,8 @@ def test_bad_settings_fail_before_anything_loads(values, message):
 def test_other_methods_refuse_the_truncation_settings():
     with pytest.raises(ValueError, match="apply to method 'kasa' only, not 'lora'"):
         MethodSpec(method="lora", drop_rank="auto")
+    with pytest.raises(ValueError, match="sigma_init apply to method 'kasa' only, not 'peft-kasa'"):
+        MethodSpec(method="peft-kasa", sigma_init="ones")
 
 
 def test_a_run_started_before_drop_rank_existed_resumes(tmp_path):

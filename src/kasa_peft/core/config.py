@@ -13,6 +13,7 @@ Regularizer = Literal["paper", "reference"]
 Reduction = Literal["mean", "sum"]
 TruncationMethod = Literal["eigh", "svd"]
 DropRank = int | Literal["r", "auto"]
+SigmaInit = Literal["randn", "ones"]
 
 ALL_LINEAR = "all-linear"
 # Default share of ||W||_F that ``drop_rank="auto"`` may remove from a weight (README, "Spectrum-aware truncation").
@@ -52,6 +53,9 @@ class KasaConfig:
         use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
         learn_sigma: train the knowledge-aware singular values (KaSA). ``False`` fixes ``sigma = 1``: truncation
             followed by a plain LoRA update, the first step of the paper's ablation.
+        sigma_init: where a learned ``sigma`` starts: ``"randn"`` (the paper's code, ``N(0, 1)``) or ``"ones"``
+            (the first update then moves ``B`` exactly as LoRA's does; with ``d = 0`` the untrained adapter
+            and its first gradient are LoRA's).
     """
 
     r: int = 8
@@ -67,6 +71,7 @@ class KasaConfig:
     truncation: TruncationMethod = "eigh"
     use_rslora: bool = False
     learn_sigma: bool = True
+    sigma_init: SigmaInit = "randn"
     drop_rank: DropRank = "r"
     drop_budget: float | None = None
 
@@ -82,7 +87,8 @@ class KasaConfig:
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0,
                    f"{name} must be a finite number >= 0 (it weights a penalty), got {value!r}")
-        for name, kind in (("regularizer", Regularizer), ("reduction", Reduction), ("truncation", TruncationMethod)):
+        for name, kind in (("regularizer", Regularizer), ("reduction", Reduction), ("truncation", TruncationMethod),
+                           ("sigma_init", SigmaInit)):
             choices, value = typing.get_args(kind), getattr(self, name)
             _check(value in choices, f"{name} must be one of {choices}, got {value!r}")
         self._check_drop()

@@ -116,7 +116,8 @@ class KasaAdapter(nn.Module):
         self.A = nn.Parameter(torch.empty(r, in_features, dtype=dtype, device=device))
         self.B = nn.Parameter(torch.zeros(out_features, r, dtype=dtype, device=device))
         if config.learn_sigma:
-            self.sigma = nn.Parameter(torch.randn(r, dtype=dtype, device=device))
+            start = torch.randn if config.sigma_init == "randn" else torch.ones
+            self.sigma = nn.Parameter(start(r, dtype=dtype, device=device))
         else:
             self.register_buffer("sigma", torch.ones(r, dtype=dtype, device=device))
         self.register_buffer("sigma_init", self.sigma.detach().clone())

@@ -1,13 +1,13 @@
 """A KaSA adapter's weight change as low-rank factor pairs, and norms computed from the factors.
 
-For one layer, with ``A`` (r x in), ``B`` (out x r), ``sigma`` (r), the dropped components ``us``
-(out x r), ``vt`` (r x in) and ``scale``:
+For one layer, with ``A`` (r x in), ``B`` (out x r), ``sigma`` (r), the ``d`` dropped components ``us``
+(out x d), ``vt`` (d x in) and ``scale``:
 
     update    = scale B diag(sigma) A              = P_u Q_u,  P_u = B diag(scale sigma),  Q_u = A
     truncation = us vt                             (U_d S_d V_d^T, what was removed from W)
-    delta     = update - truncation                = P Q,      P = [P_u, -us] (out x 2r),  Q = [A; vt] (2r x in)
+    delta     = update - truncation                = P Q,      P = [P_u, -us] (out x (r+d)), Q = [A; vt] ((r+d) x in)
 
-so the whole change of the original weight is one rank-2r pair, exactly.
+so the whole change of the original weight is one rank-(r + d) pair, exactly (2r with the paper's d = r).
 """
 
 from __future__ import annotations

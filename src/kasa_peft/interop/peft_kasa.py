@@ -46,8 +46,8 @@ def export_peft_kasa(source: str | os.PathLike | nn.Module, out: str | os.PathLi
     with atomic_directory(out) as staging, saved_adapter(source, base_model, adapter_name) as adapter:
         if adapter.metadata.get("fan_in_fan_out"):
             raise ValueError(f"PEFT's KaSA does not support Conv1D layers ({next(iter(adapter.metadata['layers']))}, "
-                             "...): export this adapter with --format lora (export_lora), an exact rank-2r LoRA any "
-                             "PEFT version loads")
+                             "...): export this adapter with --format lora (export_lora), an exact rank-(r + d) "
+                             "LoRA any PEFT version loads")
         config = adapter.config
         other = {name: d for name in adapter.metadata["layers"]
                  if (d := adapter.tensors[f"{name}.dropped_us"].shape[1]) != config.r}

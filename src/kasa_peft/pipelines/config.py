@@ -40,6 +40,7 @@ class RunConfig:
     regularizer: str = "paper"
     reduction: str = "mean"
     learn_sigma: bool = True
+    sigma_init: str = "randn"
     drop_rank: str = "r"  # "r", "auto" or an integer (held as int once checked)
     drop_budget: float | None = None
     target_modules: list[str] | None = None
@@ -103,9 +104,10 @@ class RunConfig:
 
         object.__setattr__(self, "drop_rank", parse_drop_rank(self.drop_rank))
         try:
-            KasaConfig(r=self.r, drop_rank=self.drop_rank, drop_budget=self.drop_budget)
+            KasaConfig(r=self.r, drop_rank=self.drop_rank, drop_budget=self.drop_budget, sigma_init=self.sigma_init)
         except ValueError as err:
-            raise ValueError(f"--drop-rank / --drop-budget: {err}".replace("invalid KasaConfig: ", "")) from None
+            flags = "--sigma-init" if "sigma_init" in str(err) else "--drop-rank / --drop-budget"
+            raise ValueError(f"{flags}: {err}".replace("invalid KasaConfig: ", "")) from None
         parse_task(self.task)  # an unknown task or method fails here, before anything is loaded
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")

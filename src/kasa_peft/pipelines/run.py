@@ -317,7 +317,7 @@ def method_spec(config: RunConfig, steps: int) -> MethodSpec:
                       target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets),
                       beta=config.beta, gamma=config.gamma, regularizer=config.regularizer,
                       reduction=config.reduction, learn_sigma=config.learn_sigma,
-                      drop_rank=config.drop_rank, drop_budget=config.drop_budget,
+                      sigma_init=config.sigma_init, drop_rank=config.drop_rank, drop_budget=config.drop_budget,
                       total_steps=steps)
 
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..core import KasaConfig, inject, target_layer_names, truncate_smallest
 from ..core.io import adapter_contents, write_adapter
-from ..core.layer import weight_matrix
+from ..core.layer import weight_matrix, weight_shape
 from ..core.model import _adapter_parameters, _base_layer, kasa_layers
 from ..core.truncation import DroppedComponents, check_drop, dropped_share, warn_if_large
 
@@ -89,27 +89,29 @@ def inject_distributed(model: nn.Module, config: KasaConfig, adapter_name: str =
     if not is_distributed(group):
         return inject(model, config, adapter_name)
     names = target_layer_names(model, config)
-    weights = [weight_matrix(_base_layer(model, name)) for name in names]
-    for name, weight in zip(names, weights, strict=True):
-        check_drop(config, *weight.shape, layer_name=name)
-    owners = layer_owners([tuple(w.shape) for w in weights], dist.get_world_size(group))
+    shapes = [weight_shape(_base_layer(model, name)) for name in names]
+    for name, shape in zip(names, shapes, strict=True):
+        check_drop(config, *shape, layer_name=name)
+    owners = layer_owners(shapes, dist.get_world_size(group))
     rank = dist.get_rank(group)
     count, budget = config.drop_target()
     mine: dict[str, DroppedComponents] = {}
     error = None
-    try:
-        for name, weight, owner in zip(names, weights, owners, strict=True):
+    try:  # one weight at a time: a quantized layer's dequantized copy lives only while it is truncated
+        for name, owner in zip(names, owners, strict=True):
             if owner == rank:
-                mine[name] = truncate_smallest(weight, count, config.truncation, budget)
+                mine[name] = truncate_smallest(weight_matrix(_base_layer(model, name)), count, config.truncation,
+                                               budget)
     except Exception as err:  # noqa: BLE001  (re-raised below, after telling the other ranks)
         error = err
     raise_if_any_rank_failed(error, "truncation", group)
     counts = shared_counts([mine[name].us.shape[1] if name in mine else 0 for name in names], group)
-    dropped = {name: broadcast_dropped(mine.get(name), tuple(weight.shape), d, owner, group)
-               for name, weight, owner, d in zip(names, weights, owners, counts, strict=True)}
+    dropped = {name: broadcast_dropped(mine.get(name), shape, d, owner, group)
+               for name, shape, owner, d in zip(names, shapes, owners, counts, strict=True)}
+    shares = {name: dropped_share(weight_matrix(_base_layer(model, name)), dropped[name])
+              for name in (names if rank == 0 else [])}
     inject(model, config, adapter_name, dropped=dropped)
-    if rank == 0:
-        warn_if_large({name: dropped_share(w, dropped[name]) for name, w in zip(names, weights, strict=True)}, config)
+    warn_if_large(shares, config)
     initial_sigmas = [layer.adapters[adapter_name].sigma_init for _, layer in kasa_layers(model)
                       if adapter_name in layer.adapters]
     broadcast_tensors([*_adapter_parameters(model, adapter_name), *initial_sigmas], 0, group)

@@ -60,6 +60,7 @@ ADALORA_TFINAL_FRACTION = 0.5
 ADALORA_SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # the RankAllocator's importance averages
 ADALORA_STATE_FILE = "adalora_resume_state.safetensors"
 QUANTIZED_BASE_METHODS = ("kasa", "lora", "dora", "adalora")
+KASA_ONLY = {"drop_rank": "r", "drop_budget": None, "sigma_init": "randn"}  # settings only `kasa` has, with defaults
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,9 @@ class MethodSpec:
     """What to train. The same fields for every method, so that only the adapter differs between runs.
 
     ``beta``, ``gamma`` weight KaSA's penalties (``kasa`` and ``peft-kasa``); ``regularizer``,
-    ``reduction``, ``learn_sigma``, ``drop_rank`` and ``drop_budget`` are those of `kasa_peft.KasaConfig` (``kasa``
-    only); ``total_steps``
-    is the number of optimizer steps, needed by AdaLoRA's rank schedule.
+    ``reduction``, ``learn_sigma``, ``sigma_init``, ``drop_rank`` and ``drop_budget`` are those of
+    `kasa_peft.KasaConfig` (``kasa`` only); ``total_steps`` is the number of optimizer steps, needed by AdaLoRA's
+    rank schedule.
     """
 
     method: str = "kasa"
@@ -83,6 +84,7 @@ class MethodSpec:
     regularizer: str = "paper"
     reduction: str = "mean"
     learn_sigma: bool = True
+    sigma_init: str = "randn"
     drop_rank: int | str = "r"
     drop_budget: float | None = None
     total_steps: int | None = None
@@ -97,9 +99,10 @@ class MethodSpec:
             value = getattr(self, name)
             if not isinstance(value, str):
                 object.__setattr__(self, name, tuple(value))
-        if self.method != "kasa" and (self.drop_rank != "r" or self.drop_budget is not None):
-            raise ValueError(f"drop_rank / drop_budget choose KaSA's truncation and apply to method 'kasa' only, "
-                             f"not {self.method!r}: leave them out")
+        kasa_only = [name for name, default in KASA_ONLY.items() if getattr(self, name) != default]
+        if self.method != "kasa" and kasa_only:
+            raise ValueError(f"{' / '.join(kasa_only)} apply to method 'kasa' only, not {self.method!r}: leave "
+                             f"{'it' if len(kasa_only) == 1 else 'them'} out")
         if self.method == "adalora" and (self.total_steps is None or self.total_steps < 1):
             raise ValueError("method 'adalora' needs total_steps (the number of optimizer steps of the run) for its "
                              f"rank schedule; got {self.total_steps!r}")
@@ -249,7 +252,7 @@ def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:
     return KasaConfig(r=spec.r, alpha=spec.alpha, dropout=spec.dropout, target_modules=spec.target_modules,
                       modules_to_save=head_modules, beta=spec.beta, gamma=spec.gamma,
                       regularizer=spec.regularizer, reduction=spec.reduction, learn_sigma=spec.learn_sigma,
-                      drop_rank=spec.drop_rank, drop_budget=spec.drop_budget)
+                      sigma_init=spec.sigma_init, drop_rank=spec.drop_rank, drop_budget=spec.drop_budget)
 
 
 def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...]):

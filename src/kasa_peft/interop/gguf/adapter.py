@@ -1,14 +1,17 @@
 """Export a KaSA adapter as a llama.cpp LoRA adapter GGUF (``llama-cli --lora``, Ollama's ``ADAPTER``).
 
-The adapter's change of a weight is the exact rank-2r pair of :mod:`..lora_export`:
+The adapter's change of a weight is the exact rank-(r + d) pair of :mod:`..lora_export`:
 
-    lora_a = [A; vt]                          (2r x in)
-    lora_b = [B diag(scale sigma), -us]       (out x 2r)
+    lora_a = [A; vt]                          ((r + d) x in)
+    lora_b = [B diag(scale sigma), -us]       (out x (r + d))
 
-llama.cpp adds ``scale * lora_b (lora_a x)`` with ``scale = adapter.lora.alpha / rank`` and ``rank`` the
-size of ``lora_b``'s last axis (``llm_graph_context::build_lora_mm``); ``alpha = 2r`` makes it 1. The
+llama.cpp adds ``scale * lora_b (lora_a x)`` with ``scale = adapter.lora.alpha / rank``, one ``alpha`` for the
+file and ``rank`` the size of each ``lora_b``'s last axis (``llama_adapter_lora_weight::get_scale``). A layer's
+rank is ``r + d``, which differs between layers with ``drop_rank="auto"`` or an integer ``d``, so every pair is
+padded with zeros to the largest rank R (``[lora_a; 0]``, ``[lora_b, 0]``: the same product) and ``alpha = R``
+makes every scale 1. The
 tensors are stored as float32 numpy arrays of those shapes (the writer reverses them into ggml's
-``ne``: ``lora_a.ne = [in, 2r]``, ``lora_b.ne = [2r, out]``, what ``llama_adapter_lora_init`` checks),
+``ne``: ``lora_a.ne = [in, R]``, ``lora_b.ne = [R, out]``, what ``llama_adapter_lora_init`` checks),
 named ``<base tensor>.lora_a`` / ``.lora_b``, with ``lora_b``'s rows in llama.cpp's q/k order
 (:mod:`.naming`).
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import gguf
 from torch import nn
+from torch.nn import functional as F
 
 from ...core import kasa_state
 from ..base_model import adapted_model
@@ -54,15 +58,19 @@ def export_gguf_adapter(source: str | os.PathLike | nn.Module, out: str | os.Pat
             raise ModulesToSaveInAdapter(
                 f"the adapter trains whole modules ({', '.join(config.modules_to_save)}), which a llama.cpp LoRA "
                 "GGUF cannot hold; export the merged model instead: --format merged-gguf")
-        tensors = []
+        pairs = {}
         for module_name, layer in adapted_layers(model, name):
-            base_name = layout.tensor_name(f"{module_name}.weight")
             adapter = layer.adapters[name]
-            lora_b, lora_a = delta_factors(adapter.A, adapter.B, adapter.sigma, adapter.dropped_us, adapter.dropped_vt,
-                                           adapter.scale)
+            pairs[layout.tensor_name(f"{module_name}.weight")] = delta_factors(
+                adapter.A, adapter.B, adapter.sigma, adapter.dropped_us, adapter.dropped_vt, adapter.scale)
+        rank = max(lora_a.shape[0] for _, lora_a in pairs.values())
+        tensors = []
+        for base_name, (lora_b, lora_a) in pairs.items():
+            padding = rank - lora_a.shape[0]
+            lora_a, lora_b = F.pad(lora_a, (0, 0, 0, padding)), F.pad(lora_b, (0, padding))
             tensors.append(Tensor(f"{base_name}.lora_a", lora_a.float().numpy()))
             tensors.append(Tensor(f"{base_name}.lora_b", layout.to_llama_rows(base_name, lora_b).float().numpy()))
         fields = [Field(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER, STRING),
                   Field(gguf.Keys.Adapter.TYPE, "lora", STRING),
-                  Field(gguf.Keys.Adapter.LORA_ALPHA, float(2 * config.r), FLOAT32)]
+                  Field(gguf.Keys.Adapter.LORA_ALPHA, float(rank), FLOAT32)]
         return write_gguf(out, layout.architecture, fields, tensors)
