@@ -213,7 +213,7 @@ def test_other_commands_fail_cleanly(cli, tmp_path):
 def test_a_missing_optional_package_names_the_extra_that_brings_it(cli, tmp_path, monkeypatch):
     """`score e2e` after the quickstart's install (no `nlg` extra): the error names the extra, which brings all
     four metric packages, not only the first one found missing."""
-    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # as when it is not installed
+    hide_package(monkeypatch, "sacrebleu")  # as when it is not installed
     (tmp_path / "refs.csv").write_text('mr,ref\n"name[A]","A is a pub."\n')
     (tmp_path / "p.txt").write_text("A is a pub.\n")
     line = one_error_line(cli("score", "e2e", "--predictions", tmp_path / "p.txt", "--references",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 from .base import TaskPipeline
 from .classification import file_pipeline, glue_pipeline, sentiment_pipeline
 from .commonsense import commonsense_pipeline
@@ -12,19 +10,6 @@ from .e2e import e2e_pipeline
 from .ifeval import ifeval_pipeline
 from .sft import sft_pipeline
 from .task_names import parse_task
-
-
-# what each task family's evaluation imports from an optional extra (pyproject.toml): checked before a run loads
-# its model, so that a missing package never surfaces after hours of training
-EVALUATION_MODULES = {"e2e": ("sacrebleu", "pycocoevalcap"), "sft": ("rouge_score",), "ifeval": ("lm_eval",)}
-
-
-def check_evaluation_modules(task: str) -> None:
-    """Raise ``ModuleNotFoundError`` (naming the module) when ``task``'s evaluation needs one that is missing."""
-    family = parse_task(task).family
-    for module in EVALUATION_MODULES.get(family, ()):
-        if importlib.util.find_spec(module) is None:
-            raise ModuleNotFoundError(f"No module named {module!r}, which scoring {family} needs", name=module)
 
 
 def build_pipeline(config: RunConfig) -> TaskPipeline:

@@ -47,7 +47,8 @@ from .base import Metrics, TaskPipeline, best_device, write_atomically
 from .config import RunConfig
 from .evaluation import PeriodicEvaluation, best_evaluation, evaluations
 from .generation import Decoding, PromptTargetPipeline
-from .registry import build_pipeline, check_evaluation_modules
+from .registry import build_pipeline
+from .task_names import check_evaluation_modules
 from .run_lock import run_directory_lock
 from .targets import default_target_modules
 

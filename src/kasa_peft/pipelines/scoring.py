@@ -25,7 +25,7 @@ from ..tasks.glue import get_glue_task, glue_metrics, label_ids, load_glue
 from ..tasks.instruct import exact_match, load_instruct_eval, rouge_l
 from .base import Metrics
 from .classification import classification_scores
-from .task_names import parse_task
+from .task_names import check_evaluation_modules, parse_task
 
 ITEM_FIELDS = ("generation", "prediction", "output", "reference", "answer", "label")
 
@@ -34,6 +34,7 @@ def score(task: str, predictions: str | Path, references: str | Path | None = No
           data_dir: str | Path | None = None) -> Metrics:
     """The task's metrics for the outputs in ``predictions`` (module docstring)."""
     name = parse_task(task)
+    check_evaluation_modules(task)
     if name.family == "e2e":
         if references:
             return score_e2e_files(predictions, references)

@@ -5,6 +5,7 @@ A task name is a family, optionally followed by ``:`` and a member of that famil
 
 from __future__ import annotations
 
+import importlib.util
 from functools import cache
 from typing import NamedTuple
 
@@ -46,3 +47,16 @@ def parse_task(name: str) -> TaskName:
     if not valid:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(task_choices())}")
     return TaskName(family, member or None)
+
+
+# what each task family's evaluation imports from an optional extra (pyproject.toml): checked before a run loads
+# its model, so that a missing package never surfaces after hours of training
+EVALUATION_MODULES = {"e2e": ("sacrebleu", "pycocoevalcap"), "sft": ("rouge_score",), "ifeval": ("lm_eval",)}
+
+
+def check_evaluation_modules(task: str) -> None:
+    """Raise ``ModuleNotFoundError`` (naming the module) when ``task``'s evaluation needs one that is missing."""
+    family = parse_task(task).family
+    for module in EVALUATION_MODULES.get(family, ()):
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named {module!r}, which scoring {family} needs", name=module)
