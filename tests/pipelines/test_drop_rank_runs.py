@@ -63,8 +63,10 @@ def test_a_run_started_before_drop_rank_existed_resumes(tmp_path):
     from kasa_peft.pipelines.run import RUN_CONFIG_FILE, start_run_dir
 
     config = resolve_config({}, {"task": "e2e", "model": "m", "resume": True})
-    recorded = {k: v for k, v in config.to_dict().items() if k not in ("drop_rank", "drop_budget")}
+    recorded = {k: v for k, v in config.to_dict().items() if k not in ("drop_rank", "drop_budget", "sigma_init")}
     (tmp_path / RUN_CONFIG_FILE).write_text(json.dumps(recorded))
     start_run_dir(tmp_path, config)
     with pytest.raises(ValueError, match=r"different settings \(drop_rank\)"):
         start_run_dir(tmp_path, config.replace(drop_rank="auto"))
+    with pytest.raises(ValueError, match=r"different settings \(sigma_init\)"):
+        start_run_dir(tmp_path, config.replace(sigma_init="ones"))
