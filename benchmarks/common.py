@@ -34,6 +34,14 @@ def machine_info() -> dict:
     }
 
 
+def machine_sentence(info: dict, packages: tuple[str, ...] = ("torch", "transformers", "peft")) -> str:
+    """The opening sentence of a results page (from `machine_info`): when, on what, under which load, with which
+    versions of ``packages``, and the command."""
+    versions = ", ".join(f"{name} {info['versions'][name]}" for name in packages)
+    return (f"{info['date']}, {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, "
+            f"load average {info['load_average'][0]:.1f} at start, {versions}. Command: `{info['command']}`.")
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()

@@ -29,7 +29,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import kasa_peft  # noqa: E402
-from common import alternate, machine_info, median, peak_rss, timed, write_results  # noqa: E402
+from common import alternate, machine_info, machine_sentence, median, peak_rss, timed, write_results  # noqa: E402
 from kasa_peft.models import load_model  # noqa: E402
 
 SETUPS = {
@@ -169,12 +169,8 @@ ROWS = [  # (summary key, medians key, ours, anchor, anchor label)
 
 
 def markdown(summaries: dict, info: dict) -> str:
-    versions = info["versions"]
     lines = ["# Core speed: kasa-peft vs PEFT 0.21.2", "",
-             f"{info['date']}, {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, "
-             f"load average {info['load_average'][0]:.1f} at start, torch {versions['torch']}, "
-             f"transformers {versions['transformers']}, peft {versions['peft']}. Command: `{info['command']}`. "
-             "Ratios of medians of interleaved runs; lower is better.", "",
+             f"{machine_sentence(info)} Ratios of medians of interleaved runs; lower is better.", "",
              "| model | measure | ours (median) | anchor (median) | ratio | goal | met |",
              "|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():

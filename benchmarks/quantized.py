@@ -39,7 +39,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternate, machine_info, median, peak_rss, write_results  # noqa: E402
+from common import alternate, machine_info, machine_sentence, median, peak_rss, write_results  # noqa: E402
 
 STORAGES = ("float32", "4bit", "8bit")
 METHODS = ("kasa", "lora")
@@ -192,12 +192,9 @@ def summarize(raw: dict) -> dict:
 
 
 def markdown(summaries: dict, info: dict) -> str:
-    versions = info["versions"]
     lines = ["# KaSA on quantized bases: peak training memory and step time", "",
-             f"{info['date']}, {info['cpu']}, {info['cores']} cores (shared), {info['torch_threads']} torch threads, "
-             f"load average {info['load_average'][0]:.1f} at start, torch {versions['torch']}, transformers "
-             f"{versions['transformers']}, peft {versions['peft']}, bitsandbytes {versions['bitsandbytes']}. "
-             f"Command: `{info['command']}`. Rank {R} on {', '.join(TARGETS)}, batch {BATCH} x {LENGTH} tokens, "
+             f"{machine_sentence(info, ('torch', 'transformers', 'peft', 'bitsandbytes'))} "
+             f"Rank {R} on {', '.join(TARGETS)}, batch {BATCH} x {LENGTH} tokens, "
              "AdamW. Memory: peak RSS during training steps, above the RSS before the model was built (and in "
              "total); time: medians of interleaved steps, ours and PEFT LoRA on copies of the same base. CPU only "
              "(bitsandbytes' CPU kernels): GPU step times are not measured here.", "",
