@@ -25,7 +25,7 @@ from quality.summary import (  # noqa: E402
 )
 
 TABLE = "e2e"
-METHODS = ("kasa", "kasa-auto", "kasa-auto-ones", "lora", "pissa", "milora", "peft-kasa")
+METHODS = ("kasa", "kasa-auto", "kasa-auto-ones", "lora", "pissa", "milora", "peft-kasa", "kasa-auto-4bit", "lora-4bit")
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 RAW = {"NIST": 1.0, "CIDEr": 1.0}  # reported unscaled, as the E2E challenge does; the others x100
 SEEDS = (0, 1, 2)
@@ -63,7 +63,8 @@ def summarise(records: list[Record], out: Path) -> None:
         f"{table}\nBLEU minus LoRA's BLEU with the same seed (x100):\n\n"
         f"{paired_table(bleu, METHODS, SEEDS, 'method')}\n"
         f"kasa-auto is kasa with `drop_rank: auto`; kasa-auto-ones is kasa-auto with sigma started at 1 "
-        f"(`sigma_init: ones`) instead of the paper code's randn.\n"
+        f"(`sigma_init: ones`) instead of the paper code's randn; the -4bit rows train and decode on the "
+        f"base quantized to NF4 with double quantization (`quantize: 4bit`), the adapter in float32.\n"
         f"{_unscorable_nist(stale)}Machine: {machine_line(records)}.\n"
         "Command: `python benchmarks/quality/e2e.py`\n")
 

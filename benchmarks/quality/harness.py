@@ -42,9 +42,11 @@ class Run:
 
 
 # Method rows of the tables that are a method with options: kasa-auto is kasa with the automatic, spectrum-aware
-# truncation (drop_rank "auto" at the library's default budget).
+# truncation (drop_rank "auto" at the library's default budget); a -4bit row trains on the NF4 base (issue 14).
 VARIANTS = {"kasa-auto": {"method": "kasa", "drop_rank": "auto"},
-            "kasa-auto-ones": {"method": "kasa", "drop_rank": "auto", "sigma_init": "ones"}}
+            "kasa-auto-ones": {"method": "kasa", "drop_rank": "auto", "sigma_init": "ones"},
+            "kasa-auto-4bit": {"method": "kasa", "drop_rank": "auto", "quantize": "4bit"},
+            "lora-4bit": {"method": "lora", "quantize": "4bit"}}
 
 
 def method_settings(method: str) -> dict[str, Any]:

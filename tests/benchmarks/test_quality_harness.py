@@ -274,14 +274,18 @@ def test_paired_differences_subtract_the_reference_run_of_the_same_seed():
 def test_the_kasa_variant_rows_are_kasa_with_only_their_options_changed():
     from quality import commonsense, e2e, instruct
 
-    variants = {"kasa-auto": {"drop_rank": "auto"}, "kasa-auto-ones": {"drop_rank": "auto", "sigma_init": "ones"}}
+    variants = {"kasa-auto": ("kasa", {"drop_rank": "auto"}),
+                "kasa-auto-ones": ("kasa", {"drop_rank": "auto", "sigma_init": "ones"}),
+                "kasa-auto-4bit": ("kasa", {"drop_rank": "auto", "quantize": "4bit"}),
+                "lora-4bit": ("lora", {"quantize": "4bit"})}
+    options = {"drop_rank", "sigma_init", "quantize"}
     for module in (e2e, commonsense, instruct):
         settings = {run.labels["method"]: run.settings for run in module.runs() if run.labels["seed"] == 0}
         assert "kasa-auto" in settings
-        for method, options in variants.items():
+        for method, (base, changed) in variants.items():
             if method in settings:
-                assert settings[method] == {**settings["kasa"], **options}
-        assert all("drop_rank" not in s and "sigma_init" not in s for m, s in settings.items() if m not in variants)
+                assert settings[method] == {**settings[base], **changed}
+        assert all(options.isdisjoint(s) for m, s in settings.items() if m not in variants)
         assert {run.labels["seed"] for run in module.runs()} == {0, 1, 2}
 
 
