@@ -3,10 +3,10 @@ quantized base: training-step peak memory and step time.
 
 Models: SmolLM2-135M (``smollm2``) and a Llama-shaped model built from a config with random weights
 (``llama-0.5b``: 10 layers, hidden 2048, MLP 5632, tied 32k vocabulary, 0.51B parameters; its weights dominate
-memory), both quantized in memory by ``quantize_linear_layers`` (NF4 with double quantization, as
-``--quantize 4bit``; LLM.int8()), which leaves no checkpoint file mapped (transformers' quantized load keeps
-SmolLM2's 540 MB float32 file mapped after loading, which would count in the RSS). The adapters are rank 8 on
-``q_proj`` and ``v_proj`` (both methods); batch 1 x 64 tokens; AdamW; KaSA's regulariser included.
+memory). SmolLM2 loads as ``--quantize`` loads it (``load_model(..., quantize=...)``: NF4 with double
+quantization; LLM.int8()); the random model is quantized in memory the same way by ``quantize_linear_layers``.
+The adapters are rank 8 on ``q_proj`` and ``v_proj`` (both methods); batch 1 x 64 tokens; AdamW; KaSA's
+regulariser included.
 
 * memory: one subprocess per (model, storage, method); peak RSS sampled every millisecond during the training
   steps, and the same minus the RSS of the process before the model was built (interpreter, torch, transformers,
@@ -56,12 +56,11 @@ def load_base(name: str, storage: str) -> torch.nn.Module:
     if name == "smollm2":
         from kasa_peft.models import load_model
 
-        model = load_model("smollm2", "causal_lm")[0]
-    else:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        return load_model("smollm2", "causal_lm", quantize=None if storage == "float32" else storage)[0]
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(**LLAMA_SHAPE, num_hidden_layers=RANDOM_LLAMAS[name])).eval()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**LLAMA_SHAPE, num_hidden_layers=RANDOM_LLAMAS[name])).eval()
     if storage == "float32":
         return model
     from kasa_peft.interop.bitsandbytes import quantize_linear_layers

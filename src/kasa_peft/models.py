@@ -274,8 +274,12 @@ def _quantization_kwargs(quantize: str | None, dtype: torch.dtype) -> dict:
                              "`pip install 'kasa-peft[quantized]'` (or `pip install bitsandbytes`).")
     from .interop.bitsandbytes import quantization_config
 
-    device_map = "cuda" if torch.cuda.is_available() else "cpu"  # bitsandbytes quantizes on the layer's device
-    return {"quantization_config": quantization_config(quantize, dtype), "device_map": device_map}
+    on_gpu = torch.cuda.is_available()
+    # bitsandbytes quantizes on the layer's device. On the CPU the layers left in float (embedding, head, norms)
+    # would view a memory-mapped checkpoint and keep all of it resident (SmolLM2: 405 MB next to 170 MB of
+    # model), so the file is read into memory instead, and freed once the model holds its own tensors.
+    return {"quantization_config": quantization_config(quantize, dtype), "device_map": "cuda" if on_gpu else "cpu",
+            "disable_mmap": not on_gpu}
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

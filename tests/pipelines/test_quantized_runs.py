@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +45,18 @@ def test_load_model_quantizes_the_linear_layers_but_not_the_head(llama64_dir, qu
     with torch.no_grad():
         difference = (model(token_batch()).logits - plain(token_batch()).logits).abs().max()
     assert 0 < difference < 0.5  # the same model, rounded
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc")
+def test_a_quantized_load_on_the_cpu_keeps_no_mapping_of_the_float_checkpoint(llama64_dir):
+    """The layers left in float (embedding, head, norms) would otherwise view the mapped checkpoint and keep every
+    page of it, the float weights of the quantized layers included, in the process's memory."""
+    model, _ = load_model(llama64_dir, "causal_lm", quantize="4bit")
+    checkpoint = str(Path(llama64_dir, "model.safetensors").resolve())
+    assert checkpoint not in Path("/proc/self/maps").read_text()
+    plain, _ = load_model(llama64_dir, "causal_lm")  # the check can fail: a float load maps the file
+    assert checkpoint in Path("/proc/self/maps").read_text()
+    del model, plain
 
 
 def test_quantize_without_bitsandbytes_says_what_to_install(llama64_dir, monkeypatch):
