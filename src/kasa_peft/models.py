@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -275,11 +276,14 @@ def _quantization_kwargs(quantize: str | None, dtype: torch.dtype) -> dict:
     from .interop.bitsandbytes import quantization_config
 
     on_gpu = torch.cuda.is_available()
+    kwargs = {"quantization_config": quantization_config(quantize, dtype), "device_map": "cuda" if on_gpu else "cpu"}
     # bitsandbytes quantizes on the layer's device. On the CPU the layers left in float (embedding, head, norms)
     # would view a memory-mapped checkpoint and keep all of it resident (SmolLM2: 405 MB next to 170 MB of
-    # model), so the file is read into memory instead, and freed once the model holds its own tensors.
-    return {"quantization_config": quantization_config(quantize, dtype), "device_map": "cuda" if on_gpu else "cpu",
-            "disable_mmap": not on_gpu}
+    # model), so the file is read into memory instead (where transformers has `disable_mmap`: 2026 releases) and
+    # freed once the model holds its own tensors.
+    if not on_gpu and "disable_mmap" in inspect.signature(PreTrainedModel.from_pretrained).parameters:
+        kwargs["disable_mmap"] = True
+    return kwargs
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

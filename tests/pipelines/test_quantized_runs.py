@@ -59,6 +59,17 @@ def test_a_quantized_load_on_the_cpu_keeps_no_mapping_of_the_float_checkpoint(ll
     del model, plain
 
 
+def test_a_transformers_without_disable_mmap_is_not_given_it(monkeypatch):
+    """Older transformers releases have no ``disable_mmap`` and would refuse it: the load maps the file, as before."""
+    class OldPreTrainedModel:
+        @classmethod
+        def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+            raise NotImplementedError
+
+    monkeypatch.setattr(models, "PreTrainedModel", OldPreTrainedModel)
+    assert "disable_mmap" not in models._quantization_kwargs("4bit", torch.float32)
+
+
 def test_quantize_without_bitsandbytes_says_what_to_install(llama64_dir, monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(models.importlib.util, "find_spec",
