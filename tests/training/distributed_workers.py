@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from datetime import timedelta
 from collections.abc import Callable
 from pathlib import Path
@@ -109,15 +110,20 @@ def gathered(value: object) -> list[object]:
 
 
 def truncation_worker(rank: int, out: Path) -> None:
-    """Record every rank's dropped factors, initial adapter and number of SVDs computed."""
-    calls = []
-    original = distributed.truncate_smallest
-    distributed.truncate_smallest = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
-    model = injected_on_rank(rank)
-    distributed.truncate_smallest = original
+    """Record every rank's dropped factors, initial adapter, warnings, and number of SVDs computed and weights read
+    (a quantized weight is dequantized at each read)."""
+    calls, reads = [], []
+    truncate, read = distributed.truncate_smallest, distributed.weight_matrix
+    distributed.truncate_smallest = lambda *args, **kwargs: calls.append(1) or truncate(*args, **kwargs)
+    distributed.weight_matrix = lambda *args, **kwargs: reads.append(1) or read(*args, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = injected_on_rank(rank)
+    distributed.truncate_smallest, distributed.weight_matrix = truncate, read
     dropped = {name: (d.us.clone(), d.vt.clone()) for name, d in dropped_components(model, "default").items()}
     adapter = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    everything = gathered({"dropped": dropped, "adapter": adapter, "svd_calls": len(calls)})
+    everything = gathered({"dropped": dropped, "adapter": adapter, "svd_calls": len(calls),
+                           "weight_reads": len(reads), "warnings": [str(w.message) for w in caught]})
     if rank == 0:
         torch.save(everything, out / "truncation.pt")
 

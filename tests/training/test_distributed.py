@@ -13,7 +13,8 @@ import torch
 import torch.multiprocessing as mp
 
 from kasa_peft import (
-    dropped_components, kasa_layers, kasa_state, load_adapter, read_adapter, regularization_loss, truncate_smallest,
+    dropped_components, inject, kasa_layers, kasa_state, load_adapter, read_adapter, regularization_loss,
+    truncate_smallest,
 )
 from kasa_peft.core.io import adapter_contents
 from kasa_peft.core.layer import weight_matrix
@@ -90,6 +91,11 @@ def test_truncation_is_computed_once_and_bit_identical_on_every_rank(tmp_path, r
     names = list(dropped_components(reference[0], "default"))
     assert [r["svd_calls"] for r in ranks] and all(r["svd_calls"] > 0 for r in ranks)
     assert sum(r["svd_calls"] for r in ranks) == len(names)
+    assert [r["weight_reads"] for r in ranks] == [r["svd_calls"] for r in ranks]  # each weight read once, by its owner
+    with pytest.warns(UserWarning) as single_process:
+        inject(tiny_llama(), CONFIG)
+    assert ranks[0]["warnings"] == [str(w.message) for w in single_process]  # the same shares, from the owners
+    assert ranks[1]["warnings"] == []
     for name in names:
         us, vt = truncate_smallest(weight_matrix(model.get_submodule(name)), CONFIG.r, CONFIG.truncation)
         for rank in ranks:

@@ -96,33 +96,35 @@ def inject_distributed(model: nn.Module, config: KasaConfig, adapter_name: str =
     rank = dist.get_rank(group)
     count, budget = config.drop_target()
     mine: dict[str, DroppedComponents] = {}
+    my_shares: dict[str, float] = {}
     error = None
     try:  # one weight at a time: a quantized layer's dequantized copy lives only while it is truncated
         for name, owner in zip(names, owners, strict=True):
             if owner == rank:
-                mine[name] = truncate_smallest(weight_matrix(_base_layer(model, name)), count, config.truncation,
-                                               budget)
+                weight = weight_matrix(_base_layer(model, name))
+                mine[name] = truncate_smallest(weight, count, config.truncation, budget)
+                my_shares[name] = dropped_share(weight, mine[name])
     except Exception as err:  # noqa: BLE001  (re-raised below, after telling the other ranks)
         error = err
     raise_if_any_rank_failed(error, "truncation", group)
-    counts = shared_counts([mine[name].us.shape[1] if name in mine else 0 for name in names], group)
+    counts = summed_over_ranks([mine[name].us.shape[1] if name in mine else 0 for name in names], torch.int64, group)
+    shares = summed_over_ranks([my_shares.get(name, 0.0) for name in names], torch.float64, group)
     dropped = {name: broadcast_dropped(mine.get(name), shape, d, owner, group)
                for name, shape, owner, d in zip(names, shapes, owners, counts, strict=True)}
-    shares = {name: dropped_share(weight_matrix(_base_layer(model, name)), dropped[name])
-              for name in (names if rank == 0 else [])}
     inject(model, config, adapter_name, dropped=dropped)
-    warn_if_large(shares, config)
+    warn_if_large(dict(zip(names, shares, strict=True)) if rank == 0 else {}, config)
     initial_sigmas = [layer.adapters[adapter_name].sigma_init for _, layer in kasa_layers(model)
                       if adapter_name in layer.adapters]
     broadcast_tensors([*_adapter_parameters(model, adapter_name), *initial_sigmas], 0, group)
     return model
 
 
-def shared_counts(local: Sequence[int], group: Group = None) -> list[int]:
-    """Each layer's dropped count ``d`` on every rank: each rank gives its own layers' and 0 elsewhere (one sum)."""
-    counts = torch.tensor(local, dtype=torch.int64, device=communication_device(group))
-    dist.all_reduce(counts, group=group)
-    return counts.tolist()
+def summed_over_ranks(local: Sequence[float], dtype: torch.dtype, group: Group = None) -> list:
+    """A per-layer value on every rank, from the owners: each rank gives its own layers' and 0 elsewhere (one
+    sum). Used for each layer's dropped count ``d`` and the share of its norm that the truncation removes."""
+    values = torch.tensor(local, dtype=dtype, device=communication_device(group))
+    dist.all_reduce(values, group=group)
+    return values.tolist()
 
 
 def broadcast_dropped(dropped: DroppedComponents | None, shape: tuple[int, int], r: int, owner: int,
