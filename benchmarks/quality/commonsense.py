@@ -14,6 +14,7 @@ generation of at most 16 tokens with answer extraction (LLM-Adapters' protocol; 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -21,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from quality.harness import Record, Run, main, method_settings  # noqa: E402
 from quality.summary import (  # noqa: E402
-    cells, machine_line, metric, paired_differences, paired_table, seeds_of, stat_table,
+    cells, machine_line, markdown_table, metric, paired_differences, paired_interval, paired_table, seeds_of,
+    stat_table,
 )
 
 TABLE = "commonsense"
@@ -52,6 +54,8 @@ def summarise(records: list[Record], out: Path) -> None:
         sections.append(f"## Accuracy by {title} (`{mode}`)\n\n{stat_table(stats, METHODS, SETS, 'method')}\n"
                         f"Average accuracy minus LoRA's with the same seed:\n\n"
                         f"{paired_table(paired, METHODS, SEEDS, 'method', digits=1)}")
+    if comparison := example_comparison(records, out):
+        sections.append(comparison)
     (out / "summary.md").write_text(
         "# Commonsense reasoning, SmolLM2-135M (`smollm2`), r = 8 on q_proj/v_proj\n\n"
         f"Accuracy x100 on a fixed {TEST_SAMPLES}-example subset of each test set, mean ± std over seeds "
@@ -59,6 +63,40 @@ def summarise(records: list[Record], out: Path) -> None:
         "files (boolq, ARC-Easy, ARC-Challenge, openbookqa), 1 epoch, batch 8, lr 3e-4; greedy generation of at "
         "most 16 tokens. kasa-auto is kasa with `drop_rank: auto`.\n\n" + "\n".join(sections)
         + f"\nMachine: {machine_line(records)}.\nCommand: `python benchmarks/quality/commonsense.py`\n")
+
+
+def answers_right(record: Record, out: Path) -> dict[str, list[bool]] | None:
+    """Per mode, whether each test answer of the run is right, from the answers kept beside its record
+    (``<id>.predictions.jsonl``; None for a run recorded without them)."""
+    path = out / "runs" / f"{record['id']}.predictions.jsonl"
+    if not path.is_file():
+        return None
+    answers = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {"option_accuracy": [a["option_choice"] == a["answer"] for a in answers],
+            "generation_accuracy": [a["extracted"] == a["answer"] for a in answers]}
+
+
+def example_comparison(records: list[Record], out: Path) -> str:
+    """Each method against LoRA answer by answer, pooled over the seeds where both kept their answers."""
+    right = {(r["labels"]["method"], r["labels"]["seed"]): answers_right(r, out) for r in records}
+    rows = []
+    for method in METHODS:
+        seeds = [s for s in SEEDS if method != "lora" and right.get((method, s)) and right.get(("lora", s))]
+        if not seeds:
+            continue
+        intervals = []
+        for mode in MODES:
+            differences = [int(ours) - int(lora) for s in seeds
+                           for ours, lora in zip(right[(method, s)][mode], right[("lora", s)][mode], strict=True)]
+            mean, half_width = paired_interval(differences)
+            intervals.append(f"{100 * mean:+.1f} ± {100 * half_width:.1f}")
+        rows.append([method, ", ".join(map(str, seeds)), str(len(differences)), *intervals])
+    if not rows:
+        return ""
+    table = markdown_table(["method", "seeds", "answers", *(f"{mode} minus LoRA's" for mode in MODES)], rows)
+    return ("## Answer by answer against LoRA\n\nAccuracy minus LoRA's (x100) over every test answer of the seeds "
+            "where both runs kept their answers (`runs/<id>.predictions.jsonl`), ± the half-width of a 95% "
+            "interval (normal approximation, the pairs taken as independent):\n\n" + table)
 
 
 if __name__ == "__main__":

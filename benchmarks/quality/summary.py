@@ -120,6 +120,12 @@ def paired_table(differences: dict[Any, dict[Any, float]], rows: Sequence[Any], 
     return markdown_table([row_title, *(f"seed {s}" for s in seeds), "mean ± std"], body)
 
 
+def paired_interval(differences: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """The mean of paired differences and the half-width of its normal-approximation interval (95% for z = 1.96):
+    ``z * sd / sqrt(n)``, with the sample standard deviation."""
+    return statistics.fmean(differences), z * statistics.stdev(differences) / len(differences) ** 0.5
+
+
 def seeds_of(records: Sequence[Record]) -> str:
     """The seeds the records cover, as text (``0, 1, 2``; a table names only the seeds that have finished runs)."""
     return ", ".join(map(str, sorted({label(r, "seed") for r in records})))

@@ -3,8 +3,9 @@
 The job (written by ``harness.worker_command``) holds the table, the run's id and labels, the `RunConfig`
 settings and where the record goes. The record is written only once training and evaluation have finished,
 through a temporary file and a rename, so a record on disk is always a finished run; its paths are relative to
-the repository. A generation run's outputs (``e2e_predictions.txt``) are kept beside the record, as
-``<id>.predictions.txt``, so that its scores can be recomputed when a metric is corrected.
+the repository. A run's answers (``e2e_predictions.txt``, ``commonsense_predictions.jsonl``) are kept beside the
+record, as ``<id>.predictions.txt`` / ``.jsonl``, so that its scores can be recomputed when a metric is corrected
+and methods compared example by example.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from common import machine_info  # noqa: E402
 from quality.harness import repository_relative  # noqa: E402
 from kasa_peft.pipelines.base import write_atomically  # noqa: E402
 from kasa_peft.pipelines.config import RunConfig  # noqa: E402
-from kasa_peft.pipelines.e2e import PREDICTIONS_FILE  # noqa: E402
+from kasa_peft.pipelines import commonsense, e2e  # noqa: E402
 from kasa_peft.pipelines.run import read_run, train  # noqa: E402
+
+ANSWER_FILES = (e2e.PREDICTIONS_FILE, commonsense.PREDICTIONS_FILE)
 
 
 def run_job(job: dict) -> dict:
@@ -36,10 +39,11 @@ def run_job(job: dict) -> dict:
 def main() -> None:
     job = json.loads(sys.argv[1])
     record = run_job(job)
-    predictions = Path(record["output_dir"]) / PREDICTIONS_FILE
-    if predictions.is_file():
-        Path(job["record"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(predictions, Path(job["record"]).with_suffix(".predictions.txt"))
+    for name in ANSWER_FILES:
+        answers = Path(record["output_dir"]) / name
+        if answers.is_file():
+            Path(job["record"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(answers, Path(job["record"]).with_suffix(".predictions" + answers.suffix))
     write_atomically(Path(job["record"]), json.dumps(repository_relative(record), indent=2) + "\n")
 
 

@@ -317,16 +317,44 @@ def test_glue_summary_of_a_grid_with_no_complete_task(tmp_path):
     assert "avg (no task with every seed)" in text and "| kasa |" in text
 
 
-def test_the_worker_writes_record_and_predictions_into_a_new_results_directory(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("table", "answers", "kept"), [("e2e", "e2e_predictions.txt", ".predictions.txt"),
+                                                        ("commonsense", "commonsense_predictions.jsonl",
+                                                         ".predictions.jsonl")])
+def test_the_worker_writes_record_and_predictions_into_a_new_results_directory(tmp_path, monkeypatch, table,
+                                                                               answers, kept):
     from quality import worker
 
-    output = tmp_path / "runs" / "e2e-lora-s0"
+    output = tmp_path / "runs" / f"{table}-lora-s0"
     output.mkdir(parents=True)
-    (output / "e2e_predictions.txt").write_text("a pub near the river\n")
-    record = tmp_path / "results" / "e2e" / "runs" / "e2e-lora-s0.json"  # nothing of it exists yet
-    finished = {**fake_record("e2e", "lora", 0, 0.5), "output_dir": str(output)}
+    (output / answers).write_text("a pub near the river\n")
+    record = tmp_path / "results" / table / "runs" / f"{table}-lora-s0.json"  # nothing of it exists yet
+    finished = {**fake_record(table, "lora", 0, 0.5), "output_dir": str(output)}
     monkeypatch.setattr(worker, "run_job", lambda job: finished)
     monkeypatch.setattr(sys, "argv", ["worker.py", json.dumps({"record": str(record)})])
     worker.main()
-    assert json.loads(record.read_text())["id"] == "e2e-lora-s0"
-    assert record.with_suffix(".predictions.txt").read_text() == "a pub near the river\n"
+    assert json.loads(record.read_text())["id"] == f"{table}-lora-s0"
+    assert record.with_suffix(kept).read_text() == "a pub near the river\n"
+
+
+def test_commonsense_compares_answer_by_answer_with_lora_over_the_seeds_that_kept_answers(tmp_path):
+    from quality import commonsense
+
+    (tmp_path / "runs").mkdir()
+
+    def run(method: str, seed: int, options: str, generations: str) -> dict:
+        """A record whose answers are right where ``options`` / ``generations`` have a 1."""
+        answers = [{"answer": "a", "option_choice": "a" if o == "1" else "b", "extracted": "a" if g == "1" else ""}
+                   for o, g in zip(options, generations, strict=True)]
+        record = fake_record("commonsense", method, seed, 0.5)
+        (tmp_path / "runs" / f"{record['id']}.predictions.jsonl").write_text(
+            "".join(json.dumps(a) + "\n" for a in answers))
+        return record
+
+    records = [run("lora", 1, "1100", "1000"), run("kasa-auto", 1, "1110", "0000"),
+               run("lora", 2, "0000", "1111"), run("kasa-auto", 2, "0011", "1111"),
+               fake_record("commonsense", "pissa", 1, 0.5)]  # recorded without answers: no row
+    text = commonsense.example_comparison(records, tmp_path)
+    # option: differences 0,0,1,0 and 0,0,1,1 -> mean 3/8, sample sd 0.5175, half-width 1.96 * 0.5175 / sqrt(8)
+    # generation: -1,0,0,0 and 0,0,0,0 -> mean -1/8, sd 0.3536, half-width 0.2450
+    assert "| kasa-auto | 1, 2 | 8 | +37.5 ± 35.9 | -12.5 ± 24.5 |" in text
+    assert "pissa" not in text
