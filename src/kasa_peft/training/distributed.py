@@ -101,9 +101,7 @@ def inject_distributed(model: nn.Module, config: KasaConfig, adapter_name: str =
     try:  # one weight at a time: a quantized layer's dequantized copy lives only while it is truncated
         for name, owner in zip(names, owners, strict=True):
             if owner == rank:
-                weight = weight_matrix(_base_layer(model, name))
-                mine[name] = truncate_smallest(weight, count, config.truncation, budget)
-                my_shares[name] = dropped_share(weight, mine[name])
+                mine[name], my_shares[name] = _truncated(_base_layer(model, name), config, count, budget)
     except Exception as err:  # noqa: BLE001  (re-raised below, after telling the other ranks)
         error = err
     raise_if_any_rank_failed(error, "truncation", group)
@@ -117,6 +115,15 @@ def inject_distributed(model: nn.Module, config: KasaConfig, adapter_name: str =
                       if adapter_name in layer.adapters]
     broadcast_tensors([*_adapter_parameters(model, adapter_name), *initial_sigmas], 0, group)
     return model
+
+
+def _truncated(layer: nn.Module, config: KasaConfig, count: int, budget: float | None
+               ) -> tuple[DroppedComponents, float]:
+    """The layer's dropped components and the share of its weight's norm they carry, from one read of the weight
+    (a quantized one is dequantized for it)."""
+    weight = weight_matrix(layer)
+    dropped = truncate_smallest(weight, count, config.truncation, budget)
+    return dropped, dropped_share(weight, dropped)
 
 
 def summed_over_ranks(local: Sequence[float], dtype: torch.dtype, group: Group = None) -> list:
