@@ -321,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write a PNG: for an adapter, what training changed (update norms, sigma - "
                               "sigma_init, truncated energy); with --model, each target's singular-value spectrum "
                               "with the cut marked")
-    _add_run_options(inspect, ("model", "task", "target_modules", "r", "drop_rank", "drop_budget", "data_dir",
-                               "train_file", "max_length", "seed"))
+    _add_run_options(inspect, ("model", "quantize", "task", "target_modules", "r", "drop_rank", "drop_budget",
+                               "data_dir", "train_file", "max_length", "seed"))
     inspect.add_argument("--samples", type=int,
                          help="with --task: how many training examples the losses are measured on; default 32")
     inspect.set_defaults(handler=_inspect)

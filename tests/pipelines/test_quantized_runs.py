@@ -15,6 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import kasa_peft as kp
 from kasa_peft import models
 from kasa_peft.models import ModelLoadError, load_model
+from kasa_peft.pipelines.preflight import preflight
 
 from .helpers import save_model
 
@@ -118,3 +119,19 @@ def test_smollm2_gguf_loads_dequantized_then_quantized_to_4bit():
     kp.inject(model, kp.KasaConfig(r=8, target_modules=("q_proj", "v_proj")))
     with torch.no_grad():
         assert torch.isfinite(model(**tokenizer("The movie was", return_tensors="pt")).logits).all()
+
+
+def test_the_preflight_report_of_a_4bit_base_is_that_of_the_weights_its_layers_compute_with(cli, llama64_dir):
+    report = preflight({"model": llama64_dir, "quantize": "4bit", "target_modules": "v_proj", "r": 4})
+    plain = preflight({"model": llama64_dir, "target_modules": "v_proj", "r": 4})
+    model, _ = load_model(llama64_dir, "causal_lm", quantize="4bit")
+    for layer, full_precision in zip(report.layers, plain.layers, strict=True):
+        weight = model.get_submodule(layer.name).weight
+        dequantized = bnb.functional.dequantize_4bit(weight.data, weight.quant_state).double()
+        singular_values = torch.linalg.svdvals(dequantized)
+        expected = (singular_values[-4:].square().sum().sqrt() / dequantized.norm()).item()
+        assert layer.share == pytest.approx(expected, rel=1e-6)
+        assert abs(layer.share - full_precision.share) > 1e-4  # NF4 moved the spectrum: the check can fail
+    result = cli("inspect", "--model", llama64_dir, "--quantize", "4bit", "--target-modules", "v_proj", "--r", "4")
+    assert result.code == 0, result.err
+    assert f"{100 * max(layer.share for layer in report.layers):.2f}%" in result.out  # the worst layer's share

@@ -55,7 +55,8 @@ def truncation_losses(begun: RunStart) -> tuple[float, float]:
 
 def preflight(settings: dict[str, Any], samples: int = DEFAULT_SAMPLES, spectra: bool = False) -> TruncationReport:
     """The truncation report for ``settings`` (`RunConfig` fields: ``model``, and ``r``, ``drop_rank``,
-    ``drop_budget``, ``target_modules`` as a run would take them).
+    ``drop_budget``, ``target_modules``, ``quantize`` as a run would take them; on a quantized base the weights
+    are the dequantized ones its layers compute with).
 
     With a ``task`` (and its data: ``data_dir`` / ``train_file``), the run's own start is built on ``samples``
     training examples and the report carries the two losses (`truncation_losses`); without one, only the
@@ -71,7 +72,7 @@ def preflight(settings: dict[str, Any], samples: int = DEFAULT_SAMPLES, spectra:
     given = normalise_settings(settings, "the command line")
     config = KasaConfig(r=given.get("r", KasaConfig.r), drop_rank=parse_drop_rank(given.get("drop_rank", "r")),
                         drop_budget=given.get("drop_budget"))  # the settings are checked before the model loads
-    model, _ = load_model(given["model"], natural_task(given["model"]))
+    model, _ = load_model(given["model"], natural_task(given["model"]), quantize=given.get("quantize"))
     targets = given.get("target_modules") or default_target_modules(model, family="")
     config = config.replace(target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets))
     return truncation_report(model, config, spectra=spectra)
