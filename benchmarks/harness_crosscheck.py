@@ -53,16 +53,18 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--max-eval-samples", type=int, default=50)
     args = parser.parse_args()
-    results = {"base (smollm2)": compare(BASE, None, args.data_dir, args.max_eval_samples)}
-    for run in args.runs:
-        results[Path(run).parent.name if Path(run).name == "output" else Path(run).name] = compare(
-            read_run(run)["config"], run, args.data_dir, args.max_eval_samples)
     machine = {**machine_info(), "lm_eval": metadata.version("lm_eval")}
-    text = ("# Commonsense: our option accuracy against lm-evaluation-harness's acc\n\n"
-            f"{machine_sentence(machine)} lm_eval {machine['lm_eval']}. {args.max_eval_samples} fixed examples of "
-            "each set, the prompt through the chat template; each cell is ours / lm-eval's accuracy x100.\n\n"
-            + table(results))
-    write_results("harness_crosscheck", {"machine": machine, "results": results}, text)
+    models = {"base (smollm2)": (BASE, None)}
+    models |= {Path(run).parent.name if Path(run).name == "output" else Path(run).name: (read_run(run)["config"], run)
+               for run in args.runs}
+    results = {}
+    for name, (recorded, adapter) in models.items():  # the page is rewritten after each model
+        results[name] = compare(recorded, adapter, args.data_dir, args.max_eval_samples)
+        text = ("# Commonsense: our option accuracy against lm-evaluation-harness's acc\n\n"
+                f"{machine_sentence(machine)} lm_eval {machine['lm_eval']}. {args.max_eval_samples} fixed examples "
+                "of each set, the prompt through the chat template; each cell is ours / lm-eval's accuracy x100.\n\n"
+                + table(results))
+        write_results("harness_crosscheck", {"machine": machine, "results": results}, text)
 
 
 if __name__ == "__main__":
