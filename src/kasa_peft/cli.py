@@ -75,7 +75,8 @@ HELP = {
     "max_train_samples": "train on a fixed random subset of this many examples",
     "max_eval_samples": "evaluate on a fixed random subset of this many examples (E2E: MRs; commonsense and sft: per "
                         "set); a run prints what one evaluation covers before it starts",
-    "instruct_eval_sets": "sft: comma-separated held-out sets: user_oriented, seed",
+    "instruct_eval_sets": "sft, and ifeval for ROUGE-L as a second metric: comma-separated held-out sets: "
+                          "user_oriented, seed",
     "num_beams": "beam width for generation (E2E default 10)",
     "length_penalty": "beam-search length penalty (E2E default 0.9)",
     "no_repeat_ngram_size": "forbid repeating n-grams of this size in generation (E2E default 4)",

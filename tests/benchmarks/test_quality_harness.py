@@ -358,3 +358,19 @@ def test_commonsense_compares_answer_by_answer_with_lora_over_the_seeds_that_kep
     # generation: -1,0,0,0 and 0,0,0,0 -> mean -1/8, sd 0.3536, half-width 0.2450
     assert "| kasa-auto | 1, 2 | 8 | +37.5 ± 35.9 | -12.5 ± 24.5 |" in text
     assert "pissa" not in text
+
+
+def test_instruct_summary_gives_ifeval_as_percentages_and_rouge_l_as_scored(tmp_path):
+    from quality import instruct
+
+    records = []
+    for seed, (accuracy, rouge) in enumerate([(0.25, 30.0), (0.35, 34.0)]):
+        record = fake_record("ifeval", "kasa", seed, 0.0)
+        record["run"]["final"]["metrics"] = {**{name: accuracy for name in instruct.IFEVAL_METRICS},
+                                             instruct.ROUGE_L: rouge}
+        records.append(record)
+    instruct.summarise(records, tmp_path)
+    row = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| kasa |"))
+    # mean and sample std of (25, 35) and of (30, 34)
+    assert row == "| kasa |" + " **30.0 ± 7.1** |" * 4 + " **32.0 ± 2.8** |"
+    assert instruct.runs()[0].settings["instruct_eval_sets"] == ["user_oriented"]

@@ -1,14 +1,18 @@
 """`--task ifeval` end to end on a tiny random Llama: SFT training, IFEval scoring of the generations it wrote
-(rescored here from the file), `kasa-peft eval` of the run and of the base model."""
+(rescored here from the file), `kasa-peft eval` of the run and of the base model; ROUGE-L on held-out pairs as
+the second metric."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from rouge_score.rouge_scorer import RougeScorer
 
 pytest.importorskip("lm_eval")
 
+from kasa_peft.pipelines.config import RunConfig  # noqa: E402
+from kasa_peft.pipelines.ifeval import ifeval_pipeline  # noqa: E402
 from kasa_peft.tasks.ifeval import IFEvalPrompt, score_ifeval  # noqa: E402
 
 PROMPTS = [{"key": 1, "prompt": "Write without commas.", "instruction_id_list": ["punctuation:no_comma"],
@@ -52,3 +56,43 @@ def test_train_then_eval_scores_ifeval(cli, llama_dir, files, tmp_path):
                "--max-new-tokens", 5)
     assert base.code == 0, base.err
     assert set(json.loads(base.out)) == set(expected)
+
+
+@pytest.fixture
+def held_out(tmp_path):
+    path = tmp_path / "held_out.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"instruction": "Name a fruit.", "output": "An apple."},
+                                                             {"prompt": "Say hello.\n", "completion": "hello"}]))
+    return path
+
+
+def test_held_out_pairs_add_rouge_l_as_a_second_metric(cli, llama_dir, files, held_out, tmp_path):
+    data, train = files
+    out = tmp_path / "run"
+    result = cli("train", "--task", "ifeval", "--model", llama_dir, "--data-dir", data, "--train-file", train,
+                 "--eval-file", held_out, "--output-dir", out, "--max-steps", 1, "--batch-size", 4,
+                 "--max-length", 64, "--max-new-tokens", 5)
+    assert result.code == 0, result.err
+    assert "2 IFEval prompts, greedy decoding, up to 5 new tokens each; ROUGE-L on 2 prompts" in result.err
+    metrics = json.loads((out / "metrics.json").read_text())["final"]["metrics"]
+    rows = read_jsonl(out / "sft_generations.jsonl")
+    assert [r["reference"] for r in rows] == ["An apple.", "hello"]
+    scorer = RougeScorer(["rougeL"], use_stemmer=True)
+    expected = 100 * sum(scorer.score(r["reference"], r["generation"])["rougeL"].fmeasure for r in rows) / len(rows)
+    assert metrics["eval/rouge_l"] == pytest.approx(expected)
+    assert {"prompt_level_strict_acc", "eval/exact_match"} <= set(metrics)
+    again = cli("eval", "--run", out)
+    assert again.code == 0, again.err
+    assert json.loads(again.out) == metrics
+
+
+@pytest.mark.parametrize(("run_budget", "held_out_budget"), [(1280, 128), (5, 5)])
+def test_held_out_pairs_are_decoded_with_sfts_budget_or_the_runs_when_smaller(files, held_out, run_budget,
+                                                                            held_out_budget):
+    data, train = files
+    config = RunConfig(task="ifeval", model="m", data_dir=str(data), train_file=str(train), eval_file=str(held_out),
+                       max_new_tokens=run_budget)
+    pipeline = ifeval_pipeline(config)
+    assert pipeline.decoding.max_new_tokens == run_budget
+    assert pipeline.held_out.decoding.max_new_tokens == held_out_budget
+    assert ifeval_pipeline(config.replace(eval_file=None)).held_out is None

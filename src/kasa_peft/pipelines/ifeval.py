@@ -5,6 +5,10 @@ response per IFEval prompt (through the chat template when the tokenizer has one
 lm-evaluation-harness's checks (:mod:`kasa_peft.tasks.ifeval`): prompt- and instruction-level accuracy, strict
 and loose, plus both per instruction kind. Prompts, responses and per-instruction verdicts go to
 ``ifeval_generations.jsonl``.
+
+ROUGE-L, the older instruction-following metric, is the secondary one: with ``--eval-file`` or
+``--instruct-eval-sets``, the run is also scored as ``sft`` scores it on those held-out sets (``<set>/rouge_l``,
+``<set>/exact_match``), decoded with ``sft``'s budget of new tokens (or the run's, when smaller).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from torch import nn
 
 from ..tasks.ifeval import IFEvalPrompt, load_ifeval, score_ifeval
 from .base import Metrics, fixed_subset, write_jsonl
-from .config import RunConfig
+from .config import TASK_DEFAULTS, RunConfig
 from .generation import Decoding, PromptTargetPipeline
-from .sft import sft_train_pairs
+from .sft import HeldOutSets, held_out_sets, sft_train_pairs
 
 GENERATIONS_FILE = "ifeval_generations.jsonl"
 
@@ -26,20 +30,28 @@ GENERATIONS_FILE = "ifeval_generations.jsonl"
 @dataclass
 class IFEvalPipeline(PromptTargetPipeline):
     prompts: list[IFEvalPrompt]
+    held_out: HeldOutSets | None = None
     main_metric = "prompt_level_strict_acc"
 
     def evaluation_summary(self) -> str:
-        return f"{len(self.prompts)} IFEval prompts, {self.decoding}"
+        summary = f"{len(self.prompts)} IFEval prompts, {self.decoding}"
+        return summary if self.held_out is None else f"{summary}; ROUGE-L on {self.held_out}"
 
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         responses = self.decoding.generate(model, tokenizer, [p.prompt for p in self.prompts])
         metrics, rows = score_ifeval(self.prompts, responses)
         if output_dir is not None:
             write_jsonl(output_dir / GENERATIONS_FILE, rows)
+        if self.held_out is not None:
+            metrics |= self.held_out.evaluate(model, tokenizer, output_dir)
         return metrics
 
 
 def ifeval_pipeline(config: RunConfig) -> IFEvalPipeline:
+    held_out = None
+    if config.eval_file or config.instruct_eval_sets:
+        budget = min(config.max_new_tokens, TASK_DEFAULTS["sft"]["max_new_tokens"])
+        held_out = held_out_sets(config.replace(max_new_tokens=budget))
     return IFEvalPipeline(fixed_subset(sft_train_pairs(config), config.max_train_samples), config.max_length,
                           Decoding.from_config(config), fixed_subset(load_ifeval(config.data_dir),
-                                                                     config.max_eval_samples))
+                                                                     config.max_eval_samples), held_out)

@@ -23,21 +23,21 @@ from .generation import Decoding, PromptTargetPipeline
 GENERATIONS_FILE = "sft_generations.jsonl"
 
 
-@dataclass
-class SFTPipeline(PromptTargetPipeline):
-    eval_sets: dict[str, list[tuple[str, str]]]
+@dataclass(frozen=True)
+class HeldOutSets:
+    """Held-out prompt/reference pairs by set name, scored by ROUGE-L and exact match of greedy generations."""
 
-    @property
-    def main_metric(self) -> str:
-        return f"{next(iter(self.eval_sets))}/rouge_l"
+    sets: dict[str, list[tuple[str, str]]]
+    decoding: Decoding
 
-    def evaluation_summary(self) -> str:
-        return f"{sum(len(pairs) for pairs in self.eval_sets.values())} prompts, {self.decoding}"
+    def __str__(self) -> str:
+        return f"{sum(len(pairs) for pairs in self.sets.values())} prompts, {self.decoding}"
 
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
+        """``<set>/rouge_l`` and ``<set>/exact_match`` per set; the generations go to ``sft_generations.jsonl``."""
         metrics: Metrics = {}
         records = []
-        for name, pairs in self.eval_sets.items():
+        for name, pairs in self.sets.items():
             prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
             generations = self.decoding.generate(model, tokenizer, prompts)
             metrics[f"{name}/rouge_l"] = rouge_l(generations, references)
@@ -49,16 +49,37 @@ class SFTPipeline(PromptTargetPipeline):
         return metrics
 
 
+@dataclass
+class SFTPipeline(PromptTargetPipeline):
+    held_out: HeldOutSets
+
+    @property
+    def main_metric(self) -> str:
+        return f"{next(iter(self.held_out.sets))}/rouge_l"
+
+    def evaluation_summary(self) -> str:
+        return str(self.held_out)
+
+    def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
+        return self.held_out.evaluate(model, tokenizer, output_dir)
+
+
 def sft_train_pairs(config: RunConfig) -> list[tuple[str, str]]:
     """The training pairs: ``--train-file``, else the T0 subset under ``--data-dir`` (or the hub's T0 set)."""
     return load_sft_file(config.train_file) if config.train_file else load_t0_train(config.data_dir)
 
 
-def sft_pipeline(config: RunConfig) -> SFTPipeline:
-    train = sft_train_pairs(config)
+def held_out_sets(config: RunConfig) -> HeldOutSets:
+    """``--eval-file``, else the Self-Instruct sets named by ``--instruct-eval-sets``, each cut to
+    ``--max-eval-samples``, decoded as the config says."""
     if config.eval_file:
-        eval_sets = {"eval": load_sft_file(config.eval_file)}
+        sets = {"eval": load_sft_file(config.eval_file)}
     else:
-        eval_sets = {name: load_instruct_eval(config.data_dir, name) for name in config.instruct_eval_sets}
-    return SFTPipeline(fixed_subset(train, config.max_train_samples), config.max_length, Decoding.from_config(config),
-                       {name: fixed_subset(pairs, config.max_eval_samples) for name, pairs in eval_sets.items()})
+        sets = {name: load_instruct_eval(config.data_dir, name) for name in config.instruct_eval_sets}
+    return HeldOutSets({name: fixed_subset(pairs, config.max_eval_samples) for name, pairs in sets.items()},
+                       Decoding.from_config(config))
+
+
+def sft_pipeline(config: RunConfig) -> SFTPipeline:
+    return SFTPipeline(fixed_subset(sft_train_pairs(config), config.max_train_samples), config.max_length,
+                       Decoding.from_config(config), held_out_sets(config))
