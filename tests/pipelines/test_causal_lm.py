@@ -203,6 +203,25 @@ def test_option_logliks_equal_a_plain_forward_pass_batched_or_not(family, tokeni
         assert torch.allclose(torch.tensor(sum(scores, [])), torch.tensor(sum(expected, [])), atol=1e-4)
 
 
+def test_option_logliks_of_a_peft_model_share_the_prompt_through_the_wrapper(tokenizer):
+    """A PEFT wrapper takes the cache by the keyword of the model it wraps; one-token options are scored by the
+    prompt's last logits alone."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()  # a non-zero update, so the adapter changes every score
+    prompt, options = "is the sky blue ? answer :", ["?", "no", "the cat sat on the mat"]
+    assert min(len(ids(tokenizer, o, special=False)) for o in options) == 1
+    expected = [full_sequence_loglik(model, ids(tokenizer, prompt), ids(tokenizer, o, special=False)) for o in options]
+    with model.disable_adapter():
+        base = [full_sequence_loglik(model, ids(tokenizer, prompt), ids(tokenizer, o, special=False)) for o in options]
+    assert max(abs(a - b) for a, b in zip(expected, base, strict=True)) > 1e-3
+    scores = option_logliks(model, tokenizer, [prompt], [options], batch_size=2, progress=False)
+    assert scores[0] == pytest.approx(expected, abs=1e-4)
+
+
 def test_option_logliks_with_chat_template(chat_tokenizer):
     model = tiny_llama()
     prompt_ids = ids(chat_tokenizer, "<s><|user|> is the sky blue ?<|assistant|>", special=False)

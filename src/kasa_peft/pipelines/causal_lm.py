@@ -12,6 +12,8 @@ token of its own that the model rarely saw before a word.
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -189,36 +191,51 @@ def option_logliks(model, tokenizer, prompts: list[str], options: list[list[str]
     """``log p(option | prompt) = sum_t log p(o_t | prompt, o_<t)`` for every option of every prompt.
 
     Each option is encoded as a continuation of its prompt (``encode_continuation``), the same rule
-    as ``encode_prompt_target``; no EOS is added. The (prompt, option) pairs are scored in right-padded
-    batches of similar length with one forward pass each.
+    as ``encode_prompt_target``; no EOS is added. A prompt is run once and its key/value cache is shared by
+    its options, which are scored together, right-padded, ``batch_size`` at a time: the same numbers as one
+    forward pass over each ``prompt + option`` (up to float rounding), at about ``1 / n`` of the cost for
+    ``n`` options of a long prompt.
     """
     if len(prompts) != len(options):
         raise ValueError(f"got {len(prompts)} prompts but {len(options)} option lists: give one list per prompt")
-    encoded = [encode_prompt(tokenizer, prompt, use_chat_template) for prompt in prompts]
-    pairs = [(i, j) for i, row in enumerate(options) for j in range(len(row))]
-    sequences, starts = [], []
-    for i, j in pairs:
-        continuation = encode_continuation(tokenizer, options[i][j])
-        if not encoded[i] or not continuation:
-            raise ValueError(f"prompt {i} or its option {j} encodes to no tokens, so the option cannot be scored")
-        sequences.append(encoded[i] + continuation)
-        starts.append(len(encoded[i]))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    cache_keyword = _cache_keyword(model)
     pad_id = padding_id(tokenizer)
-    scores = [[0.0] * len(row) for row in options]
-    with evaluating(model), tqdm(total=len(pairs), desc="score options", unit="option", disable=not progress) as bar:
-        for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
-            input_ids = pad_sequences([sequences[k] for k in batch], pad_id).to(model.device)
-            attention_mask = pad_sequences([[1] * len(sequences[k]) for k in batch], 0).to(model.device)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-            for row, k in enumerate(batch):
-                # the logits at position t predict token t + 1
-                positions = slice(starts[k] - 1, len(sequences[k]) - 1)
-                log_probs = logits[row, positions].float().log_softmax(-1)
-                targets = input_ids[row, starts[k]:len(sequences[k])]
-                i, j = pairs[k]
-                scores[i][j] = log_probs.gather(-1, targets[:, None]).sum().item()
-            bar.update(len(batch))
+    scores = []
+    with evaluating(model), tqdm(total=sum(map(len, options)), desc="score options", unit="option",
+                                 disable=not progress) as bar:
+        for i, (prompt, row) in enumerate(zip(prompts, options, strict=True)):
+            prompt_ids = encode_prompt(tokenizer, prompt, use_chat_template)
+            continuations = [encode_continuation(tokenizer, option) for option in row]
+            if not prompt_ids or not all(continuations):
+                raise ValueError(f"prompt {i} or one of its options encodes to no tokens, so it cannot be scored")
+            output = model(input_ids=torch.tensor([prompt_ids], device=model.device), use_cache=True,
+                           logits_to_keep=1)
+            first = output.logits[0, -1].float().log_softmax(-1)  # predicts every option's first token
+            row_scores = []
+            for start in range(0, len(row), batch_size):
+                chunk = continuations[start:start + batch_size]
+                cache = copy.deepcopy(getattr(output, cache_keyword))
+                cache.batch_repeat_interleave(len(chunk))
+                input_ids = pad_sequences(chunk, pad_id).to(model.device)
+                attention_mask = pad_sequences([[1] * (len(prompt_ids) + len(c)) for c in chunk], 0).to(model.device)
+                logits = model(input_ids=input_ids, attention_mask=attention_mask, **{cache_keyword: cache}).logits
+                for k, continuation in enumerate(chunk):
+                    # the logits at option position t predict option token t + 1
+                    log_probs = logits[k, :len(continuation) - 1].float().log_softmax(-1)
+                    rest = torch.as_tensor(continuation[1:], device=log_probs.device)
+                    row_scores.append((first[continuation[0]] + log_probs.gather(-1, rest[:, None]).sum()).item())
+                bar.update(len(chunk))
+            scores.append(row_scores)
     return scores
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    """The keyword a causal LM's forward takes its key/value cache by: transformers 5 renamed ``past_key_values``
+    to ``cache``. A PEFT wrapper passes keywords on to the model it wraps."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def choose_option(logliks: list[list[float]], normalize_by_length: list[list[int]] | None = None) -> list[int]:
