@@ -10,6 +10,7 @@ from kasa_peft.tasks.e2e import (
     format_target,
     group_references,
     load_e2e,
+    bleu_of_resampled,
     mteval_scores,
     mteval_tokenize,
     read_predictions,
@@ -120,6 +121,17 @@ def test_bleu_takes_the_shorter_of_two_equally_close_references():
 
 def test_perfect_predictions_score_bleu_one_ignoring_ascii_case():
     assert mteval_scores(["THE Vaults is a pub."], [["x", "the vaults is a pub."]])["BLEU"] == pytest.approx(1.0)
+
+
+def test_bleu_of_resampled_segments_is_the_corpus_bleu_of_those_segments():
+    predictions = ["the cat sat on the mat", "a b c", "the dog ran", "x y"]
+    references = [["the cat sat on a mat", "a cat sat"], ["a b d"], ["the dog ran away", "dogs run"], ["x y z"]]
+    bleu = bleu_of_resampled(predictions, references)
+    assert bleu(range(4)) == pytest.approx(mteval_scores(predictions, references)["BLEU"])
+    indices = [2, 0, 0, 3]  # a bootstrap resample: repeats allowed, segment 1 left out
+    assert bleu(indices) == pytest.approx(mteval_scores([predictions[i] for i in indices],
+                                                        [references[i] for i in indices])["BLEU"])
+    assert bleu(indices) != pytest.approx(bleu(range(4)))
 
 
 def test_nist_of_a_two_segment_example():

@@ -27,7 +27,7 @@ import math
 import shutil
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 
 from ._common import PathLike, check_choice, data_path, read_csv, read_lines, require_columns
@@ -134,6 +134,21 @@ def _tokenizer_13a():
 
 def mteval_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """Corpus ``BLEU`` (0–1) and ``NIST`` as ``mteval-v13a-sig.pl`` computes them for the E2E scorer."""
+    hyps, refs, matches = _matched_segments(predictions, references)
+    return {"BLEU": _bleu(hyps, refs, matches), "NIST": _nist(hyps, refs, matches)}
+
+
+def bleu_of_resampled(predictions: Sequence[str], references: Sequence[Sequence[str]]
+                      ) -> Callable[[Sequence[int]], float]:
+    """A function of segment indices (repeats allowed) giving ``mteval_scores``' BLEU of those segments, with
+    tokenisation and n-gram matching done once: what a paired bootstrap over test MRs calls thousands of times."""
+    hyps, refs, matches = _matched_segments(predictions, references)
+    return lambda indices: _bleu([hyps[i] for i in indices], [refs[i] for i in indices], [matches[i] for i in indices])
+
+
+def _matched_segments(predictions: Sequence[str], references: Sequence[Sequence[str]]
+                      ) -> tuple[list[list[str]], list[list[list[str]]], list[list[Counter]]]:
+    """Tokenised hypotheses and references, and each hypothesis's clipped n-gram matches for n = 1..5."""
     check_lengths(predictions, references)
     hyps = [mteval_tokenize(prediction) for prediction in predictions]
     refs = [[mteval_tokenize(ref) for ref in segment_refs] for segment_refs in references]
@@ -142,7 +157,7 @@ def mteval_scores(predictions: Sequence[str], references: Sequence[Sequence[str]
             raise ValueError(f"prediction {number} has no non-empty reference")
     matches = [[_clipped_matches(hyp, segment_refs, n) for n in range(1, _NIST_ORDER + 1)]
                for hyp, segment_refs in zip(hyps, refs, strict=True)]
-    return {"BLEU": _bleu(hyps, refs, matches), "NIST": _nist(hyps, refs, matches)}
+    return hyps, refs, matches
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter:
