@@ -27,7 +27,7 @@ from quality.summary import (  # noqa: E402
 )
 
 TABLE = "commonsense"
-METHODS = ("kasa", "kasa-auto", "lora", "pissa", "milora", "peft-kasa")
+METHODS = ("kasa", "kasa-auto", "kasa-auto-ones", "lora", "pissa", "milora", "peft-kasa")
 SETS = ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa",
         "average")
 MODES = {"option_accuracy": "option log-likelihood", "generation_accuracy": "generation + answer extraction"}
@@ -61,7 +61,8 @@ def summarise(records: list[Record], out: Path) -> None:
         f"Accuracy x100 on a fixed {TEST_SAMPLES}-example subset of each test set, mean ± std over seeds "
         f"{seeds_of(records)} (the finished runs); trained on {TRAIN_SAMPLES} fixed examples of the available training "
         "files (boolq, ARC-Easy, ARC-Challenge, openbookqa), 1 epoch, batch 8, lr 3e-4; greedy generation of at "
-        "most 16 tokens. kasa-auto is kasa with `drop_rank: auto`.\n\n" + "\n".join(sections)
+        "most 16 tokens. kasa-auto is kasa with `drop_rank: auto`; kasa-auto-ones also starts sigma at 1 "
+        "(`sigma_init: ones`).\n\n" + "\n".join(sections)
         + f"\nMachine: {machine_line(records)}.\nCommand: `python benchmarks/quality/commonsense.py`\n")
 
 
