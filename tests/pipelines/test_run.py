@@ -68,6 +68,11 @@ def test_resumed_run_equals_uninterrupted_run(config):
         assert (got["step"], got["epoch"]) == (want["step"], want["epoch"])
         assert got["metrics"] == pytest.approx(want["metrics"])
     assert not (resumed.output_dir / CHECKPOINTS_DIR).exists()
+    # the learning curve, one entry per logged step (here every step), survives the interruption too
+    assert [e["step"] for e in resumed.record["losses"]] == [1, 2, 3, 4, 5]
+    for got, want in zip(resumed.record["losses"], uninterrupted.record["losses"], strict=True):
+        assert got == pytest.approx(want)
+        assert got["loss"] == pytest.approx(got["task_loss"] + got["reg_l2"] + got["reg_l3"], rel=1e-5)
 
 
 def test_start_rebuilds_the_state_a_run_started_from(config):

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from ..training.trainer import LOGGED_TERMS
 from .base import Metrics, format_value
 
 EVALUATION_KEY = "kasa_peft_evaluation"
@@ -51,6 +52,14 @@ class PeriodicEvaluation(TrainerCallback):
 
 def evaluations(log_history: list[dict[str, Any]]) -> list[Evaluation]:
     return [record[EVALUATION_KEY] for record in log_history if EVALUATION_KEY in record]
+
+
+def training_losses(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The learning curve: per logging step, ``step`` and the logged ``loss`` (and, for KaSA, its ``task_loss``,
+    ``reg_l2`` and ``reg_l3``)."""
+    keys = ("loss", *LOGGED_TERMS)
+    return [{"step": record["step"], **{key: record[key] for key in keys if key in record}}
+            for record in log_history if "loss" in record]
 
 
 def best_evaluation(history: list[Evaluation], main_metric: str) -> Evaluation:

@@ -45,7 +45,7 @@ from ..training.methods import METHOD_FILE
 from ..version import __version__
 from .base import Metrics, TaskPipeline, best_device, write_atomically
 from .config import RunConfig
-from .evaluation import PeriodicEvaluation, best_evaluation, evaluations
+from .evaluation import PeriodicEvaluation, best_evaluation, evaluations, training_losses
 from .generation import Decoding, PromptTargetPipeline
 from .registry import build_pipeline
 from .task_names import check_evaluation_modules
@@ -125,7 +125,7 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
         "best": best_evaluation(history, pipeline.main_metric), "final": final, "evaluations": history,
         "trainable_parameters": prepared.trainable_parameters().trainable,
         "total_parameters": prepared.trainable_parameters().total,
-        "train_examples": len(features), **outcome,
+        "train_examples": len(features), **outcome, "losses": training_losses(state.log_history),
         "wall_time_seconds": time.perf_counter() - started,  # of this invocation (a resumed run: since resuming)
         "seed": config.seed, "processes": trainer.args.world_size, "fsdp": trainer.is_fsdp_enabled,
         "versions": versions(), "device": str(next(prepared.model.parameters()).device),
