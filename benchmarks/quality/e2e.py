@@ -46,27 +46,32 @@ def runs() -> list[Run]:
 
 
 def summarise(records: list[Record], out: Path) -> None:
-    stale = _without_predictions(records, out)
-    per_metric = [{**r, "labels": {**r["labels"], "metric": name}} for r in records for name in METRICS
-                  if isinstance(r["run"]["final"]["metrics"].get(name), (int, float))
-                  and not (name == "NIST" and r["id"] in stale)]
-    stats = cells(per_metric, "method", "metric",
-                  lambda r: metric(r, "final", r["labels"]["metric"], RAW.get(r["labels"]["metric"], 100.0)))
-    table = stat_table(stats, METHODS, METRICS, "method", digits=2)
-    bleu = paired_differences(records, "method", "lora", "seed", lambda r: metric(r, "final", "BLEU"))
     (out / "summary.md").write_text(
         "# E2E NLG, SmolLM2-135M (`smollm2`), r = 8 on q_proj/v_proj\n\n"
         "Test-set metrics (BLEU, METEOR, ROUGE-L x100; NIST, CIDEr as they are), "
         f"mean ± std over the finished runs of seeds {seeds_of(records)}: "
         f"{TRAIN_SAMPLES} fixed training examples, 1 epoch (batch 8, lr 5e-4); {TEST_MRS} fixed test MRs "
         f"(all their references), beam {BEAMS}.\n\n"
-        f"{table}\nBLEU minus LoRA's BLEU with the same seed (x100):\n\n"
-        f"{paired_table(bleu, METHODS, SEEDS, 'method')}\n"
+        f"{metric_tables(records, out, METHODS)}"
         f"kasa-auto is kasa with `drop_rank: auto`; kasa-auto-ones is kasa-auto with sigma started at 1 "
         f"(`sigma_init: ones`) instead of the paper code's randn; the -4bit rows train and decode on the "
         f"base quantized to NF4 with double quantization (`quantize: 4bit`), the adapter in float32.\n"
-        f"{_unscorable_nist(stale)}Machine: {machine_line(records)}.\n"
+        f"Machine: {machine_line(records)}.\n"
         "Command: `python benchmarks/quality/e2e.py`\n")
+
+
+def metric_tables(records: list[Record], out: Path, methods: tuple[str, ...]) -> str:
+    """The five metrics' table (mean ± std by method) and BLEU's paired differences against LoRA, as markdown."""
+    stale = _without_predictions(records, out)
+    per_metric = [{**r, "labels": {**r["labels"], "metric": name}} for r in records for name in METRICS
+                  if isinstance(r["run"]["final"]["metrics"].get(name), (int, float))
+                  and not (name == "NIST" and r["id"] in stale)]
+    stats = cells(per_metric, "method", "metric",
+                  lambda r: metric(r, "final", r["labels"]["metric"], RAW.get(r["labels"]["metric"], 100.0)))
+    bleu = paired_differences(records, "method", "lora", "seed", lambda r: metric(r, "final", "BLEU"))
+    return (f"{stat_table(stats, methods, METRICS, 'method', digits=2)}\n"
+            f"BLEU minus LoRA's BLEU with the same seed (x100):\n\n{paired_table(bleu, methods, SEEDS, 'method')}\n"
+            f"{_unscorable_nist(stale)}")
 
 
 def _without_predictions(records: list[Record], out: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """E2E BLEU against LoRA, MR by MR: a paired bootstrap over the test MRs, from the E2E table's kept predictions.
 
-    python benchmarks/quality/e2e_bootstrap.py [--data-dir DIR]
+    python benchmarks/quality/e2e_bootstrap.py [--table e2e|e2e_full] [--data-dir DIR]
 
 For each method, over the seeds where it and LoRA both kept their predictions, the statistic is the mean over
 seeds of ``BLEU(method) - BLEU(LoRA)``, both computed on the same resampled test MRs (Koehn's paired bootstrap,
@@ -8,7 +8,7 @@ seeds of ``BLEU(method) - BLEU(LoRA)``, both computed on the same resampled test
 the 50 test MRs leave the seed-averaged difference uncertain given these trained runs; the spread between
 training seeds is the table's paired column.
 
-Writes ``<results>/e2e/bootstrap.md``.
+Writes ``<results>/<table>/bootstrap.md``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from scipy.stats import bootstrap
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from kasa_peft.tasks.e2e import bleu_of_resampled, read_predictions  # noqa: E402
-from quality import e2e  # noqa: E402
+from quality import e2e, e2e_full  # noqa: E402
 from quality.harness import DATA, RESULTS, Record, load_records, record_path  # noqa: E402
 from quality.rescore_e2e import references_of  # noqa: E402
 from quality.summary import markdown_table  # noqa: E402
 
 REFERENCE = "lora"
 RESAMPLES = 2000
+TABLES = {module.TABLE: module for module in (e2e, e2e_full)}
 
 
 def bleu_difference(ours: list[list[str]], lora: list[list[str]], references: list[list[str]]
@@ -49,17 +50,18 @@ def bleu_difference(ours: list[list[str]], lora: list[list[str]], references: li
     return difference(mrs), float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def comparison(records: list[Record], results: Path, data_dir: Path) -> str:
-    """The markdown table of every method against LoRA over the seeds both kept predictions for."""
+def comparison(table, records: list[Record], results: Path, data_dir: Path) -> str:
+    """The markdown table of every method of ``table`` (a table module) against LoRA over the seeds both kept
+    predictions for."""
     kept = {(r["labels"]["method"], r["labels"]["seed"]): r for r in records
-            if record_path(results, e2e.TABLE, r["id"]).with_suffix(".predictions.txt").is_file()}
+            if record_path(results, table.TABLE, r["id"]).with_suffix(".predictions.txt").is_file()}
 
     def predictions(record: Record) -> list[str]:
-        return read_predictions(record_path(results, e2e.TABLE, record["id"]).with_suffix(".predictions.txt"))
+        return read_predictions(record_path(results, table.TABLE, record["id"]).with_suffix(".predictions.txt"))
 
     rows = []
-    for method in e2e.METHODS:
-        seeds = [s for s in e2e.SEEDS if (method, s) in kept and (REFERENCE, s) in kept and method != REFERENCE]
+    for method in table.METHODS:
+        seeds = [s for s in table.SEEDS if (method, s) in kept and (REFERENCE, s) in kept and method != REFERENCE]
         if not seeds:
             continue
         references = references_of(kept[(REFERENCE, seeds[0])], data_dir)
@@ -75,13 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"records and summaries (default {RESULTS})")
     parser.add_argument("--data-dir", type=Path, default=DATA, help=f"the benchmark data (default {DATA})")
+    parser.add_argument("--table", choices=sorted(TABLES), default=e2e.TABLE, help="the E2E table (default e2e)")
     args = parser.parse_args(argv)
-    records = load_records(args.results, e2e.TABLE, e2e.runs())
-    table = comparison(records, args.results, args.data_dir)
-    out = args.results / e2e.TABLE / "bootstrap.md"
+    table = TABLES[args.table]
+    records = load_records(args.results, table.TABLE, table.runs())
+    comparisons = comparison(table, records, args.results, args.data_dir)
+    command = "python benchmarks/quality/e2e_bootstrap.py" + ("" if table is e2e else f" --table {args.table}")
+    out = args.results / table.TABLE / "bootstrap.md"
     out.write_text("# E2E BLEU against LoRA, test MR by test MR (paired bootstrap)\n\n"
-                   + __doc__.split("\n\n")[2].replace("\n", " ").strip() + "\n\n" + table
-                   + "\nCommand: `python benchmarks/quality/e2e_bootstrap.py`\n")
+                   + __doc__.split("\n\n")[2].replace("\n", " ").strip() + "\n\n" + comparisons
+                   + f"\nCommand: `{command}`\n")
     print(out.read_text())
     return 0
 

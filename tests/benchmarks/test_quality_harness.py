@@ -374,3 +374,12 @@ def test_instruct_summary_gives_ifeval_as_percentages_and_rouge_l_as_scored(tmp_
     # mean and sample std of (25, 35) and of (30, 34)
     assert row == "| kasa |" + " **30.0 ± 7.1** |" * 4 + " **32.0 ± 2.8** |"
     assert instruct.runs()[0].settings["instruct_eval_sets"] == ["user_oriented"]
+
+
+def test_the_full_e2e_table_trains_as_the_e2e_table_and_only_evaluates_differently():
+    from quality import e2e, e2e_full
+
+    table = {run.id.replace("e2e-", "", 1): run.settings for run in e2e.runs()}
+    evaluation = {"max_eval_samples": None, "num_beams": 1, "length_penalty": 1.0}
+    for run in e2e_full.runs():
+        assert run.settings == {**table[run.id.replace("e2e-full-", "", 1)], **evaluation}
