@@ -39,25 +39,30 @@ SETTINGS = {"task": "e2e", "model": "smollm2", "r": 8, "alpha": 16.0, "lr": 5e-4
             "max_eval_samples": TEST_MRS, "num_beams": BEAMS, "length_penalty": 0.9, "no_repeat_ngram_size": 4}
 
 
-def runs() -> list[Run]:
-    return [Run(f"e2e-{method}-s{seed}", {**SETTINGS, **method_settings(method), "seed": seed},
+def runs(prefix: str = "e2e", settings: dict | None = None, methods: tuple[str, ...] = METHODS) -> list[Run]:
+    """The table's runs: every method at every seed, trained and scored with ``settings`` (default ``SETTINGS``)."""
+    return [Run(f"{prefix}-{method}-s{seed}", {**(settings or SETTINGS), **method_settings(method), "seed": seed},
                 {"method": method, "seed": seed, "metric": "all"})
-            for seed in SEEDS for method in METHODS]
+            for seed in SEEDS for method in methods]
 
 
 def summarise(records: list[Record], out: Path) -> None:
+    write_summary(records, out, "E2E NLG", f"{TRAIN_SAMPLES} fixed training examples, 1 epoch (batch 8, lr 5e-4); "
+                  f"{TEST_MRS} fixed test MRs (all their references), beam {BEAMS}", METHODS,
+                  "kasa-auto is kasa with `drop_rank: auto`; kasa-auto-ones is kasa-auto with sigma started at 1 "
+                  "(`sigma_init: ones`) instead of the paper code's randn; the -4bit rows train and decode on the "
+                  "base quantized to NF4 with double quantization (`quantize: 4bit`), the adapter in float32.",
+                  "python benchmarks/quality/e2e.py")
+
+
+def write_summary(records: list[Record], out: Path, title: str, setting: str, methods: tuple[str, ...], notes: str,
+                  command: str) -> None:
+    """``summary.md`` of an E2E table: the metrics and paired tables of ``methods``, then ``notes``."""
     (out / "summary.md").write_text(
-        "# E2E NLG, SmolLM2-135M (`smollm2`), r = 8 on q_proj/v_proj\n\n"
+        f"# {title}, SmolLM2-135M (`smollm2`), r = 8 on q_proj/v_proj\n\n"
         "Test-set metrics (BLEU, METEOR, ROUGE-L x100; NIST, CIDEr as they are), "
-        f"mean ± std over the finished runs of seeds {seeds_of(records)}: "
-        f"{TRAIN_SAMPLES} fixed training examples, 1 epoch (batch 8, lr 5e-4); {TEST_MRS} fixed test MRs "
-        f"(all their references), beam {BEAMS}.\n\n"
-        f"{metric_tables(records, out, METHODS)}"
-        f"kasa-auto is kasa with `drop_rank: auto`; kasa-auto-ones is kasa-auto with sigma started at 1 "
-        f"(`sigma_init: ones`) instead of the paper code's randn; the -4bit rows train and decode on the "
-        f"base quantized to NF4 with double quantization (`quantize: 4bit`), the adapter in float32.\n"
-        f"Machine: {machine_line(records)}.\n"
-        "Command: `python benchmarks/quality/e2e.py`\n")
+        f"mean ± std over the finished runs of seeds {seeds_of(records)}: {setting}.\n\n"
+        f"{metric_tables(records, out, methods)}{notes}\nMachine: {machine_line(records)}.\nCommand: `{command}`\n")
 
 
 def metric_tables(records: list[Record], out: Path, methods: tuple[str, ...]) -> str:

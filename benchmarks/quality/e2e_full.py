@@ -18,8 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from quality import e2e  # noqa: E402
-from quality.harness import Record, Run, main, method_settings  # noqa: E402
-from quality.summary import machine_line, seeds_of  # noqa: E402
+from quality.harness import Record, Run, main  # noqa: E402
 
 TABLE = "e2e_full"
 METHODS = ("kasa-auto", "lora", "pissa", "milora")
@@ -28,23 +27,15 @@ SETTINGS = {**e2e.SETTINGS, "max_eval_samples": None, "num_beams": 1, "length_pe
 
 
 def runs() -> list[Run]:
-    return [Run(f"e2e-full-{method}-s{seed}", {**SETTINGS, **method_settings(method), "seed": seed},
-                {"method": method, "seed": seed, "metric": "all"})
-            for seed in SEEDS for method in METHODS]
+    return e2e.runs("e2e-full", SETTINGS, METHODS)
 
 
 def summarise(records: list[Record], out: Path) -> None:
-    (out / "summary.md").write_text(
-        "# E2E NLG on the whole test set, SmolLM2-135M (`smollm2`), r = 8 on q_proj/v_proj\n\n"
-        "Test-set metrics (BLEU, METEOR, ROUGE-L x100; NIST, CIDEr as they are), "
-        f"mean ± std over the finished runs of seeds {seeds_of(records)}: the E2E table's training "
-        f"({e2e.TRAIN_SAMPLES} fixed examples, 1 epoch, batch 8, lr 5e-4); all 630 test MRs (all their "
-        "references), greedy decoding with no-repeat 4-grams.\n\n"
-        f"{e2e.metric_tables(records, out, METHODS)}"
-        "kasa-auto is kasa with `drop_rank: auto`. MR by MR: `python benchmarks/quality/e2e_bootstrap.py "
-        "--table e2e_full`.\n"
-        f"Machine: {machine_line(records)}.\n"
-        "Command: `python benchmarks/quality/e2e_full.py`\n")
+    e2e.write_summary(records, out, "E2E NLG on the whole test set",
+                      f"the E2E table's training ({e2e.TRAIN_SAMPLES} fixed examples, 1 epoch, batch 8, lr 5e-4); all "
+                      "630 test MRs (all their references), greedy decoding with no-repeat 4-grams", METHODS,
+                      "kasa-auto is kasa with `drop_rank: auto`. MR by MR: `python benchmarks/quality/e2e_bootstrap.py "
+                      "--table e2e_full`.", "python benchmarks/quality/e2e_full.py")
 
 
 if __name__ == "__main__":
