@@ -59,12 +59,14 @@ def comparison(table, records: list[Record], results: Path, data_dir: Path) -> s
     def predictions(record: Record) -> list[str]:
         return read_predictions(record_path(results, table.TABLE, record["id"]).with_suffix(".predictions.txt"))
 
+    lora_seeds = [s for s in table.SEEDS if (REFERENCE, s) in kept]
+    # every run of a table is scored on the same fixed MRs
+    references = references_of(kept[(REFERENCE, lora_seeds[0])], data_dir) if lora_seeds else []
     rows = []
     for method in table.METHODS:
-        seeds = [s for s in table.SEEDS if (method, s) in kept and (REFERENCE, s) in kept and method != REFERENCE]
+        seeds = [s for s in lora_seeds if (method, s) in kept and method != REFERENCE]
         if not seeds:
             continue
-        references = references_of(kept[(REFERENCE, seeds[0])], data_dir)
         mean, low, high = bleu_difference([predictions(kept[(method, s)]) for s in seeds],
                                           [predictions(kept[(REFERENCE, s)]) for s in seeds], references)
         rows.append([method, ", ".join(map(str, seeds)), f"{mean:+.2f}", f"[{low:+.2f}, {high:+.2f}]",
