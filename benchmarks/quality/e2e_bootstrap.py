@@ -5,7 +5,7 @@
 For each method, over the seeds where it and LoRA both kept their predictions, the statistic is the mean over
 seeds of ``BLEU(method) - BLEU(LoRA)``, both computed on the same resampled test MRs (Koehn's paired bootstrap,
 2004, with every seed's runs resampled together), and the interval is scipy's 95% BCa interval. It says how far
-the 50 test MRs leave the seed-averaged difference uncertain given these trained runs; the spread between
+the test MRs leave the seed-averaged difference uncertain given these trained runs; the spread between
 training seeds is the table's paired column.
 
 Writes ``<results>/<table>/bootstrap.md``.

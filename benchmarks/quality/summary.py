@@ -32,11 +32,12 @@ class Stat:
             raise ValueError("Stat.of needs at least one value")
         return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
 
-    def format(self, digits: int = 1) -> str:
-        """``mean ± std``; a single run has no spread to show, just its value."""
+    def format(self, digits: int = 1, sign: str = "") -> str:
+        """``mean ± std``; a single run has no spread to show, just its value. ``sign="+"`` signs the mean (for
+        differences)."""
         if self.n == 1:
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+            return f"{self.mean:{sign}.{digits}f}"
+        return f"{self.mean:{sign}.{digits}f} ± {self.std:.{digits}f}"
 
 
 def metric(record: Record, which: str = "best", name: str | None = None, scale: float = 100.0) -> float:
@@ -116,7 +117,7 @@ def paired_table(differences: dict[Any, dict[Any, float]], rows: Sequence[Any], 
             continue
         per_seed = differences[r]
         cells = [f"{per_seed[s]:+.{digits}f}" if s in per_seed else "—" for s in seeds]
-        body.append([str(r), *cells, Stat.of(list(per_seed.values())).format(digits)])
+        body.append([str(r), *cells, Stat.of(list(per_seed.values())).format(digits, sign="+")])
     return markdown_table([row_title, *(f"seed {s}" for s in seeds), "mean ± std"], body)
 
 

@@ -118,6 +118,7 @@ def test_stat_is_mean_and_sample_std():
     assert Stat.of([4.0]) == Stat(4.0, 0.0, 1)
     assert Stat(71.234, 1.25, 3).format() == "71.2 ± 1.2"
     assert Stat(71.234, 0.0, 1).format(2) == "71.23"
+    assert Stat(0.5, 0.25, 3).format(2, sign="+") == "+0.50 ± 0.25"
 
 
 def test_cells_aggregate_seeds_per_row_and_column_in_percent():
