@@ -5,9 +5,9 @@
 
 Issue 13: where the E2E table's 50 test MRs leave kasa-auto and LoRA within noise of each other, measure on more
 MRs rather than conclude from noise. The runs train exactly as `e2e.py`'s (same settings and seeds) for
-kasa-auto (sigma started at randn and at ones), lora, pissa and milora, and are scored on every distinct test MR (630, 12.6 times as many, all their
-references) with greedy decoding (no-repeat 4-grams kept) instead of beam 4, which keeps decoding them
-affordable on a CPU.
+kasa-auto (sigma started at randn and at ones), lora, pissa and milora, and are scored on every distinct test MR
+(630, 12.6 times as many, all their references) with greedy decoding (no-repeat 4-grams kept) instead of beam 4,
+which keeps decoding them affordable on a CPU.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def summarise(records: list[Record], out: Path) -> None:
     e2e.write_summary(records, out, "E2E NLG on the whole test set",
                       f"the E2E table's training ({e2e.TRAIN_SAMPLES} fixed examples, 1 epoch, batch 8, lr 5e-4); all "
                       "630 test MRs (all their references), greedy decoding with no-repeat 4-grams", METHODS,
-                      "kasa-auto is kasa with `drop_rank: auto`; kasa-auto-ones is kasa-auto with `sigma_init: ones`. MR by MR: `python benchmarks/quality/e2e_bootstrap.py "
-                      "--table e2e_full`.", "python benchmarks/quality/e2e_full.py")
+                      "kasa-auto is kasa with `drop_rank: auto`; kasa-auto-ones is kasa-auto with `sigma_init: "
+                      "ones`. MR by MR: `python benchmarks/quality/e2e_bootstrap.py --table e2e_full`.",
+                      "python benchmarks/quality/e2e_full.py")
 
 
 if __name__ == "__main__":
