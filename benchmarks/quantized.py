@@ -63,7 +63,7 @@ def load_base(name: str, storage: str) -> torch.nn.Module:
     model = LlamaForCausalLM(LlamaConfig(**LLAMA_SHAPE, num_hidden_layers=RANDOM_LLAMAS[name])).eval()
     if storage == "float32":
         return model
-    from kasa_peft.interop.bitsandbytes import quantize_linear_layers
+    from kasa_peft.models.bitsandbytes import quantize_linear_layers
 
     return quantize_linear_layers(model, storage)
 
@@ -109,7 +109,7 @@ def memory_probe(name: str, storage: str, method: str, steps: int) -> dict:
     import kasa_peft  # noqa: F401  (imported before the baseline, as everything the run needs)
     import peft  # noqa: F401
     if storage != "float32":
-        import kasa_peft.interop.bitsandbytes  # noqa: F401
+        import kasa_peft.models.bitsandbytes  # noqa: F401
     process = psutil.Process()
     before_model = process.memory_info().rss
     base = load_base(name, storage)

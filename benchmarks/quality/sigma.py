@@ -21,7 +21,7 @@ import matplotlib
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from kasa_peft import kasa_layers  # noqa: E402
-from kasa_peft.interop.inspection import draw_grid, inspect_adapter  # noqa: E402
+from kasa_peft.analysis.inspection import draw_grid, inspect_adapter  # noqa: E402
 from kasa_peft.pipelines.config import RunConfig  # noqa: E402
 from kasa_peft.pipelines.run import RUN_CONFIG_FILE, start  # noqa: E402
 from quality import glue  # noqa: E402

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from kasa_peft.core.config import DEFAULT_DROP_BUDGET  # noqa: E402
-from kasa_peft.interop.truncation_report import TruncationReport  # noqa: E402
+from kasa_peft.analysis.truncation_report import TruncationReport  # noqa: E402
 from kasa_peft.pipelines.preflight import preflight  # noqa: E402
 from quality import e2e  # noqa: E402
 from quality.harness import DATA, RESULTS  # noqa: E402

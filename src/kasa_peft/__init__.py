@@ -8,8 +8,8 @@ from .lazy import lazy_getattr
 from .providers import register_quantization_provider
 from .version import __version__
 
-# bitsandbytes layers are read through kasa_peft.interop.bitsandbytes, imported when the first one is met
-register_quantization_provider("bitsandbytes", "kasa_peft.interop.bitsandbytes",
+# bitsandbytes layers are read through kasa_peft.models.bitsandbytes, imported when the first one is met
+register_quantization_provider("bitsandbytes", "kasa_peft.models.bitsandbytes",
                                "bitsandbytes Linear4bit (NF4, FP4, double quantization) and Linear8bitLt")
 
 _CORE = (

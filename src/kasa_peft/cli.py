@@ -478,7 +478,7 @@ def _judge(args: argparse.Namespace) -> Work:
 
     def work() -> None:
         from .interop.cli_commands import parse_adapter_specs
-        from .interop.judge import endpoint_from_options
+        from .pipelines.judge_client import endpoint_from_options
         from .pipelines.generation import Decoding
         from .pipelines.judge import JudgeRun, run_judge
 
@@ -523,7 +523,7 @@ def _inspect(args: argparse.Namespace) -> Work:
         print(inspect_command(args.adapter_dir, args.plot))
 
     def preflight_work() -> None:
-        from .interop.truncation_report import format_truncation_report, plot_spectra
+        from .analysis.truncation_report import format_truncation_report, plot_spectra
         from .pipelines.preflight import preflight
 
         samples = {"samples": args.samples} if args.samples is not None else {}

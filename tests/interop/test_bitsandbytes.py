@@ -25,7 +25,7 @@ from kasa_peft.training.methods import MethodSpec, prepare_model
 
 bnb = pytest.importorskip("bitsandbytes")
 from kasa_peft.interop import export_lora, export_merged  # noqa: E402
-from kasa_peft.interop.bitsandbytes import quantize_linear_layers  # noqa: E402
+from kasa_peft.models.bitsandbytes import quantize_linear_layers  # noqa: E402
 
 KINDS = {"nf4-double": {"quantize": "4bit", "quant_type": "nf4", "double_quant": True},
          "fp4": {"quantize": "4bit", "quant_type": "fp4", "double_quant": False},

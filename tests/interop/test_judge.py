@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from interop.fake_chat_server import fake_chat_server
-from kasa_peft.interop.judge import ChatEndpoint, JudgeError, JudgmentCache, endpoint_from_options
+from kasa_peft.pipelines.judge_client import ChatEndpoint, JudgeError, JudgmentCache, endpoint_from_options
 
 MESSAGES = [{"role": "system", "content": "judge"}, {"role": "user", "content": "rate this"}]
 

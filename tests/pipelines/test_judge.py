@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from interop.fake_chat_server import fake_chat_server
-from kasa_peft.interop.judge import ChatEndpoint, JudgeError
+from kasa_peft.pipelines.judge_client import ChatEndpoint, JudgeError
 from kasa_peft.pipelines.generation import Decoding
 from kasa_peft.pipelines.judge import JudgeRun, run_judge
 from kasa_peft.tasks.mt_bench import parse_rating

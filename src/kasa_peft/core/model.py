@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -228,6 +228,36 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     del state.configs[adapter_name]
     if state.active == adapter_name:
         state.active = None
+
+
+def adapter_names_on(model: nn.Module) -> set[str]:
+    """The names of the KaSA adapters on ``model`` (none for a plain model)."""
+    return set(kasa_state(model).configs) if next(kasa_layers(model), None) is not None else set()
+
+
+@contextlib.contextmanager
+def temporary_adapter(model: nn.Module, attach: Callable[[nn.Module, str], None],
+                      adapter_name: str | None = None) -> Iterator[str]:
+    """Attach an adapter (``attach(model, name)``) for the duration of the block, then remove it.
+
+    The name is ``adapter_name`` or a fresh one. Afterwards (also when ``attach`` fails) the model is as
+    before: a model without adapters is unloaded back to its original modules; otherwise the temporary
+    adapter is deleted and the previously active one re-activated.
+    """
+    existing = adapter_names_on(model)
+    had_adapters = bool(existing)
+    previous = kasa_state(model).active if had_adapters else None
+    name = adapter_name or next(f"interop{i}" for i in range(len(existing) + 1) if f"interop{i}" not in existing)
+    try:
+        attach(model, name)
+        yield name
+    finally:
+        if not had_adapters:
+            unload(model)
+        elif name in kasa_state(model).configs and name not in existing:
+            delete_adapter(model, name)
+            if previous is not None:
+                set_adapter(model, previous)
 
 
 @contextlib.contextmanager

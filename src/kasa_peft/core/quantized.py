@@ -4,7 +4,7 @@ KaSA never writes the base weight, so a quantized base stays quantized: the trun
 layer computes with (its dequantized weight), and the adapter runs beside the layer. Core knows no quantization
 library. An integration layer registers, per layer class, a `QuantizedLinear` saying how to dequantize and
 requantize that class; ``kasa_peft`` declares (in `kasa_peft.providers`, plain data) that
-``kasa_peft.interop.bitsandbytes`` does so for the ``bitsandbytes`` package, and it is imported the first time a
+``kasa_peft.models.bitsandbytes`` does so for the ``bitsandbytes`` package, and it is imported the first time a
 layer of that package is met.
 
 A layer that looks quantized (a packed or integer weight, GPTQ/AWQ's ``qweight``, HQQ's ``W_q``, a weight or

@@ -55,7 +55,7 @@ def warn_if_large(shares: dict[str, float], config: KasaConfig) -> None:
                       f"{LARGE_TRUNCATION:.0%} of the weight norm of {len(large)} of {len(shares)} layers (most: "
                       f"{large[worst]:.1%} of '{worst}'), so the model differs from the base before training. "
                       "drop_rank='auto' (--drop-rank auto) drops per weight only what fits a norm budget; "
-                      "kasa_peft.interop.truncation_report (`kasa-peft inspect --model ...`) shows it per layer "
+                      "kasa_peft.analysis.truncation_report (`kasa-peft inspect --model ...`) shows it per layer "
                       "before any training", stacklevel=3)
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import transformers
 from torch import nn
 
-from ..core import delete_adapter, kasa_layers, kasa_state, load_adapter, read_adapter, set_adapter, unload
+from ..core import kasa_state, load_adapter, read_adapter
+from ..core.model import temporary_adapter
 from ..models import ModelLoadError, head_size, load_base, load_tokenizer, loadable_name
 from ..tasks.hub import hub_reachable
 
@@ -73,36 +74,6 @@ def base_tokenizer(model: nn.Module):
         return load_tokenizer(name) if name else None
     except ModelLoadError:
         return None
-
-
-def adapter_names(model: nn.Module) -> set[str]:
-    """The names of the KaSA adapters on ``model`` (none for a plain model)."""
-    return set(kasa_state(model).configs) if next(kasa_layers(model), None) is not None else set()
-
-
-@contextmanager
-def temporary_adapter(model: nn.Module, attach: Callable[[nn.Module, str], None],
-                      adapter_name: str | None = None) -> Iterator[str]:
-    """Attach an adapter (``attach(model, name)``) for the duration of the block, then remove it.
-
-    The name is ``adapter_name`` or a fresh one. Afterwards (also when ``attach`` fails) the model is as
-    before: a model without adapters is unloaded back to its original modules; otherwise the temporary
-    adapter is deleted and the previously active one re-activated.
-    """
-    existing = adapter_names(model)
-    had_adapters = bool(existing)
-    previous = kasa_state(model).active if had_adapters else None
-    name = adapter_name or next(f"interop{i}" for i in range(len(existing) + 1) if f"interop{i}" not in existing)
-    try:
-        attach(model, name)
-        yield name
-    finally:
-        if not had_adapters:
-            unload(model)
-        elif name in kasa_state(model).configs and name not in existing:
-            delete_adapter(model, name)
-            if previous is not None:
-                set_adapter(model, previous)
 
 
 @contextmanager

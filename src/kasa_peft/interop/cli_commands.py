@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..core.model import check_adapter_name
-from .inspection import format_inspection, inspect_adapter, plot_adapter
+from ..analysis import format_inspection, inspect_adapter, plot_adapter
 from .peft_kasa import import_peft_kasa
 
 # format -> (module, function), imported on use: the llama.cpp formats need the optional gguf package

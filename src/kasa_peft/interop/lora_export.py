@@ -29,7 +29,7 @@ from torch import nn
 from ..core import KasaConfig
 from .atomic import atomic_directory
 from .base_model import export_base_name
-from .factors import delta_factors
+from ..analysis.factors import delta_factors
 from .peft_format import SavedAdapter, saved_adapter, write_peft_adapter
 
 

@@ -24,7 +24,8 @@ from ..core import KasaConfig, inject, kasa_layers, save_adapter
 from ..core.config import matches
 from ..core.model import saved_modules
 from .atomic import atomic_directory
-from .base_model import export_base_name, resolve_base_model, temporary_adapter
+from ..core.model import temporary_adapter
+from .base_model import export_base_name, resolve_base_model
 from .peft_format import read_peft_adapter, require_peft, saved_adapter, write_peft_adapter
 
 # LoraConfig options with no KaSA counterpart here, and the value meaning "not used".

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ..core import delete_adapter, disable_adapters, kasa_state, load_adapter, read_adapter, set_adapter
-from .base_model import adapter_names
+from ..core.model import adapter_names_on
 
 T = TypeVar("T")
 
@@ -50,7 +50,7 @@ def load_adapters(model: nn.Module, adapters: Mapping[str, str | os.PathLike]) -
     All or nothing: a name already on the model, an unreadable directory or an adapter made for another
     base raises, and the adapters this call had loaded are removed again.
     """
-    taken = sorted(set(adapters) & adapter_names(model))
+    taken = sorted(set(adapters) & adapter_names_on(model))
     if taken:
         raise ValueError(f"adapter names {taken} are already used on this model; pick other names")
     for path in adapters.values():

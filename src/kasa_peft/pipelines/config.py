@@ -19,7 +19,7 @@ from ..tasks._common import read_text
 from ..training.method_names import METHODS
 from .task_names import parse_task
 
-QUANTIZE_CHOICES = (None, "4bit", "8bit")  # as kasa_peft.interop.bitsandbytes, which imports bitsandbytes
+QUANTIZE_CHOICES = (None, "4bit", "8bit")  # as kasa_peft.models.bitsandbytes, which imports bitsandbytes
 
 
 @dataclass(frozen=True)

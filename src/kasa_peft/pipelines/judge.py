@@ -5,8 +5,8 @@ Answers: for every question, turn 1 is generated from the question, turn 2 from 
 the writing and roleplay categories at temperature 0.7; greedy keeps the answers reproducible). They are
 written to ``OUT/answers/<name>.jsonl`` and reused by later runs of the same model.
 
-Judgments: see :mod:`kasa_peft.tasks.mt_bench` (the protocol) and :mod:`kasa_peft.interop.judge` (the client and
-its cache ``OUT/judgments.jsonl``). The summary goes to ``OUT/judge_results.json``.
+Judgments: see :mod:`kasa_peft.tasks.mt_bench` (the protocol) and :mod:`kasa_peft.pipelines.judge_client` (the
+client and its cache ``OUT/judgments.jsonl``). The summary goes to ``OUT/judge_results.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..interop.judge import ChatEndpoint, JudgmentCache
+from .judge_client import ChatEndpoint, JudgmentCache
 from ..tasks.mt_bench import (
     JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, Mode, Question, combine_orders, judge_messages, load_mt_bench,
     parse_preference, parse_rating, summarise_pairwise, summarise_single,

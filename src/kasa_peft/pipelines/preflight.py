@@ -1,6 +1,6 @@
 """The pre-flight check of ``kasa-peft inspect --model``: what KaSA's truncation does before any training.
 
-`kasa_peft.interop.truncation_report` gives, per targeted weight, the number ``d`` of dropped components and the
+`kasa_peft.analysis.truncation_report` gives, per targeted weight, the number ``d`` of dropped components and the
 share of ``||W||_F`` they carry. With a task, `preflight` also measures the language-model (or classification)
 loss of the untrained KaSA model on the first ``samples`` training examples, next to the base model's: the
 adapter starts with ``B = 0``, so the untrained model is the base minus the dropped components, and the two
@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core import KasaConfig, disable_adapters
 from ..core.config import ALL_LINEAR
-from ..interop.truncation_report import TruncationReport, read_truncation, truncation_report
+from ..analysis.truncation_report import TruncationReport, read_truncation, truncation_report
 from ..models import load_model, natural_task
 from .causal_lm import IGNORE_INDEX
 from .config import normalise_settings, parse_drop_rank, resolve_config

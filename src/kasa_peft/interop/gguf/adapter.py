@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from ...core import kasa_state
 from ..base_model import adapted_model
-from ..factors import delta_factors
+from ...analysis.factors import delta_factors
 from .merged import adapted_layers, gguf_base
 from .naming import GgufLayout
 from .writing import Field, Tensor, write_gguf

@@ -24,9 +24,8 @@ import torch
 from torch import nn
 
 from ..core import KasaConfig, inject, kasa_layers, kasa_state
-from ..core.model import original_weight
+from ..core.model import original_weight, temporary_adapter
 from ..core.truncation import DroppedComponents, dropped_share
-from .base_model import temporary_adapter
 from .inspection import module_of, save_figure
 
 

@@ -13,6 +13,9 @@ GGUF files are dequantized once (tens of seconds) into a float32 safetensors cop
 ``$KASA_PEFT_CACHE`` (default ``$XDG_CACHE_HOME/kasa-peft/models``, i.e. ``~/.cache/kasa-peft/models``);
 later loads read that copy. Each cache entry is built in a staging folder and moved into place with one
 ``os.replace``, and only entries carrying the completion marker are ever read.
+
+Quantized bases: ``--quantize 4bit|8bit`` loads the model through bitsandbytes, whose layers KaSA reads and
+wraps through `kasa_peft.models.bitsandbytes` (imported only when asked for or when such a layer is met).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .tasks.hub import hub_reachable, unreachable_hub_message
+from ..tasks.hub import hub_reachable, unreachable_hub_message
 
 __all__ = ["SHORTCUTS", "ModelLoadError", "ModelSource", "Shortcut", "gguf_cache_dir", "load_model",
            "natural_task", "resolve_model_path"]
@@ -273,7 +276,7 @@ def _quantization_kwargs(quantize: str | None, dtype: torch.dtype) -> dict:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelLoadError(f"--quantize {quantize} needs the bitsandbytes package: run "
                              "`pip install 'kasa-peft[quantized]'` (or `pip install bitsandbytes`).")
-    from .interop.bitsandbytes import quantization_config
+    from .bitsandbytes import quantization_config
 
     on_gpu = torch.cuda.is_available()
     kwargs = {"quantization_config": quantization_config(quantize, dtype), "device_map": "cuda" if on_gpu else "cpu"}
