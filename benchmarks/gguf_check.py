@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine_info, write_results  # noqa: E402
+from common import REPO, RESULTS, machine_info, write_results  # noqa: E402
 
 WHEELS = Path.home() / ".cache" / "kasa-peft" / "wheels"
 
@@ -126,7 +126,7 @@ def compare(name: str, llm, reference: list[tuple[np.ndarray, list[int], list[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True, help="a KaSA adapter directory trained on smollm2")
-    parser.add_argument("--data-dir", default="/work/shared/data")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")

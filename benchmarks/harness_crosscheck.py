@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info, machine_sentence, write_results  # noqa: E402
 
+from kasa_peft.pipelines.causal_lm import OPTION_SCORER  # noqa: E402
 from kasa_peft.pipelines.config import resolve_config  # noqa: E402
 from kasa_peft.pipelines.run import evaluate, evaluate_with_harness, read_run  # noqa: E402
 from kasa_peft.tasks.commonsense import COMMONSENSE_SETS  # noqa: E402
@@ -64,7 +65,8 @@ def main() -> None:
                 f"{machine_sentence(machine)} lm_eval {machine['lm_eval']}. {args.max_eval_samples} fixed examples "
                 "of each set, the prompt through the chat template; each cell is ours / lm-eval's accuracy x100.\n\n"
                 + table(results))
-        write_results("harness_crosscheck", {"machine": machine, "results": results}, text)
+        write_results("harness_crosscheck", {"machine": machine, "evaluation": {"option_scorer": OPTION_SCORER},
+                                             "results": results}, text)
 
 
 if __name__ == "__main__":

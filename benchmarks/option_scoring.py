@@ -24,7 +24,7 @@ from common import alternate, machine_info, machine_sentence, median, write_resu
 
 from kasa_peft.models import load_model  # noqa: E402
 from kasa_peft.pipelines.base import fixed_subset  # noqa: E402
-from kasa_peft.pipelines.causal_lm import choose_option, option_logliks  # noqa: E402
+from kasa_peft.pipelines.causal_lm import OPTION_SCORER, choose_option, option_logliks  # noqa: E402
 from kasa_peft.pipelines.harness import run_harness  # noqa: E402
 from kasa_peft.tasks.commonsense import (  # noqa: E402
     COMMONSENSE_SETS, answer_options, answer_target, format_prompt, gold_option, load_commonsense,
@@ -84,8 +84,9 @@ def main() -> None:
         f"| {medians['lm_eval']:.1f} | {medians['ours']:.1f} | **{medians['lm_eval'] / medians['ours']:.2f}x** |", "",
         f"Accuracies equal on every set: {'yes' if equal else '**no**'} "
         f"({per_set}).", ""])
-    write_results("option_scoring", {"machine": machine, "samples": args.samples, "options": options,
-                                     "times": times, "medians": medians, "accuracies": accuracies}, markdown)
+    write_results("option_scoring", {"machine": machine, "evaluation": {"option_scorer": OPTION_SCORER},
+                                     "samples": args.samples, "options": options, "times": times, "medians": medians,
+                                     "accuracies": accuracies}, markdown)
     print(markdown)
 
 

@@ -159,7 +159,7 @@ def one_error_line(result) -> str:
     ("unknown method", "unknown method 'qlora'; choose one of: kasa, lora"),
     ("rank too large", "r=32 is too large for layer"),
     ("missing classify option", "--task classify needs --eval-file"),
-    ("unknown config key", "unknown setting 'learning_rate' in the config file"),
+    ("unknown config key", "unknown setting 'learning_rate' in config file"),
     ("max length beyond the model", "--max-length 128 exceeds the 64 positions"),
 ])
 def test_bad_input_ends_with_one_clear_error(case, expected, cli, bert_dir, files, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import importlib.util
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -315,6 +316,60 @@ def test_gguf_load_uses_a_complete_cache_entry_without_converting(gguf_file, cac
     model, _ = load_model(str(gguf_file), "causal_lm")
     assert model.config.name_or_path == str(gguf_file.resolve())
     assert all(torch.equal(model.state_dict()[k], v) for k, v in llama.model.state_dict().items())
+
+
+def test_a_damaged_complete_cache_entry_is_rebuilt_not_loaded(gguf_file, cache_root, llama, monkeypatch):
+    """The completion marker is there, but the weights were cut short afterwards (a full disk, a bad copy)."""
+    entry = gguf_cache_dir(gguf_file)
+    copy = lambda staging: shutil.copytree(llama.dir, staging, dirs_exist_ok=True)  # noqa: E731
+    models._ensure_cached(entry, copy, {})
+    weights = entry / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    calls = []
+    monkeypatch.setattr(models, "_convert_gguf", lambda source, staging: calls.append(copy(staging)))
+    with pytest.warns(UserWarning, match=rf"the cached conversion {entry} is damaged .*; rebuilding it"):
+        model, _ = load_model(str(gguf_file), "causal_lm")
+    assert len(calls) == 1
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in llama.model.state_dict().items())
+    (entry / models._CACHE_MARKER).write_text('{"files": {"../../outside": 3}}')  # a marker naming files elsewhere
+    assert not models._is_complete(entry)
+
+
+def tiny_gguf(path: Path) -> Path:
+    from interop.gguf_support import write_base_gguf
+
+    return write_base_gguf(tiny_llama(), path)
+
+
+def gguf_with_a_huge_string_array(path: Path) -> Path:
+    """A GGUF header whose one metadata entry declares 2**40 strings, in a file of a few bytes."""
+    import struct
+
+    key = b"tokenizer.ggml.tokens"
+    header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+    path.write_bytes(header + struct.pack("<IIQ", 9, 8, 2 ** 40) + struct.pack("<Q", 5) + b"hello")
+    return path
+
+
+@pytest.mark.parametrize("damage", ["cut in half", "2**40 strings"])
+def test_a_damaged_gguf_model_is_named_and_said_truncated_or_damaged(tmp_path, cache_root, capsys, damage):
+    pytest.importorskip("gguf")
+    from kasa_peft.cli import main
+
+    path = tmp_path / "model.gguf"
+    if damage == "cut in half":
+        data = tiny_gguf(path).read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+        message = rf"{path} is truncated"
+    else:
+        gguf_with_a_huge_string_array(path)
+        message = rf"{path} is truncated or damaged.*declares 1099511627776 items"
+    with pytest.raises(ValueError, match=message):
+        load_model(str(path), "causal_lm")
+    assert main(["generate", "--model", str(path), "--prompt", "hello"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(rf"kasa-peft: error: {message}", err[0]), err
+    assert not cache_root.exists() or not any(cache_root.iterdir())  # nothing half-converted is kept
 
 
 # ------------------------------------------------------------------------------------------- installed models

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from quality.harness import Record, Run, main  # noqa: E402
+from quality.harness import Record, Run, main, method_settings, own_rates  # noqa: E402
 from quality.summary import (  # noqa: E402
     bar_plot, beaten_by, cells, concurrency, group, machine_line, matched_ratio, metric, row_average, stat_table,
 )
@@ -47,6 +47,10 @@ MODEL = "minilm"
 # Run in this order (task by task, seed by seed), so an interrupted table has whole tasks and seeds.
 TASKS = ("sst2", "mrpc", "stsb", "rte", "cola")
 METHODS = ("kasa", "peft-kasa", "lora", "pissa", "milora", "dora", "adalora", "fft")
+# The paper's other NLU baselines (its GLUE table: BitFit, Adapter^H, Adapter^P, AdapterDrop, DyLoRA, VeRA), on
+# the same schedules (issue 25).
+BASELINES = ("bitfit", "adapter-h", "adapter-p", "adapter-d", "dylora", "vera")
+ROWS = METHODS + BASELINES
 SEEDS = (0, 1, 2)
 DEV_SAMPLES = 500
 FFT_LR = 1e-4
@@ -85,7 +89,7 @@ def settings(task: str, method: str, seed: int, schedule: Schedule | None = None
             "target_modules": ["query", "value"], "lr": FFT_LR if method == "fft" else plan.lr, **head, "beta": beta,
             "gamma": gamma, "epochs": plan.epochs, "batch_size": 16, "max_length": 128, "eval_every_epoch": True,
             "eval_batch_size": 64, "max_train_samples": plan.train_samples, "max_eval_samples": DEV_SAMPLES,
-            "seed": seed, **changes}
+            "seed": seed, **method_settings(method), **changes}
 
 
 def retrain_command(run_ids: Sequence[str], work: Path) -> str:
@@ -99,25 +103,25 @@ def retrain_command(run_ids: Sequence[str], work: Path) -> str:
 def runs() -> list[Run]:
     return [Run(f"{task}-{method}-s{seed}", settings(task, method, seed),
                 {"task": task, "method": method, "seed": seed})
-            for task in TASKS for seed in SEEDS for method in METHODS]
+            for task in TASKS for seed in SEEDS for method in ROWS]
 
 
 def summarise(records: list[Record], out: Path) -> None:
     stats = cells(records, "method", "task", metric)
-    tasks = [t for t in TASKS if any((m, t) in stats for m in METHODS)]
+    tasks = [t for t in TASKS if any((m, t) in stats for m in ROWS)]
     complete = [t for t in tasks if ("kasa", t) in stats and stats[("kasa", t)].n == len(SEEDS)]
     average = row_average(records, "method", "task", complete, "seed", metric)
     by_method = group(records, ("method",))
-    params = {m: _distinct(r["run"]["trainable_parameters"] for r in by_method[(m,)]) for m in METHODS
+    params = {m: _distinct(r["run"]["trainable_parameters"] for r in by_method[(m,)]) for m in ROWS
               if (m,) in by_method}
     wall = {m: f"{ratio:.2f}" for m, ratio in matched_ratio(records, "method", "lora", ("task", "seed"),
                                                              lambda r: r["run"]["wall_time_seconds"]).items()}
     average_title = f"avg ({', '.join(complete) or 'no task with every seed'})"
-    table = stat_table(stats, METHODS, tasks, "method", lambda t: f"{t} ({METRIC_NAMES[t]})",
+    table = stat_table(stats, ROWS, tasks, "method", lambda t: f"{t} ({METRIC_NAMES[t]})",
                        extra={average_title: {m: s.format() for m, s in average.items()}, "trainable params": params,
                               "wall time / LoRA": wall})
-    final = stat_table(cells(records, "method", "task", lambda r: metric(r, "final")), METHODS, tasks, "method")
-    losses = beaten_by(stats, "kasa", METHODS, tasks)
+    final = stat_table(cells(records, "method", "task", lambda r: metric(r, "final")), ROWS, tasks, "method")
+    losses = beaten_by(stats, "kasa", ROWS, tasks)
     schedules = "; ".join(f"{t}: {SCHEDULES[t].describe()}" for t in tasks)
     verdict = "\n".join(f"- {t}: " + (f"KaSA's mean is below {', '.join(losses[t])}." if losses[t]
                                        else "no method's mean is above KaSA's.") for t in tasks)
@@ -128,6 +132,7 @@ def summarise(records: list[Record], out: Path) -> None:
         f"Per task, every method: {schedules}; fixed training subsets, dev at most {DEV_SAMPLES} fixed examples "
         f"(full MRPC and RTE); batch 16, max length 128; fft at lr {FFT_LR:g}. Schedules chosen on LoRA alone "
         "(module docstring of glue.py). "
+        f"{own_rates(ROWS)}"
         "avg: over the tasks where kasa has every seed, mean per seed, then mean ± std over the seeds a method "
         "has for all those tasks (a single value: one seed). "
         "wall time / LoRA: median over the (task, seed) runs both finished of the ratio of wall times; "
@@ -136,7 +141,7 @@ def summarise(records: list[Record], out: Path) -> None:
         f"{table}\nKaSA against the others (means):\n\n{verdict}\n\n"
         f"## Final epoch instead of best\n\n{final}\n"
         f"Machine: {machine_line(records)}.\nCommand: `{records[0]['command']}`\n")
-    bar_plot(stats, METHODS, tasks, out / "glue.png", f"GLUE dev, MiniLM-L6, r=8 (up to {len(SEEDS)} seeds)",
+    bar_plot(stats, ROWS, tasks, out / "glue.png", f"GLUE dev, MiniLM-L6, r=8 (up to {len(SEEDS)} seeds)",
              "best dev epoch (x100)")
 
 

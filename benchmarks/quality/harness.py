@@ -34,11 +34,13 @@ Record = dict[str, Any]
 
 @dataclass(frozen=True)
 class Run:
-    """One training run of a table: ``settings`` are `RunConfig` fields (without ``output_dir``)."""
+    """One training run of a table: ``settings`` are `RunConfig` fields (without ``output_dir``); ``train=False``
+    evaluates the untrained model as the run would be evaluated (a table's reference row)."""
 
     id: str
     settings: dict[str, Any]
     labels: dict[str, Any] = field(default_factory=dict)
+    train: bool = True
 
 
 # Method rows of the tables that are a method with options: kasa-auto is kasa with the automatic, spectrum-aware
@@ -49,26 +51,30 @@ VARIANTS = {"kasa-auto": {"method": "kasa", "drop_rank": "auto"},
             "lora-4bit": {"method": "lora", "quantize": "4bit"}}
 
 
+# The paper's other baselines (issue 25) that need a setting of their own. VeRA's rank is the width of its frozen
+# random projections, not a budget (its paper: 256 to 1024): 256 here. Every other added method trains with the
+# table's r (the bottleneck size of the adapters, the prefix length, DyLoRA's largest rank).
+BASELINE_SETTINGS = {"vera": {"method": "vera", "r": 256}}
+# A method's own learning rate, where its paper prescribes a very different one (prefix tuning, VeRA) and a
+# recorded probe on one task and seed (lr_sweep.py) chose it; every other method trains at its table's rate.
+# Empty until such a probe is run; a table's summary names the methods found here.
+METHOD_LR: dict[str, float] = {}
+
+
 def method_settings(method: str) -> dict[str, Any]:
-    """The `RunConfig` settings a method row of a table trains with."""
-    return VARIANTS.get(method, {"method": method})
+    """The `RunConfig` settings a method row of a table trains with (its own learning rate included)."""
+    settings = VARIANTS.get(method) or BASELINE_SETTINGS.get(method) or {"method": method}
+    return {**settings, "lr": METHOD_LR[method]} if method in METHOD_LR else settings
+
+
+def own_rates(methods: Sequence[str]) -> str:
+    """For a summary: which of ``methods`` trained at a learning rate of their own, and which."""
+    named = [f"{m} at {METHOD_LR[m]:g}" for m in methods if m in METHOD_LR]
+    return f"Methods at their own learning rate (a recorded probe): {', '.join(named)}. " if named else ""
 
 
 def record_path(results: Path, table: str, run_id: str) -> Path:
     return results / table / "runs" / f"{run_id}.json"
-
-
-def repository_relative(value: Any, root: Path = REPO) -> Any:
-    """``value`` (a record) with this checkout's absolute paths written relative to its root ``root``:
-    ``<root>/runs/...`` as ``runs/...``, a neighbour such as ``<root>/../shared/data`` as ``../shared/data``, so
-    that committed records carry no machine's paths."""
-    if isinstance(value, dict):
-        return {key: repository_relative(item, root) for key, item in value.items()}
-    if isinstance(value, list):
-        return [repository_relative(item, root) for item in value]
-    if isinstance(value, str):
-        return value.replace(f"{root}/", "").replace(f"{root.parent}/", "../")
-    return value
 
 
 def matches(settings: dict[str, Any], config: dict[str, Any]) -> bool:
@@ -105,8 +111,8 @@ def worker_command(run: Run, run_dir: Path, record: Path, table: str, data_dir: 
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     job = {"table": table, "id": run.id, "labels": run.labels, "record": str(record), "command": _command(),
-           "settings": {**run.settings, "data_dir": str(data_dir), "output_dir": str(run_dir / "output"),
-                        "resume": resume}}
+           "train": run.train, "settings": {**run.settings, "data_dir": str(data_dir),
+                                            "output_dir": str(run_dir / "output"), "resume": resume}}
     return [sys.executable, str(WORKER), json.dumps(job)]
 
 

@@ -121,12 +121,6 @@ def paired_table(differences: dict[Any, dict[Any, float]], rows: Sequence[Any], 
     return markdown_table([row_title, *(f"seed {s}" for s in seeds), "mean ± std"], body)
 
 
-def paired_interval(differences: Sequence[float], z: float = 1.96) -> tuple[float, float]:
-    """The mean of paired differences and the half-width of its normal-approximation interval (95% for z = 1.96):
-    ``z * sd / sqrt(n)``, with the sample standard deviation."""
-    return statistics.fmean(differences), z * statistics.stdev(differences) / len(differences) ** 0.5
-
-
 def seeds_of(records: Sequence[Record]) -> str:
     """The seeds the records cover, as text (``0, 1, 2``; a table names only the seeds that have finished runs)."""
     return ", ".join(map(str, sorted({label(r, "seed") for r in records})))
@@ -227,9 +221,58 @@ def _save(figure, path: Path) -> Path:
 
 
 def machine_line(records: Sequence[Record]) -> str:
-    """Where and with what the runs ran (from the latest record)."""
+    """Where and with what the runs ran (from the latest record), then which code (`code_note`)."""
     latest = max(records, key=lambda r: r["machine"]["date"])
     machine, versions = latest["machine"], latest["machine"]["versions"]
     packages = ", ".join(f"{name} {v}" for name, v in versions.items() if v)
     return (f"{machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads per run, "
-            f"shared with other work), Python {machine['python']}, {packages}; device {latest['run']['device']}")
+            f"shared with other work), Python {machine['python']}, {packages}; device {latest['run']['device']}. "
+            f"{code_note(records)}")
+
+
+NOT_RECORDED = "not recorded"
+
+
+def provenance(record: Record) -> str:
+    """The code and evaluation a run's numbers come from: its git commit (12 digits, ``+dirty`` where the checkout
+    had uncommitted changes) and its evaluation switches (e.g. ``option_scorer prompt-cache``). A record written
+    before runs recorded them (issue 26) says ``not recorded``, never a guess."""
+    run = record["run"]
+    source = run.get("source")
+    if source is None:
+        code = f"commit {NOT_RECORDED}"
+    elif source["commit"] == "unknown":
+        code = "commit unknown (not run from a git checkout)"
+    else:
+        code = f"{source['commit'][:12]}{'+dirty' if source['dirty'] is True else ''}"
+    switches = run.get("evaluation")
+    if switches is None:
+        return f"{code}, evaluation switches {NOT_RECORDED}"
+    return ", ".join([code, *(f"{name} {value}" for name, value in sorted(switches.items()))])
+
+
+def code_note(records: Sequence[Record]) -> str:
+    """Which code and evaluation (`provenance`) produced the runs: one statement when every run shares them, else
+    per row (a table's ``method``, or the labels but the seed) the runs of each, so a row mixing versions shows."""
+    versions = {provenance(r) for r in records}
+    if len(versions) == 1:
+        return f"Code and evaluation (git commit, switches): {versions.pop()} for every run"
+    rows = group(records, ["method"] if all("method" in r["labels"] for r in records) else
+                 sorted({key for r in records for key in r["labels"]} - {"seed"}))
+    parts = []
+    for key, runs in rows.items():
+        seeds = [r["labels"].get("seed") for r in runs]
+        by_seed = None not in seeds and len(set(seeds)) == len(seeds)  # else a row over several columns
+        by_version = group([{**r, "labels": {**r["labels"], "version": provenance(r)}} for r in runs],
+                           ["version"])
+        described = [f"{version} ({_runs_named(members, by_seed)})" for (version,), members in by_version.items()]
+        mixed = " **mixes code versions**" if len(by_version) > 1 else ""
+        parts.append(f"{', '.join(map(str, key))}{mixed}: {'; '.join(described)}")
+    return "Code and evaluation (git commit, switches) by row: " + " | ".join(parts)
+
+
+def _runs_named(records: Sequence[Record], by_seed: bool) -> str:
+    if not by_seed:
+        return ", ".join(r["id"] for r in records)
+    seeds = sorted(r["labels"]["seed"] for r in records)
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))

@@ -3,9 +3,10 @@
 The job (written by ``harness.worker_command``) holds the table, the run's id and labels, the `RunConfig`
 settings and where the record goes. The record is written only once training and evaluation have finished,
 through a temporary file and a rename, so a record on disk is always a finished run; its paths are relative to
-the repository. A run's answers (``e2e_predictions.txt``, ``commonsense_predictions.jsonl``) are kept beside the
-record, as ``<id>.predictions.txt`` / ``.jsonl``, so that its scores can be recomputed when a metric is corrected
-and methods compared example by example.
+the repository. A run's answers (``e2e_predictions.txt``, ``commonsense_predictions.jsonl``,
+``ifeval_generations.jsonl``, ``sft_generations.jsonl``) are kept beside the record, as ``<id>.predictions.txt`` /
+``.predictions.jsonl`` / ``.ifeval.jsonl`` / ``.sft.jsonl``, so that its scores can be recomputed when a metric is
+corrected and methods compared example by example. A job with ``"train": false`` evaluates the untrained model.
 """
 
 from __future__ import annotations
@@ -17,21 +18,34 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
 
-from common import machine_info  # noqa: E402
-from quality.harness import repository_relative  # noqa: E402
+from common import machine_info, repository_relative  # noqa: E402
 from kasa_peft.pipelines.base import write_atomically  # noqa: E402
 from kasa_peft.pipelines.config import RunConfig  # noqa: E402
-from kasa_peft.pipelines import commonsense, e2e  # noqa: E402
-from kasa_peft.pipelines.run import read_run, train  # noqa: E402
+from kasa_peft.pipelines import commonsense, e2e, ifeval, sft  # noqa: E402
+from kasa_peft.pipelines.base import best_device  # noqa: E402
+from kasa_peft.pipelines.provenance import source_revision  # noqa: E402
+from kasa_peft.pipelines.registry import build_pipeline  # noqa: E402
+from kasa_peft.pipelines.run import evaluate, read_run, train, versions  # noqa: E402
 
-ANSWER_FILES = (e2e.PREDICTIONS_FILE, commonsense.PREDICTIONS_FILE)
+# a run's answer files and the suffix of their copies beside its record
+ANSWER_FILES = {e2e.PREDICTIONS_FILE: ".predictions.txt", commonsense.PREDICTIONS_FILE: ".predictions.jsonl",
+                ifeval.GENERATIONS_FILE: ".ifeval.jsonl", sft.GENERATIONS_FILE: ".sft.jsonl"}
 
 
 def run_job(job: dict) -> dict:
-    """Train (or, when its ``metrics.json`` already exists, just read) the run and return its record."""
+    """Train (or, when its ``metrics.json`` already exists, just read) the run and return its record; a job with
+    ``train`` false evaluates the untrained model instead (its record has the config and the ``final`` metrics)."""
     config = RunConfig(**job["settings"])
     output = Path(config.output_dir)
-    run = read_run(output) if (output / "metrics.json").is_file() else train(config).record
+    if not job.get("train", True):
+        output.mkdir(parents=True, exist_ok=True)
+        pipeline = build_pipeline(config)
+        run = {"task": config.task, "method": None, "model": config.model, "main_metric": pipeline.main_metric,
+               "final": {"metrics": evaluate(config, None, output)}, "trained": False, "versions": versions(),
+               "device": str(best_device()), "source": source_revision(),
+               "evaluation": pipeline.evaluation_switches(), "config": config.to_dict()}
+    else:
+        run = read_run(output) if (output / "metrics.json").is_file() else train(config).record
     return {"table": job["table"], "id": job["id"], "labels": job["labels"], "command": job["command"], "run": run,
             "machine": machine_info(), "output_dir": str(output)}
 
@@ -39,11 +53,11 @@ def run_job(job: dict) -> dict:
 def main() -> None:
     job = json.loads(sys.argv[1])
     record = run_job(job)
-    for name in ANSWER_FILES:
+    for name, suffix in ANSWER_FILES.items():
         answers = Path(record["output_dir"]) / name
         if answers.is_file():
             Path(job["record"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(answers, Path(job["record"]).with_suffix(".predictions" + answers.suffix))
+            shutil.copyfile(answers, Path(job["record"]).with_suffix(suffix))
     write_atomically(Path(job["record"]), json.dumps(repository_relative(record), indent=2) + "\n")
 
 

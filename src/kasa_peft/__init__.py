@@ -5,12 +5,14 @@ command answers ``--help`` and argument errors without loading torch.
 """
 
 from .lazy import lazy_getattr
-from .providers import register_quantization_provider
+from .providers import register_model_integration, register_quantization_provider
 from .version import __version__
 
 # bitsandbytes layers are read through kasa_peft.models.bitsandbytes, imported when the first one is met
 register_quantization_provider("bitsandbytes", "kasa_peft.models.bitsandbytes",
                                "bitsandbytes Linear4bit (NF4, FP4, double quantization) and Linear8bitLt")
+# an adapted transformers model's save_pretrained writes its KaSA adapter (kasa_peft.integrations.save_pretrained)
+register_model_integration("transformers", "kasa_peft.integrations.save_pretrained")
 
 _CORE = (
     "DroppedComponents", "KasaAdapter", "KasaConfig", "KasaLayer", "ModulesToSave", "ParameterCount",

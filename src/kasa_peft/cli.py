@@ -31,7 +31,9 @@ HELP = {
     "quantize": "load the base quantized with bitsandbytes: 4bit (NF4, double quantization) or 8bit (LLM.int8()); "
                 "the adapter trains beside it in float32 (needs `pip install 'kasa-peft[quantized]'`)",
     "output_dir": "directory for the adapter, predictions and metrics.json",
-    "method": "kasa (default), lora, pissa, milora, dora, adalora, peft-kasa (the baselines, through PEFT), or fft",
+    "method": "kasa (default), lora, pissa, milora, dora, adalora, peft-kasa, vera, prefix (causal LMs; through PEFT), "
+              "fft, bitfit (models with biases), ft-top2, dylora, adapter-h, adapter-p, adapter-l, adapter-d, series, "
+              "parallel (bottleneck adapters of size --r)",
     "r": "adapter rank (by default KaSA also drops the r smallest singular components of each weight: see "
          "--drop-rank); default 8",
     "alpha": "the update is scaled by alpha / r; default 16",
@@ -63,6 +65,13 @@ HELP = {
     "max_length": "maximum tokens per training example (task default)",
     "group_by_length": "batch training examples of similar length together (less padding, faster)",
     "seed": "random seed of the model's new weights, the data order and dropout; default 0",
+    "bf16": "train in bfloat16 mixed precision (autocast; the adapter and optimizer stay float32), on GPU or CPU",
+    "gradient_checkpointing": "recompute each layer's activations in the backward pass instead of keeping them: less "
+                              "memory, more time, the same gradients",
+    "torch_compile": "compile the model with torch.compile (inductor) before training",
+    "report_to": "also send the training logs (loss, task_loss, reg_l2, reg_l3, learning rate) to these logging "
+                 "backends of transformers: none (default), tensorboard (event files in DIR/runs/), wandb, mlflow, ... "
+                 "(comma-separated; each needs its package installed)",
     "eval_steps": "also evaluate every N optimizer steps",
     "eval_every_epoch": "evaluate at the end of every epoch (default for classification)",
     "save_steps": "checkpoint (for --resume) every N steps (default: every epoch)",

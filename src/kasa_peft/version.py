@@ -1,1 +1,3 @@
-__version__ = "0.1.0"
+"""The package version, written here only: pyproject.toml reads it (``dynamic = ["version"]``)."""
+
+__version__ = "0.2.0"

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from kasa_peft.tasks.e2e import mteval_scores  # noqa: E402
-from quality import e2e_bootstrap  # noqa: E402
+from quality import e2e, e2e_bootstrap  # noqa: E402
 
 REFERENCES = [[f"the {w} shop is cheap and near the river", f"{w} is a cheap shop by the river"]
               for w in ("red", "blue", "green", "gold", "grey", "pink", "teal", "jade", "rose", "plum", "sand", "mint")]
@@ -21,11 +21,28 @@ def test_a_method_that_copies_a_reference_beats_one_that_drops_words():
     # poor drops 1-4 words from the end of segment i, by seed, so the difference varies from MR to MR
     poor = [[" ".join(refs[seed].split()[:-(1 + (i + seed) % 4)]) for i, refs in enumerate(REFERENCES)]
             for seed in (0, 1)]
-    difference, low, high = e2e_bootstrap.bleu_difference(good, poor, REFERENCES)
+    over_mrs, over_both = e2e_bootstrap.bleu_difference(good, poor, REFERENCES)
     by_hand = sum(mteval_scores(g, REFERENCES)["BLEU"] - mteval_scores(p, REFERENCES)["BLEU"]
                   for g, p in zip(good, poor, strict=True)) / 2
-    assert difference == pytest.approx(100 * by_hand)
-    assert 0 < low < difference < high
+    assert over_mrs.estimate == over_both.estimate == pytest.approx(100 * by_hand)
+    assert 0 < over_mrs.low < over_mrs.estimate < over_mrs.high
+    assert 0 < over_both.low < over_both.estimate < over_both.high
     reverse = e2e_bootstrap.bleu_difference(poor, good, REFERENCES)
-    assert reverse[0] == pytest.approx(-difference)
-    assert reverse[2] < 0
+    assert reverse[0].estimate == pytest.approx(-over_mrs.estimate)
+    assert reverse[0].high < 0 and reverse[1].high < 0
+
+
+def test_the_seed_part_widens_the_interval_when_the_seeds_disagree():
+    good = [[refs[0] for refs in REFERENCES]] * 2
+    # seed 0 of the other method is as good, seed 1 drops words: the methods differ by seed, not by MR alone
+    other = [good[0], [" ".join(refs[0].split()[:-2]) for refs in REFERENCES]]
+    over_mrs, over_both = e2e_bootstrap.bleu_difference(good, other, REFERENCES)
+    assert over_both.low < over_mrs.low  # a draw of seed 0 twice gives a difference of 0
+    assert over_both.low == pytest.approx(0, abs=1e-9)
+
+
+def test_the_e2e_table_compares_every_method_with_lora_and_the_4bit_rows_with_each_other():
+    pairs = {(str(a), str(b)) for a, b in e2e_bootstrap.comparisons(e2e)}
+    assert {(m, "lora") for m in e2e.METHODS if m != "lora"} <= pairs
+    assert ("kasa-auto-4bit", "lora-4bit") in pairs
+    assert ("kasa-auto-4bit (decoded on the full-precision base)", "kasa-auto") in pairs

@@ -10,10 +10,12 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+import common  # noqa: E402
 from quality import harness, summary  # noqa: E402
 from quality.harness import Run  # noqa: E402
 from quality.sigma import sigma_rows  # noqa: E402
@@ -64,18 +66,11 @@ def test_records_store_paths_relative_to_the_repository():
               "run": {"config": {"data_dir": "/home/me/shared/data", "lr": 0.1}, "resumed_from": None},
               "command": 'worker.py {"record": "/home/me/kasa-peft/benchmarks/results/quality/t/runs/r0.json"}',
               "labels": ["/elsewhere/file"]}
-    assert harness.repository_relative(record, root) == {
+    assert common.repository_relative(record, root) == {
         "output_dir": "runs/quality/t/r0/output",
         "run": {"config": {"data_dir": "../shared/data", "lr": 0.1}, "resumed_from": None},
         "command": 'worker.py {"record": "benchmarks/results/quality/t/runs/r0.json"}',
         "labels": ["/elsewhere/file"]}
-
-
-def test_committed_records_carry_no_machines_paths():
-    results = Path(harness.REPO, "benchmarks", "results")
-    absolute = [str(path.relative_to(results)) for path in sorted(results.rglob("*.json"))
-                if '"/work/' in path.read_text() or '"/home/' in path.read_text()]
-    assert absolute == []
 
 
 def test_worker_command_resumes_a_started_run_and_clears_others(tmp_path):
@@ -282,7 +277,7 @@ def test_the_kasa_variant_rows_are_kasa_with_only_their_options_changed():
     options = {"drop_rank", "sigma_init", "quantize"}
     for module in (e2e, commonsense, instruct):
         settings = {run.labels["method"]: run.settings for run in module.runs() if run.labels["seed"] == 0}
-        assert "kasa-auto" in settings
+        assert {"kasa-auto", "kasa-auto-ones"} & set(settings)
         for method, (base, changed) in variants.items():
             if method in settings:
                 assert settings[method] == {**settings[base], **changed}
@@ -337,15 +332,17 @@ def test_the_worker_writes_record_and_predictions_into_a_new_results_directory(t
     assert record.with_suffix(kept).read_text() == "a pub near the river\n"
 
 
-def test_commonsense_compares_answer_by_answer_with_lora_over_the_seeds_that_kept_answers(tmp_path):
+def test_commonsense_compares_with_lora_over_the_seeds_that_kept_answers(tmp_path):
     from quality import commonsense
 
     (tmp_path / "runs").mkdir()
 
     def run(method: str, seed: int, options: str, generations: str) -> dict:
-        """A record whose answers are right where ``options`` / ``generations`` have a 1."""
-        answers = [{"answer": "a", "option_choice": "a" if o == "1" else "b", "extracted": "a" if g == "1" else ""}
-                   for o, g in zip(options, generations, strict=True)]
+        """A record whose answers (two of set a, two of set b) are right where ``options`` / ``generations``
+        have a 1."""
+        answers = [{"set": s, "answer": "a", "option_choice": "a" if o == "1" else "b",
+                    "extracted": "a" if g == "1" else ""}
+                   for s, o, g in zip("aabb", options, generations, strict=True)]
         record = fake_record("commonsense", method, seed, 0.5)
         (tmp_path / "runs" / f"{record['id']}.predictions.jsonl").write_text(
             "".join(json.dumps(a) + "\n" for a in answers))
@@ -355,10 +352,25 @@ def test_commonsense_compares_answer_by_answer_with_lora_over_the_seeds_that_kep
                run("lora", 2, "0000", "1111"), run("kasa-auto", 2, "0011", "1111"),
                fake_record("commonsense", "pissa", 1, 0.5)]  # recorded without answers: no row
     text = commonsense.example_comparison(records, tmp_path)
-    # option: differences 0,0,1,0 and 0,0,1,1 -> mean 3/8, sample sd 0.5175, half-width 1.96 * 0.5175 / sqrt(8)
-    # generation: -1,0,0,0 and 0,0,0,0 -> mean -1/8, sd 0.3536, half-width 0.2450
-    assert "| kasa-auto | 1, 2 | 8 | +37.5 ± 35.9 | -12.5 ± 24.5 |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| kasa-auto |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    # option: set a 0, 0 and 0, 0; set b 1, 0 and 1, 1 -> seed 1 (0 + 1/2) / 2, seed 2 (0 + 1) / 2 -> mean 3/8
+    # generation: seed 1 (-1/2 + 0) / 2, seed 2 0 -> mean -1/8
+    assert cells[:4] == ["kasa-auto", "1, 2", "4", "+37.5"] and cells[6] == "-12.5"
+    for estimate, *intervals in (cells[3:6], cells[6:9]):
+        for interval in intervals:
+            low, high = map(float, interval.strip("[]").split(","))
+            assert low <= float(estimate) <= high
     assert "pissa" not in text
+
+
+def test_commonsense_average_weighs_the_sets_equally_on_drawn_answers():
+    from quality import commonsense
+
+    sets = np.array(["a", "a", "b", "b", "b"])
+    difference = commonsense.average_difference(np.array([1.0, 0, 1, 1, 0]), np.array([0.0, 0, 1, 0, 0]), sets)
+    assert difference(np.arange(5)) == pytest.approx(100 * (1 / 2 + 1 / 3) / 2)
+    assert difference(np.array([0, 0, 2])) == pytest.approx(100 * (1 + 0) / 2)  # repeats count as drawn
 
 
 def test_instruct_summary_gives_ifeval_as_percentages_and_rouge_l_as_scored(tmp_path):
@@ -368,13 +380,13 @@ def test_instruct_summary_gives_ifeval_as_percentages_and_rouge_l_as_scored(tmp_
     for seed, (accuracy, rouge) in enumerate([(0.25, 30.0), (0.35, 34.0)]):
         record = fake_record("ifeval", "kasa", seed, 0.0)
         record["run"]["final"]["metrics"] = {**{name: accuracy for name in instruct.IFEVAL_METRICS},
-                                             instruct.ROUGE_L: rouge}
+                                             instruct.ROUGE_L: rouge, "budget_hits": 3 + seed}
         records.append(record)
     instruct.summarise(records, tmp_path)
     row = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| kasa |"))
-    # mean and sample std of (25, 35) and of (30, 34)
-    assert row == "| kasa |" + " **30.0 ± 7.1** |" * 4 + " **32.0 ± 2.8** |"
-    assert instruct.runs()[0].settings["instruct_eval_sets"] == ["user_oriented"]
+    # mean and sample std of (25, 35) and of (30, 34); budget hits 3 and 4; no answers kept: no uncut score
+    assert row == "| kasa |" + " **30.0 ± 7.1** |" * 4 + " **32.0 ± 2.8** | 3.5 ± 0.7 | — |"
+    assert all(run.settings["instruct_eval_sets"] == ["user_oriented"] for run in instruct.runs())
 
 
 def test_the_full_e2e_table_trains_as_the_e2e_table_and_only_evaluates_differently():

@@ -266,3 +266,12 @@ def test_llama_cpp_with_our_adapter_matches_our_model(tmp_path, adapted, base_mo
     assert np.abs(llama_cpp_logits(base, TOKENS, adapter) - ours).max() <= tolerance
     merged = export_merged_gguf(model, tmp_path / "merged.gguf", tensor_type="f32", base_gguf=base)
     assert np.abs(llama_cpp_logits(merged, TOKENS) - ours).max() <= tolerance
+
+
+def test_merged_refuses_a_cut_off_base_gguf_naming_it(tmp_path):
+    base = write_base_gguf(tiny_llama(), tmp_path / "base.gguf")
+    data = base.read_bytes()
+    base.write_bytes(data[:len(data) * 3 // 4])
+    with pytest.raises(ValueError, match=rf"{base} is truncated"):
+        export_merged_gguf(llama_with_saved_head(), tmp_path / "m.gguf", base_gguf=base)
+    assert [p.name for p in tmp_path.iterdir()] == ["base.gguf"]

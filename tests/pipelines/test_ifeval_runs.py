@@ -48,6 +48,9 @@ def test_train_then_eval_scores_ifeval(cli, llama_dir, files, tmp_path):
     prompts = [IFEvalPrompt(p["key"], p["prompt"], tuple(p["instruction_id_list"]), tuple(p["kwargs"]))
                for p in PROMPTS]
     expected, _ = score_ifeval(prompts, [r["response"] for r in rows])
+    # a response hits the budget when it used all 5 new tokens without ending (EOS)
+    assert all(1 <= r["new_tokens"] <= 5 and (r["new_tokens"] == 5 or not r["hit_budget"]) for r in rows)
+    expected["budget_hits"] = sum(r["hit_budget"] for r in rows)
     assert record["final"]["metrics"] == expected
     again = cli("eval", "--run", out)
     assert again.code == 0, again.err

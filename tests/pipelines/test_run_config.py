@@ -84,3 +84,24 @@ def test_every_task_family_has_defaults():
     assert families == set(TASK_DEFAULTS)
     for family in families:
         RunConfig(task=next(n for n in task_choices() if n.startswith(family)), model="m", **TASK_DEFAULTS[family])
+
+
+@pytest.mark.parametrize("line, setting, kind", [
+    ("lr: yes", "lr", "a number"), ("r: on", "r", "an integer"), ("epochs: true", "epochs", "a number"),
+    ("max-steps: off", "max-steps", "an integer"), ("dropout: no", "dropout", "a number"),
+    ("output_dir: no", "output-dir", "a string"), ("drop-rank: yes", "drop-rank", "a string"),
+    ("target_modules: true", "target-modules", "a list or a comma-separated string"),
+    ("model: [a, b]", "model", "a string"),
+])
+def test_yaml_booleans_never_become_numbers_names_or_paths(tmp_path, line, setting, kind):
+    """YAML 1.1 reads yes/on/true as True, which Python would take for 1 (lr = 1.0, r = 1, epochs = 1.0)."""
+    path = tmp_path / "run.yaml"
+    path.write_text(f"task: classify\nmodel: m\n{line}\n")
+    with pytest.raises(ValueError, match=rf"setting '{setting}' must be {kind}, got .*config file {path}"):
+        resolve_config(read_config_file(path), {})
+
+
+@pytest.mark.parametrize("field", ["r", "lr", "epochs", "batch_size", "seed", "alpha"])
+def test_a_boolean_for_a_numeric_setting_is_refused_from_python_too(field):
+    with pytest.raises(ValueError, match=rf"--{field.replace('_', '-')} must be (an integer|a number), got True"):
+        RunConfig(task="classify", model="m", **{field: True})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,194 @@ def test_a_non_finite_loss_stops_training_and_saves_no_adapter(config):  # noqa:
     out = Path(diverging.output_dir)
     assert not (out / "adapter_model.safetensors").exists() and not (out / METRICS_FILE).exists()
     assert sorted(p.name for p in (out / CHECKPOINTS_DIR).iterdir()) == ["checkpoint-2"]
+
+
+# ------------------------------------------------------------------------------- damaged records of a finished run
+
+
+def cut_off(path: Path) -> None:
+    path.write_text(path.read_text()[:32])
+
+
+def rewrite(path: Path, change) -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+RECORD_DAMAGE = {
+    "method-without-method": ("kasa_peft_method.json", lambda p: p.write_text('{"r": 8}'),
+                              r"kasa_peft_method\.json is damaged: its 'method' is None"),
+    "method-cut-off": ("kasa_peft_method.json", cut_off, r"kasa_peft_method\.json is damaged or cut off"),
+    "metrics-cut-off": (METRICS_FILE, cut_off, r"metrics\.json is damaged or cut off \(Unterminated string"),
+    "metrics-a-list": (METRICS_FILE, lambda p: p.write_text("[]"), r"metrics\.json is damaged: it holds a JSON list"),
+    "labels-not-names": (METRICS_FILE, lambda p: rewrite(p, lambda r: {**r, "label_names": "neg"}),
+                         r"metrics\.json is damaged: it needs a 'config' mapping and 'label_names'"),
+    "config-boolean-rank": (METRICS_FILE, lambda p: rewrite(p, lambda r: {**r, "config": {**r["config"], "r": True}}),
+                            r"setting 'r' must be an integer, got True \(.*metrics\.json"),
+    "fewer-labels": (METRICS_FILE, lambda p: rewrite(p, lambda r: {**r, "label_names": r["label_names"][:2]}),
+                     r"metrics\.json names 2 classes but the adapter's classification head has 3 outputs"),
+}
+
+
+@pytest.mark.parametrize("damage", RECORD_DAMAGE, ids=list(RECORD_DAMAGE))
+def test_a_damaged_record_of_a_finished_run_is_one_error_naming_it(config, cli, capsys, damage):  # noqa: F811
+    name, damage_file, message = RECORD_DAMAGE[damage]
+    run = train(config("a", max_steps=1)).output_dir
+    damage_file(run / name)
+    capsys.readouterr()
+    commands = {"eval": ["eval", "--run", run], "export": ["export", run, "--format", "lora", "--out", run / "lora"],
+                "predict": ["predict", "--model", config("x").model, "--adapter", run, "--text", "the movie was good"]}
+    needs = {"kasa_peft_method.json": ["eval"], METRICS_FILE: ["eval", "export", "predict"]}[name]
+    if damage == "fewer-labels":
+        needs = ["export", "predict"]
+    for command in needs:
+        result = cli(*commands[command])
+        lines = result.err.strip().splitlines()
+        assert result.code == 1 and len(lines) == 1 and lines[0].startswith("kasa-peft: error: "), (command, result.err)
+        assert str(run / name) in lines[0] and re.search(message, lines[0]), (command, lines[0])
+    assert not (run / "lora").exists()
+
+
+# ------------------------------------------------------------------------------------------------ a full disk
+
+WITH_FILE_SIZE_LIMIT = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0})); "
+                        "from kasa_peft.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def cli_with_file_size_limit(limit: int, *args) -> subprocess.CompletedProcess:
+    """``kasa-peft ARGS`` in a process that may write no file larger than ``limit`` bytes (``ulimit -f``)."""
+    return subprocess.run([sys.executable, "-c", WITH_FILE_SIZE_LIMIT.format(limit), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_file_size_limit_during_training_names_the_file_and_leaves_no_partial_checkpoint(config):  # noqa: F811
+    run = config("limited", max_steps=3)
+    args = ["train", "--task", "classify", "--model", run.model, "--output-dir", run.output_dir, "--train-file",
+            run.train_file, "--eval-file", run.eval_file, "--text-columns", "review", "--label-column", "label",
+            "--max-length", 64, "--batch-size", 4, "--max-steps", 3, "--save-steps", 2]
+    result = cli_with_file_size_limit(25_000, *args)  # the adapter (21 kB) fits, the optimizer state (30 kB) not
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    checkpoint = Path(run.output_dir) / CHECKPOINTS_DIR / "checkpoint-2"
+    errors = [line.split("kasa-peft: error: ", 1)[1] for line in result.stderr.splitlines()
+              if "kasa-peft: error: " in line]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"no space left on the device / file too large while writing {checkpoint} (basic_ios"), errors
+    assert "free disk space (or raise the file-size limit, ulimit -f)" in result.stderr
+    assert not checkpoint.exists() and not (Path(run.output_dir) / METRICS_FILE).exists()
+
+
+def test_a_full_disk_while_writing_a_record_names_it_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    from kasa_peft.core.files import write_text_atomically
+
+    record = tmp_path / "metrics.json"
+    write_text_atomically(record, "old")
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match=rf"no space left on the device / file too large while writing {record} "):
+        write_text_atomically(record, "new")
+    monkeypatch.undo()
+    assert record.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+# ------------------------------------------------------------------------------- pickles where tensors belong
+
+
+class Payload:
+    """A pickle that would create ``marker`` when unpickled (weights-only loading must never run it)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def write_payload(path: Path) -> Path:
+    marker = path.parent.parent.parent / "payload-ran"
+    torch.save({"state": Payload(marker)}, path)
+    return marker
+
+
+@pytest.mark.parametrize("name", ["rng_state.pth", "optimizer.pt", "scheduler.pt"])
+def test_resume_names_a_checkpoint_file_that_is_not_plain_tensors(config, cli, capsys, name):  # noqa: F811
+    interrupted = config("b")
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, callbacks=[Interrupt(at_step=3)])
+    checkpoint = Path(interrupted.output_dir) / CHECKPOINTS_DIR / "checkpoint-2"
+    marker = write_payload(checkpoint / name)
+    with pytest.raises(ValueError, match=rf"{checkpoint / name} is not a file of tensors that loads safely .*delete "
+                                         rf"{checkpoint} to resume from the checkpoint before it"):
+        train(interrupted.replace(resume=True))
+    assert not marker.exists()
+
+
+def test_a_baseline_run_with_a_pickled_adapter_is_named(config, cli, capsys):  # noqa: F811
+    run = train(config("lora", method="lora", max_steps=1)).output_dir
+    (run / "adapter_model.safetensors").unlink()
+    marker = write_payload(run / "adapter_model.bin")
+    capsys.readouterr()
+    result = cli("eval", "--run", run)
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and lines[-1].startswith(f"kasa-peft: error: {run / 'adapter_model.bin'} is not a file of "
+                                                     "tensors that loads safely"), result.err
+    assert "Traceback" not in result.err and not marker.exists()
+
+
+def test_a_model_directory_with_a_pickled_weights_file_is_named(bert_dir, cli, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(bert_dir, model)
+    for weights in model.glob("*.safetensors"):
+        weights.unlink()
+    marker = write_payload(model / "pytorch_model.bin")
+    result = cli("predict", "--model", model, "--text", "the movie was good")
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and lines[-1].startswith(f"kasa-peft: error: {model / 'pytorch_model.bin'} is not a file "
+                                                     "of tensors that loads safely"), result.err
+    assert "Traceback" not in result.err and not marker.exists()
+
+
+# ------------------------------------------------------------------------- a resumed run is the same run
+
+
+def flip_labels(path: Path) -> None:
+    swap = {"neg": "pos", "pos": "neg"}
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], *(f"{text},{swap.get(label, label)}" for text, label in
+                                           (line.rsplit(",", 1) for line in lines[1:]))]) + "\n")
+
+
+def test_resume_refuses_training_data_that_changed_since_the_run_started(config):  # noqa: F811
+    interrupted = config("b")
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, callbacks=[Interrupt(at_step=3)])
+    recorded = json.loads((Path(interrupted.output_dir) / "run_inputs.json").read_text())
+    flip_labels(Path(interrupted.train_file))
+    with pytest.raises(ValueError, match=r"--resume: the training data \(.*\) differ from what the run in .* started "
+                                         r"with .*run_inputs\.json records other sha256"):
+        train(interrupted.replace(resume=True))
+    flip_labels(Path(interrupted.train_file))  # back as it was: the run resumes and records what it trained on
+    resumed = train(interrupted.replace(resume=True))
+    assert resumed.record["inputs"] == recorded and resumed.record["optimizer_steps"] == 5
+
+
+def test_resume_refuses_base_weights_that_changed_since_the_run_started(config, tmp_path):  # noqa: F811
+    import shutil
+
+    from transformers import AutoModel
+
+    model_dir = tmp_path / "base"
+    shutil.copytree(config("x").model, model_dir)
+    interrupted = config("b", model=str(model_dir))
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, callbacks=[Interrupt(at_step=3)])
+    base = AutoModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        base.embeddings.word_embeddings.weight[0, 0] += 1e-3  # one number of one weight
+    base.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match=r"--resume: the base model's weights \(--model\) differ from what the run"):
+        train(interrupted.replace(resume=True))

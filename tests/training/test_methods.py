@@ -10,7 +10,8 @@ import torch
 from tiny_models import tiny_bert, tiny_gpt2, tiny_llama, token_batch
 from transformers import GPT2ForSequenceClassification, LlamaForSequenceClassification
 
-from kasa_peft.training import METHODS, MethodSpec, classification_head_names, load_trained, prepare_model
+from kasa_peft.training import MethodSpec, classification_head_names, load_trained, prepare_model
+from kasa_peft.training.method_names import LOW_RANK_METHODS as METHODS  # the added baselines: test_baselines.py
 from kasa_peft.training.methods import METHOD_FILE
 
 R = 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 import typing
 from dataclasses import dataclass
@@ -78,15 +79,25 @@ class KasaConfig:
     def __post_init__(self) -> None:
         for name in ("target_modules", "exclude_modules", "modules_to_save"):
             value = getattr(self, name)
+            if name == "modules_to_save" and isinstance(value, str):
+                value = (value,)  # one module name, not its characters
+            _check(_is_names(value), f"{name} must be a string or a list of strings, got {value!r}")
             if not isinstance(value, str):
                 object.__setattr__(self, name, tuple(value))
-        _check(isinstance(self.r, int) and self.r >= 1, f"r must be a positive integer, got {self.r!r}")
-        _check(math.isfinite(self.alpha) and self.alpha > 0, f"alpha must be a positive number, got {self.alpha!r}")
-        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check(_is_integer(self.r) and self.r >= 1, f"r must be a positive integer, got {self.r!r}")
+        _check(_is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0,
+               f"alpha must be a positive number, got {self.alpha!r}")
+        _check(_is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
+               f"dropout must be in [0, 1), got {self.dropout!r}")
         for name in ("beta", "gamma"):
             value = getattr(self, name)
-            _check(math.isfinite(value) and value >= 0,
+            _check(_is_number(value) and math.isfinite(value) and value >= 0,
                    f"{name} must be a finite number >= 0 (it weights a penalty), got {value!r}")
+        for name in ("use_rslora", "learn_sigma"):
+            _check(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name, kind in (("r", int), ("alpha", float), ("dropout", float), ("beta", float), ("gamma", float)):
+            if type(getattr(self, name)) not in (int, float):  # e.g. numpy scalars, which JSON cannot write
+                object.__setattr__(self, name, kind(getattr(self, name)))
         for name, kind in (("regularizer", Regularizer), ("reduction", Reduction), ("truncation", TruncationMethod),
                            ("sigma_init", SigmaInit)):
             choices, value = typing.get_args(kind), getattr(self, name)
@@ -104,12 +115,12 @@ class KasaConfig:
 
     def _check_drop(self) -> None:
         rank = self.drop_rank
-        _check(rank in ("r", "auto") or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0),
+        _check(rank in ("r", "auto") or (_is_integer(rank) and rank >= 0),
                f"drop_rank must be 'r', 'auto' or an integer >= 0 (components dropped per weight), got {rank!r}")
         if self.drop_budget is not None:
             _check(rank == "auto", f"drop_budget={self.drop_budget!r} is used only with drop_rank='auto' "
                    f"(got drop_rank={rank!r}): set drop_rank='auto' or leave drop_budget out")
-            _check(isinstance(self.drop_budget, (int, float)) and 0 < self.drop_budget < 1,
+            _check(_is_number(self.drop_budget) and 0 < self.drop_budget < 1,
                    f"drop_budget must be a share of the weight norm in (0, 1), got {self.drop_budget!r}")
 
     def drop_target(self) -> tuple[int, float | None]:
@@ -129,6 +140,8 @@ class KasaConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "KasaConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"invalid KasaConfig: expected a mapping of fields, got {data!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -137,6 +150,21 @@ class KasaConfig:
 
     def replace(self, **changes: Any) -> "KasaConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _is_integer(value: object) -> bool:
+    """An integer that is not a ``bool`` (``True`` is an int in Python, never a rank)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """A real number that is not a ``bool``."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_names(value: object) -> bool:
+    """A string, or a list / tuple of strings."""
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
 
 
 def _check(condition: bool, message: str) -> None:

@@ -14,12 +14,17 @@ moved into place.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 STALE_SUFFIX = ".tmp"
 LEGACY_STAGING = ".tmp-"  # how kasa-peft 0.1's staging directories were named: .<name>.tmp-<random>
@@ -42,13 +47,82 @@ def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
     staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(path.name), suffix=STALE_SUFFIX, dir=path.parent))
     temporary = staging / path.name
     try:
-        write(temporary)
-        default_permissions(temporary)
-        _fsync(temporary)
+        with reporting_full_disk(temporary, shown_as=path):
+            write(temporary)
+            default_permissions(temporary)
+            _fsync(temporary)
         os.replace(temporary, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _fsync(path.parent)
+
+
+# What writers say when the disk is full or a file-size limit (ulimit -f) is hit: Python and safetensors give the
+# errno (ENOSPC, EFBIG, EDQUOT); torch.save's C++ stream only says that writing failed.
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+FULL_DISK_WORDS = ("No space left", "File too large", "Disk quota exceeded", "os error 28", "os error 27",
+                   "iostream error", "unexpected pos", "file write failed")
+
+
+def is_full_disk(err: BaseException) -> bool:
+    """Whether ``err`` is a writer's way of saying the disk is full or a file grew past the size limit."""
+    if isinstance(err, OSError) and err.errno in FULL_DISK_ERRNOS:
+        return True
+    return isinstance(err, (OSError, RuntimeError, SafetensorError)) and any(w in str(err) for w in FULL_DISK_WORDS)
+
+
+@contextlib.contextmanager
+def reporting_full_disk(target: str | os.PathLike, shown_as: str | os.PathLike | None = None) -> Iterator[None]:
+    """Within the block a file (or a directory's files) is written to ``target``; a full disk or a file-size limit
+    becomes one ``OSError`` naming it (``shown_as``: the name it will have, ``target`` being a temporary) and saying
+    what to do. (Which file of a directory failed is not always known: safetensors writes through a temporary of
+    its own and removes it.)"""
+    try:
+        yield
+    except Exception as err:
+        if not is_full_disk(err):
+            raise
+        written = Path(shown_as if shown_as is not None else target)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"no space left on the device / file too large while writing {written} ({reason}): free "
+                      "disk space (or raise the file-size limit, ulimit -f) and run again") from None
+
+
+def check_tensor_file(path: str | os.PathLike, fix: str,
+                      allowed: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+    """Raise ``ValueError`` naming ``path`` unless ``torch.load(..., weights_only=True)`` reads it (within
+    ``allowed()``, a context that may allow more globals): a pickle that would run code is never run, and a file
+    that is not plain tensors is named here, not deep inside a loader."""
+    import pickle
+
+    import torch
+
+    try:
+        with allowed():
+            torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(Path(path)))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a file of tensors that loads safely ({reason}); it is damaged, or holds "
+                         f"Python objects that are never loaded: {fix}") from None
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` is in torch.save's zip format (which can be memory-mapped instead of read)."""
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+def read_json_object(path: str | os.PathLike, fix: str) -> dict:
+    """The JSON object in ``path``, a file we did not just write: an unreadable, cut-off or non-object file is a
+    ``ValueError`` naming it and saying what to do (``fix``)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is damaged or cut off ({err}): {fix}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is damaged: it holds a JSON {type(value).__name__}, not an object: {fix}")
+    return value
 
 
 def current_umask() -> int:

@@ -38,6 +38,7 @@ from .files import remove_stale, write_file_atomically, write_text_atomically
 from .layer import KasaLayer, ModulesToSave, copy_full_into, full_tensor, is_transposed, weight_matrix
 from .model import (
     _base_layer, check_adapter_name, inject, kasa_layers, kasa_state, original_weight, saved_modules,
+    unchanged_on_error,
 )
 from .quantized import quantized_support
 from .truncation import DroppedComponents
@@ -57,6 +58,7 @@ REQUIRED_TENSORS = ("A", "B", "sigma", "dropped_us", "dropped_vt", "base_fingerp
 # A quantized layer allows its scheme's tolerance instead (`QuantizedLinear.fingerprint_tolerance`): the adapter
 # records the largest one of the base it was made on, and a load allows the larger of that and the new base's.
 FINGERPRINT_TOLERANCE = 1e-2
+MAX_NAME_LENGTH = 1000  # of a layer or module name read from a file
 
 
 def weight_fingerprint(weight: torch.Tensor) -> torch.Tensor:
@@ -200,25 +202,105 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     path = Path(path)
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not weights_file.is_file():
+        check_not_a_whole_adapted_model(path)
         raise FileNotFoundError(f"{path} is not a KaSA adapter directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
     header = _header_metadata(weights_file)
     if header is None and not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a KaSA adapter directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    metadata = _parse_metadata(header, weights_file) if header is not None else _read_config_file(config_file)
+    source = weights_file if header is not None else config_file
+    metadata = _parse_metadata(header, source) if header is not None else _read_config_file(config_file)
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{config_file} is not a kasa-peft adapter config.{_peft_hint(metadata)}")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer kasa-peft (format {metadata['format_version']}); "
-                         "upgrade kasa-peft")
+    version = metadata.get("format_version", 0)
+    if not _is_count(version):
+        raise ValueError(f"{source}: format_version {version!r} is not a format number; save the adapter again")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer kasa-peft (format {version}); upgrade kasa-peft")
     missing = [key for key in REQUIRED_KEYS if key not in metadata]
     if missing:
-        raise ValueError(f"{config_file} is incomplete (no {missing}); save the adapter again")
+        raise ValueError(f"{source} is incomplete (no {missing}); save the adapter again")
+    _check_metadata(source, metadata)
+    config = adapter_config(source, metadata)
     try:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights_file} is corrupt or truncated ({err}); save the adapter again") from None
     verify_tensors(weights_file, metadata.get(CHECKSUM_KEY), tensors)
+    _check_tensors(path, metadata["layers"], metadata["modules_to_save"], tensors)
+    _check_ranks(path, config, metadata["layers"], tensors)
     return metadata, tensors
+
+
+def adapter_config(source: Path, metadata: dict) -> KasaConfig:
+    """The ``KasaConfig`` an adapter's metadata records; a bad value is an error naming ``source``."""
+    try:
+        return KasaConfig.from_dict(metadata["config"])
+    except ValueError as err:
+        problem = str(err).replace("invalid KasaConfig: ", "")
+        raise ValueError(f"{source}: its config is damaged ({problem}); save the adapter again") from None
+
+
+def _check_metadata(source: Path, metadata: dict) -> None:
+    """Types, ranges and shapes of the metadata fields, before anything uses them (the file is untrusted)."""
+    def require(condition: bool, what: str) -> None:
+        if not condition:
+            raise ValueError(f"{source}: {what}; the adapter file is damaged, save the adapter again")
+
+    require(isinstance(metadata["adapter_name"], str), f"adapter_name {metadata['adapter_name']!r} is not a string")
+    require(isinstance(metadata["config"], dict), f"config {metadata['config']!r} is not a mapping of settings")
+    layers, modules = metadata["layers"], metadata["modules_to_save"]
+    require(isinstance(layers, dict) and layers, "layers must map each adapted layer's name to its [out, in] shape")
+    for name, shape in layers.items():
+        require(_is_module_name(name), f"layer name {name[:80]!r} is not a module name")
+        require(isinstance(shape, list) and len(shape) == 2 and all(_is_count(n) and n > 0 for n in shape),
+                f"layer '{name}' has shape {shape!r}, expected [out_features, in_features] (two positive integers)")
+    require(isinstance(modules, list) and all(_is_module_name(m) for m in modules),
+            f"modules_to_save {modules!r} is not a list of module names")
+    tolerance = metadata.get("base_fingerprint_tolerance", FINGERPRINT_TOLERANCE)
+    require(isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and 0 <= tolerance < 1,
+            f"base_fingerprint_tolerance {tolerance!r} is not a relative distance in [0, 1)")
+    for key, kind in (("fan_in_fan_out", bool), ("base_model", str), (CHECKSUM_KEY, str),
+                      ("kasa_peft_version", str)):
+        require(metadata.get(key) is None or isinstance(metadata[key], kind),
+                f"{key} {metadata.get(key)!r} is not a {kind.__name__}")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_module_name(name: object) -> bool:
+    """A dotted module name of sane length (names go into messages and regular-expression matching)."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and all(name.split("."))
+
+
+def check_not_a_whole_adapted_model(path: Path) -> None:
+    """Raise, saying how to recover the adapter, when ``path`` holds the whole state dict of a KaSA-adapted model
+    (what ``save_pretrained`` wrote before kasa-peft made it write the adapter: ``...base_layer.weight``,
+    ``...adapters.NAME.A``). It lacks the adapter's config (``alpha``, ``beta``, ...), so it cannot be read as one."""
+    names = saved_tensor_names(path)
+    adapted = sorted({name.split(".adapters.")[1].split(".")[0] for name in names if ".adapters." in name})
+    if not adapted or not any(".base_layer." in name for name in names):
+        return
+    raise ValueError(
+        f"{path} holds a whole KaSA-adapted model (state dict keys such as '...base_layer.weight' and "
+        f"'...adapters.{adapted[0]}.A'), as save_pretrained or a Trainer that is not KaSA-aware wrote it; "
+        "from_pretrained would load it with the adapted layers at random. Recover the adapter: adapt the base it was "
+        f"trained on with the same settings, model = kasa_peft.inject(base, KasaConfig(...), adapter_name="
+        f"'{adapted[0]}'), copy the saved values in, model.load_state_dict(safetensors.torch.load_file(FILE), "
+        "strict=False) for each .safetensors FILE in the folder, then kasa_peft.save_adapter(model, NEW_DIR)")
+
+
+def saved_tensor_names(path: Path) -> list[str]:
+    """The tensor names of the model weights ``save_pretrained`` writes to ``path`` (safetensors, single or sharded)."""
+    names: list[str] = []
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                names += list(handle.keys())
+        except (SafetensorError, OSError, ValueError):
+            continue
+    return names
 
 
 def verify_tensors(weights_file: Path, checksum: str | None, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -282,22 +364,24 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
                              "(adapter_name=..., or NAME=DIR on the command line)") from None
     config = KasaConfig.from_dict(metadata["config"])
     layers = metadata["layers"]
-    _check_tensors(path, layers, metadata["modules_to_save"], tensors)
-    _check_ranks(path, config, layers, tensors)
     _check_base(model, path, layers, tensors, metadata.get("base_fingerprint_tolerance", FINGERPRINT_TOLERANCE))
     _check_saved_modules(model, path, metadata["modules_to_save"], tensors)
     dropped = {n: DroppedComponents(tensors[f"{n}.dropped_us"], tensors[f"{n}.dropped_vt"]) for n in layers}
-    inject(model, config, name, dropped=dropped)
-    with torch.no_grad():
-        for layer_name, layer in kasa_layers(model):
-            if layer_name in layers:
-                adapter = layer.adapters[name]
-                for key in ("A", "B", "sigma"):
-                    getattr(adapter, key).copy_(tensors[f"{layer_name}.{key}"])
-                adapter.sigma_init.copy_(tensors.get(f"{layer_name}.sigma_init", torch.tensor(float("nan"))))
-    for module_name, wrapper in saved_modules(model):
-        if module_name in metadata["modules_to_save"]:
-            wrapper.copies[name].load_state_dict(_saved_copy(tensors, module_name))
+    # the layers are selected by their names in the file: a target_modules pattern read from a file never runs
+    by_name = config.replace(target_modules=tuple(layers), exclude_modules=())
+    with unchanged_on_error(model):
+        inject(model, by_name, name, dropped=dropped)
+        kasa_state(model).configs[name] = config
+        with torch.no_grad():
+            for layer_name, layer in kasa_layers(model):
+                if layer_name in layers:
+                    adapter = layer.adapters[name]
+                    for key in ("A", "B", "sigma"):
+                        getattr(adapter, key).copy_(tensors[f"{layer_name}.{key}"])
+                    adapter.sigma_init.copy_(tensors.get(f"{layer_name}.sigma_init", torch.tensor(float("nan"))))
+        for module_name, wrapper in saved_modules(model):
+            if module_name in metadata["modules_to_save"]:
+                wrapper.copies[name].load_state_dict(_saved_copy(tensors, module_name))
     return model
 
 
@@ -318,7 +402,6 @@ def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str
     state = kasa_state(model)
     name = adapter_name or state.active
     layers = {layer_name: layer for layer_name, layer in kasa_layers(model) if name in layer.adapters}
-    _check_tensors(path, metadata["layers"], metadata["modules_to_save"], tensors)
     fix = "resume with the settings the run was started with, or load it onto a fresh model with load_adapter"
     if set(layers) != set(metadata["layers"]):
         raise ValueError(f"{path} adapts other layers than adapter '{name}' of this model: {fix}")
@@ -347,12 +430,18 @@ def _check_tensors(path, layers: dict, modules: list[str], tensors: dict[str, to
             if f"{name}.{key}" not in tensors:
                 raise ValueError(f"{path}: tensor '{name}.{key}' is missing; the adapter file is incomplete, "
                                  "save it again")
+        for key in (*ADAPTER_TENSORS, "base_fingerprint"):
+            tensor = tensors.get(f"{name}.{key}")
+            dims = 2 if key in ("A", "B", "dropped_us", "dropped_vt") else 1
+            if tensor is not None and (tensor.dim() != dims or not tensor.is_floating_point()):
+                raise ValueError(f"{path}: tensor '{name}.{key}' is a {tensor.dim()}-D {tensor.dtype} tensor, "
+                                 f"expected a {dims}-D float one; the adapter file is inconsistent, save it again")
         r, d = tensors[f"{name}.sigma"].shape[0], tensors[f"{name}.dropped_us"].shape[-1]
         if d >= min(out_features, in_features):
             raise ValueError(f"{path}: layer '{name}' drops d={d} of the min(out, in)={min(out_features, in_features)} "
                              "components of its weight; the adapter file is inconsistent, save it again")
         expected = {"A": (r, in_features), "B": (out_features, r), "sigma_init": (r,), "dropped_us": (out_features, d),
-                    "dropped_vt": (d, in_features)}
+                    "dropped_vt": (d, in_features), "base_fingerprint": (4,)}
         for key, shape in expected.items():
             if f"{name}.{key}" in tensors and tuple(tensors[f"{name}.{key}"].shape) != shape:
                 raise ValueError(f"{path}: tensor '{name}.{key}' has shape {tuple(tensors[f'{name}.{key}'].shape)}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -10,6 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..providers import MODEL_INTEGRATIONS
 from .config import ALL_LINEAR, KasaConfig, matches
 from .layer import KasaLayer, ModulesToSave, is_adaptable_layer, is_transposed, weight_matrix, weight_shape
 from .quantized import check_readable, quantized_support
@@ -96,9 +98,12 @@ def target_layer_names(model: nn.Module, config: KasaConfig) -> list[str]:
 
 
 def check_adapter_name(name: object) -> None:
-    """Raise unless ``name`` can name an adapter: a non-empty string without ``.`` (torch module dicts key on it)."""
-    if not isinstance(name, str) or not name or "." in name:
-        raise ValueError(f"invalid adapter name {name!r}: use a non-empty name without '.', e.g. 'sst2' or 'sst2_v2'")
+    """Raise unless ``name`` can name an adapter: a non-empty string without ``.`` (torch module dicts key on it)
+    and without a path separator (names also name files, e.g. the judge's answers, which must stay in their
+    directory)."""
+    if not isinstance(name, str) or not name or any(c in name for c in "./\\\0"):
+        raise ValueError(f"invalid adapter name {name!r}: use a non-empty name without '.', '/' or '\\', e.g. "
+                         "'sst2' or 'sst2_v2'")
 
 
 def _base_layer(model: nn.Module, name: str) -> nn.Module:
@@ -164,7 +169,18 @@ def inject(model: nn.Module, config: KasaConfig, adapter_name: str = "default",
     setattr(model, STATE_ATTRIBUTE, state)
     set_adapter(model, adapter_name)
     warn_if_large(shares, config)
+    run_model_integrations(model)
     return model
+
+
+def run_model_integrations(model: nn.Module) -> None:
+    """Call ``on_adapted(model)`` of the integration registered for the library ``model``'s class comes from
+    (`kasa_peft.providers.register_model_integration`): e.g. a transformers model's ``save_pretrained`` then writes
+    the KaSA adapter, not a state dict that ``from_pretrained`` would load with the adapted layers at random."""
+    packages = {cls.__module__.split(".")[0] for cls in type(model).__mro__}
+    for package, module in MODEL_INTEGRATIONS.items():
+        if package in packages:
+            importlib.import_module(module).on_adapted(model)
 
 
 def check_dropped_shape(dropped: DroppedComponents, out_features: int, in_features: int, layer_name: str) -> None:
@@ -240,24 +256,112 @@ def temporary_adapter(model: nn.Module, attach: Callable[[nn.Module, str], None]
                       adapter_name: str | None = None) -> Iterator[str]:
     """Attach an adapter (``attach(model, name)``) for the duration of the block, then remove it.
 
-    The name is ``adapter_name`` or a fresh one. Afterwards (also when ``attach`` fails) the model is as
-    before: a model without adapters is unloaded back to its original modules; otherwise the temporary
-    adapter is deleted and the previously active one re-activated.
+    The name is ``adapter_name`` or a fresh one. Afterwards (also when ``attach`` fails) the model is exactly as
+    before (`_restore`): the temporary adapter is deleted, the layers it wrapped are unwrapped, and the previously
+    active adapter and every parameter's ``requires_grad`` are back.
     """
     existing = adapter_names_on(model)
-    had_adapters = bool(existing)
-    previous = kasa_state(model).active if had_adapters else None
     name = adapter_name or next(f"interop{i}" for i in range(len(existing) + 1) if f"interop{i}" not in existing)
+    before = _snapshot(model)
     try:
         attach(model, name)
         yield name
     finally:
-        if not had_adapters:
-            unload(model)
-        elif name in kasa_state(model).configs and name not in existing:
-            delete_adapter(model, name)
-            if previous is not None:
-                set_adapter(model, previous)
+        _restore(model, before)
+
+
+@contextlib.contextmanager
+def unchanged_on_error(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block adapters may be added to ``model``; if the block raises, the model is put back exactly as
+    it was (`_restore`: wrappers, state, active adapter and ``requires_grad`` included) and the error goes on."""
+    before = _snapshot(model)
+    try:
+        yield model
+    except BaseException:
+        _restore(model, before)
+        raise
+
+
+@dataclass
+class _Snapshot:
+    """What adding adapters changes on a model: its state, its wrappers' active adapters, ``requires_grad``."""
+
+    state: KasaState | None
+    configs: dict[str, KasaConfig]
+    active: str | None
+    wrappers: dict[str, str | None]  # name of each KasaLayer / ModulesToSave -> its active adapter
+    requires_grad: list[tuple[nn.Parameter, bool]]
+
+
+def _snapshot(model: nn.Module) -> _Snapshot:
+    state = getattr(model, STATE_ATTRIBUTE, None)
+    wrappers = {name: m.active_adapter for name, m in unwrapped_modules(model)
+                if isinstance(m, (KasaLayer, ModulesToSave))}
+    return _Snapshot(state, dict(state.configs) if state else {}, state.active if state else None, wrappers,
+                     [(p, p.requires_grad) for p in model.parameters()])
+
+
+def _restore(model: nn.Module, before: _Snapshot) -> None:
+    """Delete the adapters added since ``before``, put back the modules wrapped since, and the rest as it was."""
+    state = getattr(model, STATE_ATTRIBUTE, None)
+    for name in [n for n in (state.configs if state else {}) if n not in before.configs]:
+        delete_adapter(model, name)
+    for name, module in list(unwrapped_modules(model)):
+        if isinstance(module, (KasaLayer, ModulesToSave)) and name not in before.wrappers:
+            _replace(model, name, module.base_layer if isinstance(module, KasaLayer) else module.original)
+        elif name in before.wrappers:
+            module.active_adapter = before.wrappers[name]
+    if before.state is None:
+        if hasattr(model, STATE_ATTRIBUTE):
+            delattr(model, STATE_ATTRIBUTE)
+    else:
+        setattr(model, STATE_ATTRIBUTE, before.state)
+        before.state.active = before.active
+    for param, requires_grad in before.requires_grad:
+        param.requires_grad_(requires_grad)
+
+
+def copy_adapter(model: nn.Module, source: str, adapter_name: str) -> None:
+    """Add ``adapter_name``, a frozen copy of adapter ``source`` (its values now, its config); ``source`` stays the
+    active, trainable one. The copy shares ``source``'s dropped components (no second truncation, no memory for
+    them), so the two adapters differ only in what training changes afterwards."""
+    state = kasa_state(model)
+    if source not in state.configs:
+        raise ValueError(f"no adapter named '{source}' to copy; this model has {sorted(state.configs)}")
+    inject(model, state.configs[source], adapter_name, dropped=dropped_components(model, source))
+    with torch.no_grad():
+        for _, layer in kasa_layers(model):
+            if source in layer.adapters:
+                original, copy = layer.adapters[source], layer.adapters[adapter_name]
+                for key in ("A", "B", "sigma", "sigma_init"):
+                    getattr(copy, key).copy_(getattr(original, key))
+        for _, wrapper in saved_modules(model):
+            if source in wrapper.copies:
+                wrapper.copies[adapter_name].load_state_dict(wrapper.copies[source].state_dict())
+    set_adapter(model, source)
+
+
+@contextlib.contextmanager
+def computing_with(model: nn.Module, adapter_name: str) -> Iterator[nn.Module]:
+    """Within the block the model computes with adapter ``adapter_name`` instead of the active one; which parameters
+    train is unchanged (e.g. a frozen reference adapter evaluated in the middle of a training step)."""
+    state = kasa_state(model)
+    if adapter_name not in state.configs:
+        raise ValueError(f"no adapter named '{adapter_name}'; this model has {sorted(state.configs)}")
+    modules = [m for _, m in [*kasa_layers(model), *saved_modules(model)]]
+    if any(getattr(m, "merged_adapter", None) is not None for m in modules):
+        raise ValueError("an adapter is merged into the weights: call kasa_peft.unmerge(model) before switching")
+    previous = [(m, m.active_adapter) for m in modules]
+    active = state.active
+    for module in modules:
+        module.active_adapter = adapter_name
+    state.active = adapter_name
+    try:
+        yield model
+    finally:
+        for module, name in previous:
+            module.active_adapter = name
+        state.active = active
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.files import STALE_SUFFIX, default_permissions, remove_stale, temporary_prefix
+from ..core.files import STALE_SUFFIX, default_permissions, remove_stale, reporting_full_disk, temporary_prefix
 
 
 @contextmanager
@@ -29,7 +29,8 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     remove_stale(out.parent, out.name)
     staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(out.name), suffix=STALE_SUFFIX, dir=out.parent))
     try:
-        yield staging
+        with reporting_full_disk(staging, shown_as=out):
+            yield staging
         default_permissions(staging)
         os.replace(staging, out)
     finally:
@@ -48,7 +49,8 @@ def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"  # created by the writer, with the usual mode
     try:
-        yield staging
+        with reporting_full_disk(staging, shown_as=out):
+            yield staging
         os.replace(staging, out)
     finally:
         staging.unlink(missing_ok=True)

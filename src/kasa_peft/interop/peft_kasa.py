@@ -84,15 +84,19 @@ def kasa_config_from_peft(peft_config: dict[str, Any], module_names: list[str]) 
     if not target_modules:
         raise ValueError("the PEFT adapter config names no target_modules")
     kasa = peft_config["kasa_config"]
+    if not isinstance(kasa, dict):
+        raise ValueError(f"kasa_config is {kasa!r}, not a mapping of KaSA settings (beta, gamma)")
+    if "r" not in peft_config:
+        raise ValueError("the config has no rank r")
+    saved = peft_config.get("modules_to_save") or []
+    if not isinstance(saved, list) or not all(isinstance(m, str) for m in saved):
+        raise ValueError(f"modules_to_save is {saved!r}, not a list of module names")
     return KasaConfig(
-        r=int(peft_config["r"]), alpha=float(peft_config.get("lora_alpha", 8)),
-        dropout=float(peft_config.get("lora_dropout") or 0.0),
-        target_modules=target_modules if isinstance(target_modules, str) else tuple(target_modules),
-        exclude_modules=peft_config.get("exclude_modules") or (),
-        modules_to_save=tuple(m for m in peft_config.get("modules_to_save") or ()
-                              if any(matches(n, (m,)) for n in module_names)),
-        beta=float(kasa.get("beta", 1e-4)), gamma=float(kasa.get("gamma", 1e-3)),
-        regularizer="paper", reduction="sum", use_rslora=bool(peft_config.get("use_rslora", False)),
+        r=peft_config["r"], alpha=peft_config.get("lora_alpha", 8), dropout=peft_config.get("lora_dropout") or 0.0,
+        target_modules=target_modules, exclude_modules=peft_config.get("exclude_modules") or (),
+        modules_to_save=tuple(m for m in saved if any(matches(n, (m,)) for n in module_names)),
+        beta=kasa.get("beta", 1e-4), gamma=kasa.get("gamma", 1e-3),
+        regularizer="paper", reduction="sum", use_rslora=peft_config.get("use_rslora") or False,
     )
 
 
@@ -120,10 +124,17 @@ def import_peft_kasa(peft_dir: str | os.PathLike, base_model: nn.Module | str | 
     is left as it was. ``out`` must be new or empty; it is written atomically.
     """
     peft_config, tensors = read_peft_kasa(peft_dir)
-    heads = tuple(f"{name}." for name in peft_config.get("modules_to_save") or ())
+    config_file = Path(peft_dir) / "adapter_config.json"
+    try:  # the values are checked before the base is loaded, with the module names the adapter itself uses
+        kasa_config_from_peft(peft_config, [])
+    except ValueError as err:
+        raise ValueError(f"{config_file}: {err}; fix the config or export the adapter from PEFT again"
+                         .replace("invalid KasaConfig: ", "")) from None
+    heads = tuple(f"{name}." for name in peft_config.get("modules_to_save") or [])
     num_labels = head_size(tensors, heads) if peft_config.get("task_type") == "SEQ_CLS" and heads else None
+    base_name = peft_config.get("base_model_name_or_path") or ""
     with atomic_directory(out) as staging:
-        model = resolve_base_model(base_model, peft_config.get("base_model_name_or_path") or "", num_labels)
+        model = resolve_base_model(base_model, base_name if isinstance(base_name, str) else "", num_labels)
         config = kasa_config_from_peft(peft_config, [n for n, _ in model.named_modules()])
 
         def attach(target: nn.Module, name: str) -> None:
@@ -162,5 +173,10 @@ def copy_peft_tensors(model: nn.Module, name: str, tensors: dict[str, torch.Tens
     for module_name, wrapper in saved_modules(model):
         if name in wrapper.copies:
             prefix = f"{module_name}."
-            wrapper.copies[name].load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
-                                                  if k.startswith(prefix)})
+            saved = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            expected = {k: tuple(v.shape) for k, v in wrapper.copies[name].state_dict().items()}
+            if {k: tuple(v.shape) for k, v in saved.items()} != expected:
+                raise ValueError(f"{source} was made for a different base model: its copy of module '{module_name}' "
+                                 f"has tensors { {k: tuple(v.shape) for k, v in saved.items()} }, this base's has "
+                                 f"{expected}")
+            wrapper.copies[name].load_state_dict(saved)

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from ..core import delete_adapter, disable_adapters, kasa_state, load_adapter, read_adapter, set_adapter
-from ..core.model import adapter_names_on
+from ..core import disable_adapters, kasa_state, load_adapter, read_adapter, set_adapter
+from ..core.model import adapter_names_on, unchanged_on_error
 
 T = TypeVar("T")
 
@@ -48,22 +48,17 @@ def load_adapters(model: nn.Module, adapters: Mapping[str, str | os.PathLike]) -
     """Load several saved adapters onto ``model`` (``{name: directory}``); the last one becomes active.
 
     All or nothing: a name already on the model, an unreadable directory or an adapter made for another
-    base raises, and the adapters this call had loaded are removed again.
+    base raises, and the model is left exactly as it was (`unchanged_on_error`: the adapters this call had loaded
+    are removed, and so are the wrappers they put around its layers).
     """
     taken = sorted(set(adapters) & adapter_names_on(model))
     if taken:
         raise ValueError(f"adapter names {taken} are already used on this model; pick other names")
     for path in adapters.values():
         read_adapter(path)
-    loaded = []
-    try:
+    with unchanged_on_error(model):
         for name, path in adapters.items():
             load_adapter(model, path, name)
-            loaded.append(name)
-    except Exception:
-        for name in loaded:
-            delete_adapter(model, name)
-        raise
     return model
 
 

@@ -26,8 +26,10 @@ import importlib.util
 import inspect
 import json
 import os
+import pickle
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,11 +40,13 @@ import torch
 import transformers
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GgufConfig, PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
+from ..core.files import check_tensor_file, reporting_full_disk
 from ..tasks.hub import hub_reachable, unreachable_hub_message
 
 __all__ = ["SHORTCUTS", "ModelLoadError", "ModelSource", "Shortcut", "gguf_cache_dir", "load_model",
@@ -311,6 +315,11 @@ def _explain_load_failure(source: ModelSource) -> Iterator[None]:
     """Turn transformers' OSErrors (missing files, no network, unknown hub id) into an actionable error."""
     try:
         yield
+    except pickle.UnpicklingError as error:  # a .bin / .pt holding more than tensors: name the file
+        for path in sorted(Path(source.path).glob("*.bin")) + sorted(Path(source.path).glob("*.pt")):
+            check_tensor_file(path, "convert the model to safetensors from a trusted copy, or use another model")
+        raise ModelLoadError(f"could not load the model at {source.path!r}: a weights file holds more than tensors "
+                             f"({error}); use a trusted copy saved as safetensors") from None
     except OSError as error:
         if source.kind == "hub_id":
             alternatives = f"a local model directory, a .gguf file or a shortcut ({', '.join(SHORTCUTS)})"
@@ -363,6 +372,9 @@ def _convert_gguf(source: ModelSource, destination: Path) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError(f"loading the GGUF file {source.description!r} needs the gguf package: "
                              "run `pip install gguf` (or `pip install 'kasa-peft[gguf]'`).")
+    from .gguf_file import read_gguf
+
+    read_gguf(Path(source.path) / source.gguf_file)  # a damaged or cut-off file is named before transformers reads it
     with _explain_load_failure(source):
         tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32,
@@ -380,11 +392,16 @@ def _ensure_cached(entry: Path, build: Callable[[Path], None], metadata: dict) -
     """
     if _is_complete(entry):
         return entry
+    if (entry / _CACHE_MARKER).is_file():
+        warnings.warn(f"the cached conversion {entry} is damaged (a file is missing, cut off or changed since it was "
+                      "written); rebuilding it", stacklevel=3)
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=entry.parent))
     try:
-        build(staging)
-        (staging / _CACHE_MARKER).write_text(json.dumps(metadata, indent=2))
+        with reporting_full_disk(staging, shown_as=entry):
+            build(staging)
+            files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
+            (staging / _CACHE_MARKER).write_text(json.dumps({**metadata, "files": files}, indent=2))
         _publish(staging, entry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # already gone when published
@@ -392,7 +409,23 @@ def _ensure_cached(entry: Path, build: Callable[[Path], None], metadata: dict) -
 
 
 def _is_complete(entry: Path) -> bool:
-    return (entry / _CACHE_MARKER).is_file()
+    """Whether ``entry`` holds a whole conversion: its marker lists every file with its size, they all have that
+    size, and each safetensors file's header reads (a truncated or damaged entry is rebuilt, never loaded)."""
+    try:
+        marker = json.loads((entry / _CACHE_MARKER).read_text())
+        files = marker["files"]
+        if not isinstance(files, dict) or not files:
+            return False
+        for name, size in files.items():
+            path = entry / name
+            if not path.resolve().is_relative_to(entry.resolve()) or not path.is_file() or path.stat().st_size != size:
+                return False
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt"):
+                    pass
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError):
+        return False
+    return True
 
 
 def _publish(staging: Path, entry: Path) -> None:

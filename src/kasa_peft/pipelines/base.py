@@ -45,6 +45,10 @@ class TaskPipeline(Protocol):
     def evaluation_summary(self) -> str:
         """What one evaluation covers, for people (e.g. ``"252 meaning representations, beam search ..."``)."""
 
+    def evaluation_switches(self) -> dict[str, str]:
+        """How the evaluation computes its numbers where no `RunConfig` setting says it (e.g. which option scorer),
+        recorded with each run: runs that differ here are not comparable number for number."""
+
 
 def best_device() -> torch.device:
     """Where evaluation and inference run: the GPU when there is one (training goes where the Trainer puts it)."""

@@ -162,28 +162,48 @@ def generate_texts(model, tokenizer, prompts: Sequence[str | Conversation], *, b
                    progress: bool = True) -> list[str]:
     """The text each prompt's continuation decodes to (special tokens skipped, stripped), in input order.
 
-    Prompts are encoded with ``encode_prompt``, batched by length and left-padded (padding the ids
-    directly, so ``tokenizer.padding_side`` is never touched), so every row's new tokens start at the
-    same position. Decoding settings go to ``model.generate`` as given; E2E in the LoRA paper uses
+    Prompts are encoded with ``encode_prompt`` and decoded by ``generate_ids``; E2E in the LoRA paper uses
     ``num_beams=10, length_penalty=0.9, no_repeat_ngram_size=4``.
     """
     encoded = [encode_prompt(tokenizer, prompt, use_chat_template) for prompt in prompts]
-    pad_id = padding_id(tokenizer)
-    texts = [""] * len(prompts)
+    generated = generate_ids(model, encoded, pad_token_id=padding_id(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                             batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                             length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                             do_sample=do_sample, progress=progress)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
+
+
+def generate_ids(model, prompts: Sequence[Sequence[int]], *, pad_token_id: int, eos_token_id: int | None,
+                 batch_size: int = 8, max_new_tokens: int = 64, num_beams: int = 1, length_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0, do_sample: bool = False, progress: bool = True) -> list[list[int]]:
+    """The new token ids ``model.generate`` continues each prompt (token ids) with, up to and including the
+    first ``eos_token_id`` (the padding after it dropped), in input order.
+
+    Prompts are batched by length and left-padded (padding the ids directly, so ``tokenizer.padding_side`` is
+    never touched), so every row's new tokens start at the same position. Decoding settings go to
+    ``model.generate`` as given.
+    """
+    generated: list[list[int]] = [[] for _ in prompts]
     with evaluating(model), tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
-        for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size):
-            input_ids = pad_sequences([encoded[i] for i in batch], pad_id, "left")
-            attention_mask = pad_sequences([[1] * len(encoded[i]) for i in batch], 0, "left")
+        for batch in length_sorted_batches([len(ids) for ids in prompts], batch_size):
+            input_ids = pad_sequences([prompts[i] for i in batch], pad_token_id, "left")
+            attention_mask = pad_sequences([[1] * len(prompts[i]) for i in batch], 0, "left")
             output = model.generate(
                 input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                 max_new_tokens=max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
                 no_repeat_ngram_size=no_repeat_ngram_size, do_sample=do_sample,
-                pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-            new_texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
-            for index, text in zip(batch, new_texts, strict=True):
-                texts[index] = text.strip()
+                pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+            for index, row in zip(batch, output[:, input_ids.shape[1]:].tolist(), strict=True):
+                generated[index] = row[:row.index(eos_token_id) + 1] if eos_token_id in row else row
             bar.update(len(batch))
-    return texts
+    return generated
+
+
+# Which implementation `option_logliks` is, recorded with every evaluation that scores options (its numbers can
+# differ between implementations by float rounding, enough to flip a near-tied choice). "prompt-cache": each prompt
+# runs once and its options are scored on its key/value cache (since commit 1a6b858); the scorer before it,
+# "per-option", ran one forward pass over each prompt + option.
+OPTION_SCORER = "prompt-cache"
 
 
 def option_logliks(model, tokenizer, prompts: list[str], options: list[list[str]], *, batch_size: int = 8,

@@ -56,6 +56,9 @@ class ClassificationPipeline:
     def evaluation_summary(self) -> str:
         return f"{sum(len(examples) for examples in self.eval_sets.values())} examples"
 
+    def evaluation_switches(self) -> dict[str, str]:
+        return {}
+
     def data_collator(self, tokenizer) -> DataCollatorWithPadding:
         return DataCollatorWithPadding(tokenizer)
 

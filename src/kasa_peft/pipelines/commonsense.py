@@ -28,7 +28,7 @@ from ..tasks.commonsense import (
 )
 from ..tasks.instruct import load_sft_file
 from .base import Metrics, fixed_subset, write_jsonl
-from .causal_lm import choose_option
+from .causal_lm import OPTION_SCORER, choose_option
 from .config import RunConfig
 from .generation import Decoding, PromptTargetPipeline
 
@@ -46,6 +46,9 @@ class CommonsensePipeline(PromptTargetPipeline):
 
     def evaluation_summary(self) -> str:
         return f"{sum(len(examples) for examples in self.test_sets.values())} questions, {self.decoding}"
+
+    def evaluation_switches(self) -> dict[str, str]:
+        return {"option_scorer": OPTION_SCORER}
 
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         metrics: Metrics = {}

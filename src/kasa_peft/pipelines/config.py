@@ -57,6 +57,11 @@ class RunConfig:
     max_length: int | None = None
     group_by_length: bool = False
     seed: int = 0
+    # how the Trainer computes and reports (a resumed run may change these: `run.CHANGEABLE_ON_RESUME`)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    torch_compile: bool = False
+    report_to: str = "none"  # "none" or comma-separated logging backends of transformers' Trainer
     # evaluation and checkpoints
     eval_steps: int | None = None
     eval_every_epoch: bool | None = None
@@ -79,8 +84,12 @@ class RunConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(RunConfig)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if isinstance(value, bool) and bool not in (typing.get_args(hints[field.name]) or (hints[field.name],)):
+                raise ValueError(f"--{_flag(field.name)} must be {_type_name(_value_type(hints[field.name]))}, "
+                                 f"got {value!r}")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
                 raise ValueError(f"--{_flag(field.name)} must be a finite number, got {value!r}")
         positive = ("r", "alpha", "epochs", "max_steps", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
@@ -172,6 +181,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a mapping of settings (e.g. `lr: 4.0e-4`), "
                          f"found {type(values).__name__}")
+    normalise_settings(values, f"config file {path}")  # a wrong value is named with its file
     return values
 
 
@@ -184,12 +194,17 @@ def normalise_settings(values: dict[str, Any], source: str) -> dict[str, Any]:
         if name not in hints:
             raise ValueError(f"unknown setting {key!r} in {source}; known settings: "
                              f"{', '.join(_flag(n) for n in hints)}")
-        normalised[name] = None if value is None else _convert(name, value, hints[name])
+        normalised[name] = None if value is None else _convert(name, value, hints[name], source)
     return normalised
 
 
-def _convert(name: str, value: Any, hint: Any) -> Any:
-    kind = next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
+def _value_type(hint: Any) -> Any:
+    """``int`` for ``int | None``: the type a setting's values have."""
+    return next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
+
+
+def _convert(name: str, value: Any, hint: Any, source: str) -> Any:
+    kind = _value_type(hint)
     try:
         if typing.get_origin(kind) is list:
             items = value.split(",") if isinstance(value, str) else list(value)
@@ -200,11 +215,15 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
             if not isinstance(value, bool):
                 raise TypeError
             return value
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError  # YAML reads yes / on / true as True: never a number, a name or a path
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise TypeError
         return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"setting {_flag(name)!r} must be {_type_name(kind)}, got {value!r}") from None
+        note = "; YAML reads yes, no, on, off as true / false" if isinstance(value, bool) else ""
+        raise ValueError(f"setting {_flag(name)!r} must be {_type_name(kind)}, got {value!r} ({source}{note})"
+                         ) from None
 
 
 def parse_drop_rank(value: str | int) -> str | int:

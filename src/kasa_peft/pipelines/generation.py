@@ -12,13 +12,31 @@ from typing import Any
 
 from torch import nn
 
-from .causal_lm import CausalLMCollator, Conversation, encode_prompt_target, generate_texts, option_logliks, padding_id
+from .causal_lm import (
+    CausalLMCollator, Conversation, encode_prompt, encode_prompt_target, generate_ids, option_logliks, padding_id,
+)
 from .config import RunConfig
+from .continuous_batching import greedy_decode
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One decoded response: its text, its number of new tokens, and whether it stopped at the budget
+    (``max_new_tokens`` reached before EOS) rather than by itself."""
+
+    text: str
+    new_tokens: int
+    hit_budget: bool
 
 
 @dataclass(frozen=True)
 class Decoding:
-    """How evaluation decodes; ``use_chat_template=None`` means "when the tokenizer has one"."""
+    """How evaluation decodes; ``use_chat_template=None`` means "when the tokenizer has one".
+
+    ``continuous=True`` decodes greedy settings (one beam, no n-gram ban) with continuous batching
+    (:mod:`~kasa_peft.pipelines.continuous_batching`: the same tokens as ``generate``, without computing rows
+    that have stopped); other settings always go to ``model.generate``.
+    """
 
     batch_size: int
     max_new_tokens: int
@@ -26,11 +44,12 @@ class Decoding:
     length_penalty: float
     no_repeat_ngram_size: int
     use_chat_template: bool | None
+    continuous: bool = False
 
     @classmethod
-    def from_config(cls, config: RunConfig) -> "Decoding":
+    def from_config(cls, config: RunConfig, continuous: bool = False) -> "Decoding":
         return cls(config.eval_batch_size or config.batch_size, config.max_new_tokens, config.num_beams,
-                   config.length_penalty, config.no_repeat_ngram_size, config.use_chat_template)
+                   config.length_penalty, config.no_repeat_ngram_size, config.use_chat_template, continuous)
 
     def __str__(self) -> str:
         search = f"beam search with {self.num_beams} beams" if self.num_beams > 1 else "greedy decoding"
@@ -44,10 +63,23 @@ class Decoding:
 
     def generate(self, model: nn.Module, tokenizer, prompts: Sequence[str | Conversation]) -> list[str]:
         """The decoded continuation of every prompt (a text, or a conversation for the chat template)."""
-        return generate_texts(model, tokenizer, prompts, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                              num_beams=self.num_beams, length_penalty=self.length_penalty,
-                              no_repeat_ngram_size=self.no_repeat_ngram_size,
-                              use_chat_template=self.chat_template(tokenizer))
+        return [completion.text for completion in self.complete(model, tokenizer, prompts)]
+
+    def complete(self, model: nn.Module, tokenizer, prompts: Sequence[str | Conversation]) -> list[Completion]:
+        """Every prompt's continuation (special tokens skipped, stripped), with its length and whether the budget
+        cut it off."""
+        encoded = [encode_prompt(tokenizer, prompt, self.chat_template(tokenizer)) for prompt in prompts]
+        pad_id, eos_id = padding_id(tokenizer), tokenizer.eos_token_id
+        if self.continuous and self.num_beams == 1 and self.no_repeat_ngram_size == 0 and eos_id is not None:
+            generated = greedy_decode(model, encoded, max_new_tokens=self.max_new_tokens, eos_token_ids=[eos_id],
+                                      pad_token_id=pad_id, batch_size=self.batch_size)
+        else:
+            generated = generate_ids(model, encoded, pad_token_id=pad_id, eos_token_id=eos_id,
+                                     batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                                     num_beams=self.num_beams, length_penalty=self.length_penalty,
+                                     no_repeat_ngram_size=self.no_repeat_ngram_size)
+        return [Completion(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids),
+                           len(ids) == self.max_new_tokens and ids[-1] != eos_id) for ids in generated]
 
     def option_logliks(self, model: nn.Module, tokenizer, prompts: list[str], options: list[list[str]]
                        ) -> list[list[float]]:
@@ -74,3 +106,6 @@ class PromptTargetPipeline:
 
     def data_collator(self, tokenizer) -> CausalLMCollator:
         return CausalLMCollator(padding_id(tokenizer))
+
+    def evaluation_switches(self) -> dict[str, str]:
+        return {}

@@ -8,7 +8,6 @@ by adapter and each group is run in batches with that adapter active.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from ..tasks.glue import ClassificationExamples
 from .base import best_device
 from .classification import predict
 from .generation import Decoding
-from .run import METRICS_FILE
+from .run import METRICS_FILE, RECORD_FIX, read_run
 
 
 def generate_outputs(model_spec: str, adapters: Mapping[str, str], lines: Iterable[str], decoding: Decoding
@@ -45,7 +44,7 @@ def predict_labels(model_spec: str, adapters: Mapping[str, str], lines: Iterable
     of these models.
     """
     sizes = {name: head_size(read_adapter(path)[1]) for name, path in adapters.items()}
-    label_names = {name: recorded_label_names(path) for name, path in adapters.items()}
+    label_names = {name: recorded_label_names(path, sizes[name]) for name, path in adapters.items()}
     inputs = read_tagged_inputs(lines, list(adapters), next(iter(adapters), None))
     groups: dict[int | None, list[str]] = {}
     for name, size in sizes.items():
@@ -70,9 +69,16 @@ def classify(model, tokenizer, max_length: int, batch_size: int, items: list[Tag
     return predict(model, tokenizer, examples, max_length, batch_size)
 
 
-def recorded_label_names(run_dir: str | Path | None) -> list[str] | None:
-    """The class names a finished classification run recorded, if ``run_dir`` is one."""
+def recorded_label_names(run_dir: str | Path | None, outputs: int | None = None) -> list[str] | None:
+    """The class names a finished classification run recorded, if ``run_dir`` is one; they must be as many as
+    the ``outputs`` of its classification head (default: read from the run's KaSA adapter)."""
     path = Path(run_dir) / METRICS_FILE if run_dir is not None else None
     if path is None or not path.is_file():
         return None
-    return json.loads(path.read_text()).get("label_names")
+    names = read_run(run_dir).get("label_names")
+    if names is not None and outputs is None:
+        outputs = head_size(read_adapter(run_dir)[1])
+    if names is not None and outputs is not None and len(names) != outputs:
+        raise ValueError(f"{path} names {len(names)} classes but the adapter's classification head has {outputs} "
+                         f"outputs: the record belongs to another run; {RECORD_FIX}")
+    return names

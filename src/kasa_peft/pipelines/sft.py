@@ -69,15 +69,15 @@ def sft_train_pairs(config: RunConfig) -> list[tuple[str, str]]:
     return load_sft_file(config.train_file) if config.train_file else load_t0_train(config.data_dir)
 
 
-def held_out_sets(config: RunConfig) -> HeldOutSets:
+def held_out_sets(config: RunConfig, continuous: bool = False) -> HeldOutSets:
     """``--eval-file``, else the Self-Instruct sets named by ``--instruct-eval-sets``, each cut to
-    ``--max-eval-samples``, decoded as the config says."""
+    ``--max-eval-samples``, decoded as the config says (greedy with continuous batching if ``continuous``)."""
     if config.eval_file:
         sets = {"eval": load_sft_file(config.eval_file)}
     else:
         sets = {name: load_instruct_eval(config.data_dir, name) for name in config.instruct_eval_sets}
     return HeldOutSets({name: fixed_subset(pairs, config.max_eval_samples) for name, pairs in sets.items()},
-                       Decoding.from_config(config))
+                       Decoding.from_config(config, continuous))
 
 
 def sft_pipeline(config: RunConfig) -> SFTPipeline:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._common import PathLike, check_choice, data_path, read_json_records
+from ._common import PathLike, check_choice, data_path, read_json_records, require_text_fields
 from .hub import LLM_ADAPTERS_JSON, HubSource, hub_records
 from .instruct import format_instruction
 from .metrics import accuracy
@@ -58,6 +58,8 @@ def _checked(records: list[dict[str, Any]], source: object) -> list[dict[str, An
         missing = {"instruction", "output", "answer"} - set(record)
         if missing:
             raise ValueError(f"{source}, record {number}: missing field(s) {', '.join(sorted(missing))}")
+        require_text_fields(record, ("instruction", "output", "answer"), f"{source}, record {number}",
+                            optional=("input",))
     return records
 
 

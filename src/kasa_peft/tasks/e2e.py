@@ -141,9 +141,11 @@ def mteval_scores(predictions: Sequence[str], references: Sequence[Sequence[str]
 def bleu_of_resampled(predictions: Sequence[str], references: Sequence[Sequence[str]]
                       ) -> Callable[[Sequence[int]], float]:
     """A function of segment indices (repeats allowed) giving ``mteval_scores``' BLEU of those segments, with
-    tokenisation and n-gram matching done once: what a paired bootstrap over test MRs calls thousands of times."""
-    hyps, refs, matches = _matched_segments(predictions, references)
-    return lambda indices: _bleu([hyps[i] for i in indices], [refs[i] for i in indices], [matches[i] for i in indices])
+    tokenisation, n-gram matching and each segment's `_bleu_statistics` done once: what a paired bootstrap over
+    test MRs calls thousands of times."""
+    statistics = [_bleu_statistics(*segment) for segment in zip(*_matched_segments(predictions, references),
+                                                                  strict=True)]
+    return lambda indices: _bleu_of_totals([statistics[i] for i in indices])
 
 
 def _matched_segments(predictions: Sequence[str], references: Sequence[Sequence[str]]
@@ -177,14 +179,26 @@ def _ngram_total(hyps: Sequence[Sequence[str]], n: int) -> int:
 
 
 def _bleu(hyps: Sequence[list[str]], refs: Sequence[list[list[str]]], matches: list[list[Counter]]) -> float:
-    hyp_length = sum(len(hyp) for hyp in hyps)
+    return _bleu_of_totals([_bleu_statistics(*segment) for segment in zip(hyps, refs, matches, strict=True)])
+
+
+def _bleu_statistics(hyp: list[str], refs: list[list[str]], matches: list[Counter]) -> tuple[int, ...]:
+    """What corpus BLEU sums over segments: the hypothesis length, the closest reference length, then per order
+    n = 1..4 the clipped n-gram matches, then per order the hypothesis n-grams."""
+    orders = range(1, _BLEU_ORDER + 1)
+    return (len(hyp), _closest_length(len(hyp), refs), *(sum(matches[n - 1].values()) for n in orders),
+            *(max(len(hyp) - n + 1, 0) for n in orders))
+
+
+def _bleu_of_totals(segments: Sequence[tuple[int, ...]]) -> float:
+    """Corpus BLEU from the segments' `_bleu_statistics`."""
+    if not segments:
+        return 0.0
+    hyp_length, ref_length, *counts = (sum(column) for column in zip(*segments, strict=True))
     if hyp_length == 0:
         return 0.0
-    ref_length = sum(_closest_length(len(hyp), segment_refs) for hyp, segment_refs in zip(hyps, refs, strict=True))
     log_precision, smoothing = 0.0, 1
-    for n in range(1, _BLEU_ORDER + 1):
-        hits = sum(sum(segment[n - 1].values()) for segment in matches)
-        total = _ngram_total(hyps, n)
+    for hits, total in zip(counts[:_BLEU_ORDER], counts[_BLEU_ORDER:], strict=True):
         if total == 0:  # mteval counts an order without candidate n-grams as precision 1
             continue
         if hits == 0:  # mteval's smoothing: 1 / (2^k * total) for the k-th order without a match

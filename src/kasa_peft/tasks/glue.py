@@ -10,14 +10,14 @@ comes from the hub's ``nyu-mll/glue``, whose ``label`` column already holds thes
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._common import (
-    PathLike, check_choice, data_path, read_csv, read_json_records, read_text, require_columns, require_records,
+    PathLike, check_choice, csv_records, data_path, read_csv, read_json_records, read_text, require_columns,
+    require_records, require_unique_columns,
 )
 from .hub import GLUE, HubSource, hub_records, hub_split
 from .metrics import accuracy, check_lengths
@@ -139,9 +139,9 @@ def _hub_split(spec: GlueTask, split: str) -> tuple[list[dict], tuple[str, ...],
 
 def _read_glue_tsv(path: Path, columns: tuple[str, ...] | None) -> tuple[list[str], list[dict[str, str]]]:
     """(header, rows as dicts) of a GLUE TSV; GLUE text contains stray quotes, so no CSV quoting."""
-    text = io.StringIO(read_text(path), newline="")
-    rows = [row for row in csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    rows = [fields for _, fields in csv_records(read_text(path), path, delimiter="\t", quoting=csv.QUOTE_NONE)]
     header, body = (list(columns), rows) if columns else (rows[0] if rows else [], rows[1:])
+    require_unique_columns(header, path)
     require_records(body, path)
     for number, row in enumerate(body, start=1):
         if len(row) != len(header):

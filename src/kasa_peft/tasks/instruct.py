@@ -10,7 +10,7 @@ import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._common import PathLike, check_choice, data_path, read_json_records
+from ._common import PathLike, check_choice, data_path, read_json_records, require_text_fields
 from .hub import INSTRUCT_EVAL, T0_TRAIN, hub_records
 from .metrics import check_lengths
 
@@ -57,8 +57,10 @@ def _sft_pairs(records: list[dict[str, Any]], source: object) -> list[tuple[str,
 
 def _sft_pair(record: dict[str, Any], where: str) -> tuple[str, str]:
     if "instruction" in record and "output" in record:
+        require_text_fields(record, ("instruction", "output"), where, optional=("input",))
         return format_instruction(record["instruction"], record.get("input") or ""), record["output"]
     if "prompt" in record and "completion" in record:
+        require_text_fields(record, ("prompt", "completion"), where)
         return record["prompt"], record["completion"]
     raise ValueError(
         f"{where}: has fields {sorted(record)}; expected instruction/input/output (Alpaca) or prompt/completion"

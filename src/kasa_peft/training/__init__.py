@@ -8,7 +8,7 @@ from ..lazy import lazy_getattr
 _EXPORTS = {
     "kasa_loss": "loop", "param_groups": "loop", "METHODS": "method_names", "MethodSpec": "methods",
     "PreparedModel": "methods", "classification_head_names": "methods", "load_trained": "methods",
-    "prepare_model": "methods", "KasaTrainer": "trainer",
+    "prepare_model": "methods", "KasaTrainer": "trainer", "KasaTrainerMixin": "trainer",
 }
 __all__ = sorted(_EXPORTS)
 

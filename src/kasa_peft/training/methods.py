@@ -18,7 +18,19 @@ peft 0.21.2:
   every optimizer step; checkpoints also hold its importance averages, so a resumed run is the same run;
 * ``peft-kasa``: ``LoraConfig(kasa_config=KasaConfig(beta, gamma))``, with the loss PEFT defines (paper
   form, summed over layers) added to the task loss; ``regularizer`` / ``reduction`` apply to ``kasa`` only;
-* ``fft``: every parameter trained, nothing injected.
+* ``fft``: every parameter trained, nothing injected;
+* ``prefix`` (prefix tuning, Li & Liang 2021): ``PrefixTuningConfig`` with ``num_virtual_tokens = r``, no
+  reparameterisation MLP; causal LMs only (PEFT feeds the prefix through their key/value cache), and
+  ``generate`` made to use the prefix under transformers 5 (`baselines.prefix`);
+* ``vera`` (Kopiczko et al. 2024): ``VeraConfig`` with rank ``r`` (frozen shared random projections, trained
+  scaling vectors; no alpha);
+* ``bitfit``, ``adapter-h``, ``adapter-p``, ``adapter-l``, ``adapter-d``, ``series``, ``parallel``, ``ft-top2`` and
+  ``dylora``: our own modules (`kasa_peft.training.baselines`, whose docstrings carry their equations and counts);
+  ``r`` is the adapters' bottleneck size and DyLoRA's largest rank. They save only what they train.
+
+A method that cannot apply to a model is refused before the model changes (`baselines.check_applies`): BitFit on a
+model without bias terms, prefix tuning on a model that is not a causal LM, adapters on a model without
+transformer blocks, a parallel adapter on a block whose MLP is not one module (BERT).
 
 On a quantized base (bitsandbytes 4-bit / 8-bit) ``kasa``, ``lora``, ``dora`` and ``adalora`` train beside the
 quantized weights. The others are refused up front (`check_method_fits_base`): PEFT refuses PiSSA there (its
@@ -46,14 +58,20 @@ from ..core import (
     KasaConfig, ParameterCount, RegularizationTerms, load_adapter, orthogonality_penalty, regularization_terms,
     restore_adapter, singular_value_penalty, trainable_parameters, truncate_smallest,
 )
-from ..core.files import write_text_atomically
+from ..core.files import check_tensor_file, read_json_object, write_text_atomically
 from ..core.layer import weight_matrix
+from ..core.model import STATE_ATTRIBUTE, kasa_layers
 from ..core.quantized import looks_quantized
+from .baselines import (
+    OWN_METHODS, RankSchedule, check_applies, generate_with_prefix, load_trained_into, prepare_own, save_trained,
+)
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
 from .method_names import METHODS
 
 HEAD_NAMES = ("classifier", "score")  # what transformers calls a sequence classifier's head
 METHOD_FILE = "kasa_peft_method.json"
+RECORD_FIX = ("restore the run's record from a copy, or train the run again (the weights beside it cannot be read "
+              "without it)")
 ADALORA_INIT_RANK_FACTOR = 1.5
 ADALORA_TINIT_FRACTION = 0.1
 ADALORA_TFINAL_FRACTION = 0.5
@@ -61,6 +79,9 @@ ADALORA_SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # the RankAllocator's im
 ADALORA_STATE_FILE = "adalora_resume_state.safetensors"
 QUANTIZED_BASE_METHODS = ("kasa", "lora", "dora", "adalora")
 KASA_ONLY = {"drop_rank": "r", "drop_budget": None, "sigma_init": "randn"}  # settings only `kasa` has, with defaults
+# the MethodSpec fields a KasaConfig carries under the same name (`kasa_config` maps them back)
+SPEC_FIELDS_OF_CONFIG = ("r", "alpha", "dropout", "target_modules", "modules_to_save", "beta", "gamma", "regularizer",
+                         "reduction", "learn_sigma", "sigma_init", "drop_rank", "drop_budget")
 
 
 @dataclass(frozen=True)
@@ -125,6 +146,7 @@ class PreparedModel:
     spec: MethodSpec
     head_modules: tuple[str, ...] = ()
     milora_init: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # (A_0, B_0) per LoRA layer
+    rank_schedule: RankSchedule | None = None  # DyLoRA's rank per step
 
     def regularization(self) -> RegularizationTerms | None:
         """``(beta * L2, gamma * L3)`` to add to the task loss (``kasa``, ``peft-kasa``); ``None`` for the others."""
@@ -147,11 +169,13 @@ class PreparedModel:
         def write() -> None:
             if self.spec.method == "milora":
                 save_milora_as_lora(self.model, directory, self.milora_init)
+            elif self.spec.method in OWN_METHODS:
+                save_trained(self.model, directory)
             elif self.spec.method != "kasa":
                 self.model.save_pretrained(directory)
             if self.spec.method == "adalora":
                 save_adalora_state(self.model, directory)
-            write_text_atomically(directory / METHOD_FILE, json.dumps(self.spec.to_dict(), indent=2) + "\n")
+            write_method_file(directory, self.spec)
         on_main_process(write, f"saving the {self.spec.method} model to {directory}")
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
@@ -167,6 +191,8 @@ class PreparedModel:
             _load_full_weights(self.model, directory)
         elif self.spec.method == "adalora":
             load_adalora_state(self.model, directory)
+        elif self.spec.method in OWN_METHODS:
+            load_trained_into(self.model, directory)
         else:
             from peft import set_peft_model_state_dict
             from peft.utils import load_peft_weights
@@ -184,22 +210,66 @@ class PreparedModel:
         if self.spec.method == "adalora":
             self.model.base_model.update_and_allocate(global_step)
 
+    def on_step_begin(self, global_step: int) -> None:
+        """Call before each optimizer step (``global_step``: the steps already taken): DyLoRA's rank of the step."""
+        if self.rank_schedule is not None:
+            self.rank_schedule.set_step(global_step)
+
 
 def prepare_model(model: nn.Module, spec: MethodSpec) -> PreparedModel:
-    """Make ``model`` trainable with ``spec.method`` (in place for ``kasa`` / ``fft``; PEFT wraps it)."""
+    """Make ``model`` trainable with ``spec.method`` (in place for ``kasa``, ``fft`` and our own baselines; PEFT
+    wraps it)."""
     check_method_fits_base(model, spec.method)
-    heads = tuple(dict.fromkeys((*spec.modules_to_save, *classification_head_names(model))))
+    heads = _heads(model, spec)
+    check_applies(model, spec.method, heads)
     if spec.method == "kasa":
         model = inject_distributed(model, kasa_config(spec, heads))
     elif spec.method == "fft":
         model.requires_grad_(True)
+    elif spec.method in OWN_METHODS:
+        prepare_own(model, spec.method, spec.r, spec.alpha, spec.dropout, spec.target_modules, heads)
+        if spec.method == "dylora":
+            schedule = RankSchedule(model, spec.r, seed=int(torch.randint(2**31 - 1, ())))
+            schedule.set_step(0)
+            return PreparedModel(model, spec, heads, rank_schedule=schedule)
     else:
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config(model, spec, heads))
+        if spec.method == "prefix":
+            generate_with_prefix(model)
         if spec.method == "milora":
             return PreparedModel(model, spec, heads, init_milora(model))
     return PreparedModel(model, spec, heads)
+
+
+def prepared_from_adapter(model: nn.Module) -> PreparedModel:
+    """The `PreparedModel` of a model adapted by ``kasa_peft.inject`` or ``load_adapter``: its one KaSA adapter,
+    active and unmerged, trained with that adapter's config (``beta``, ``gamma``, ``modules_to_save``, ...)."""
+    state = getattr(model, STATE_ATTRIBUTE, None)
+    if state is None or not state.configs:
+        raise ValueError(f"{type(model).__name__} has no KaSA adapter: adapt it first with kasa_peft.inject(model, "
+                         "KasaConfig(...)) or kasa_peft.load_adapter(model, DIR), or pass kasa_config=KasaConfig(...) "
+                         "to the trainer")
+    if len(state.configs) > 1 or state.active is None:
+        raise ValueError(f"the model holds the KaSA adapters {sorted(state.configs)} (active: {state.active!r}); a "
+                         "trainer trains exactly one: remove the others with kasa_peft.delete_adapter(model, NAME) "
+                         "and keep the one to train")
+    if any(layer.merged_adapter is not None for _, layer in kasa_layers(model)):
+        raise ValueError("the model's KaSA adapter is merged into its weights, so training would not change what it "
+                         "computes: call kasa_peft.unmerge(model) first")
+    config = state.configs[state.active]
+    return PreparedModel(model, kasa_method_spec(config), config.modules_to_save)
+
+
+def kasa_method_spec(config: KasaConfig) -> MethodSpec:
+    """The `MethodSpec` recording a KaSA adapter's training settings (the inverse of `kasa_config`)."""
+    return MethodSpec(method="kasa", **{name: getattr(config, name) for name in SPEC_FIELDS_OF_CONFIG})
+
+
+def write_method_file(directory: str | os.PathLike, spec: MethodSpec) -> None:
+    """Record the method of what ``directory`` holds (``METHOD_FILE``), which `load_trained` and the CLI read."""
+    write_text_atomically(Path(directory) / METHOD_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
 
 
 def check_method_fits_base(model: nn.Module, method: str) -> None:
@@ -220,11 +290,40 @@ def load_trained(base_model: nn.Module, directory: str | os.PathLike, method: st
     method = _check_recorded_method(directory, method)
     if method == "kasa":
         return load_adapter(base_model, directory)
+    for path in sorted(Path(directory).glob("*.bin")):  # PEFT / transformers read a .bin without naming it
+        if path.name != "training_args.bin":
+            check_tensor_file(path, "save the model again, as safetensors, or restore the file from a copy")
     if method == "fft":
         return _load_full_weights(base_model, directory)
+    if method in OWN_METHODS:
+        spec = _recorded_spec(directory)
+        prepare_own(base_model, method, spec.r, spec.alpha, spec.dropout, spec.target_modules, _heads(base_model, spec))
+        return load_trained_into(base_model, directory).requires_grad_(False)
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base_model, str(directory))  # pissa / peft-kasa redo their base change here
+    model = PeftModel.from_pretrained(base_model, str(directory))  # pissa / peft-kasa redo their base change here
+    if method == "prefix":
+        generate_with_prefix(model)
+    return model
+
+
+def _heads(model: nn.Module, spec: MethodSpec) -> tuple[str, ...]:
+    """The modules trained fully: ``spec.modules_to_save`` and a sequence classifier's head."""
+    return tuple(dict.fromkeys((*spec.modules_to_save, *classification_head_names(model))))
+
+
+def _recorded_spec(directory: str | os.PathLike) -> MethodSpec:
+    """The `MethodSpec` a run saved with its weights (our own baselines are rebuilt from it)."""
+    record = Path(directory) / METHOD_FILE
+    if not record.is_file():
+        raise FileNotFoundError(f"{directory} has no {METHOD_FILE}, which a baseline's saved weights need to be "
+                                "rebuilt: pass the directory a kasa-peft run wrote")
+    fields = {f.name for f in dataclasses.fields(MethodSpec)}
+    values = read_json_object(record, RECORD_FIX)
+    try:
+        return MethodSpec(**{k: v for k, v in values.items() if k in fields})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{record} is damaged ({err}): {RECORD_FIX}") from None
 
 
 def classification_head_names(model: nn.Module) -> tuple[str, ...]:
@@ -257,10 +356,15 @@ def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:
 
 def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...]):
     """The PEFT config of a baseline, with the spec's rank, scaling, dropout, targets and saved modules."""
-    from peft import AdaLoraConfig, LoraConfig
+    from peft import AdaLoraConfig, LoraConfig, PrefixTuningConfig, VeraConfig
     from peft import KasaConfig as PeftKasaConfig
 
     targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
+    if spec.method == "prefix":  # PEFT trains a sequence classifier's head itself
+        return PrefixTuningConfig(task_type=peft_task_type(model), num_virtual_tokens=spec.r)
+    if spec.method == "vera":
+        return VeraConfig(r=spec.r, target_modules=targets, vera_dropout=spec.dropout,
+                          modules_to_save=list(head_modules) or None, task_type=peft_task_type(model))
     common = dict(lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
                   modules_to_save=list(head_modules) or None, task_type=peft_task_type(model))
     if spec.method == "adalora":
@@ -383,7 +487,7 @@ def load_adalora_state(model: nn.Module, directory: str | os.PathLike) -> None:
         for name, param in model.named_parameters():
             if param.requires_grad:
                 param.copy_(state[f"param/{name}"])
-    saved_config = json.loads((Path(directory) / "adapter_config.json").read_text())
+    saved_config = read_json_object(Path(directory) / "adapter_config.json", RECORD_FIX)
     model.peft_config["default"].rank_pattern = saved_config.get("rank_pattern")
 
 
@@ -407,6 +511,12 @@ def _load_full_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Mod
     return model
 
 
+def recorded_method(directory: str | os.PathLike, method: str | None = None) -> str:
+    """The method recorded in ``directory`` (or ``method`` when there is no record); a mismatch, or a damaged
+    record, is an error. `load_trained` checks it too; call this to fail before loading a base model."""
+    return _check_recorded_method(directory, method)
+
+
 def _check_recorded_method(directory: str | os.PathLike, method: str | None) -> str:
     """The method recorded in ``directory`` (or ``method`` when there is no record); a mismatch is an error."""
     record = Path(directory) / METHOD_FILE
@@ -414,7 +524,10 @@ def _check_recorded_method(directory: str | os.PathLike, method: str | None) -> 
         if method is None:
             raise FileNotFoundError(f"{directory} has no {METHOD_FILE}: pass the training method explicitly")
         return method
-    recorded = json.loads(record.read_text())["method"]
+    recorded = read_json_object(record, RECORD_FIX).get("method")
+    if recorded not in METHODS:
+        raise ValueError(f"{record} is damaged: its 'method' is {recorded!r}, not one of {', '.join(METHODS)}: "
+                         f"{RECORD_FIX}")
     if method is not None and method != recorded:
         raise ValueError(f"{directory} holds a '{recorded}' run, not '{method}': pass method='{recorded}'")
     return recorded

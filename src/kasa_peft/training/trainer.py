@@ -1,4 +1,7 @@
-"""`KasaTrainer`: a ``transformers.Trainer`` that trains a `PreparedModel` the way its method is defined.
+"""KaSA in ``transformers.Trainer``: `KasaTrainerMixin`, for any Trainer subclass (TRL's too), and `KasaTrainer`.
+
+The mixin trains a `PreparedModel` (or a model adapted by ``kasa_peft.inject`` / ``load_adapter``) the way its
+method is defined:
 
 * the loss is ``task loss + beta * L2 + gamma * L3`` for ``kasa`` / ``peft-kasa`` (added automatically:
   forgetting it silently changes the method); ``task_loss``, ``reg_l2`` (``beta * L2``) and ``reg_l3``
@@ -8,27 +11,36 @@
 * checkpoints hold what `PreparedModel.save` writes (an adapter, not the base model) plus Trainer's
   optimizer, scheduler and RNG states; resuming and ``load_best_model_at_end`` read them back. Under
   DDP and FSDP (``kasa`` only) one complete adapter is written, by rank 0;
-* AdaLoRA's rank allocator runs after every optimizer step;
+* AdaLoRA's rank allocator runs after every optimizer step, DyLoRA draws its rank before each;
 * gradient accumulation averages a sequence classifier's loss over micro-batches (Trainer would sum them);
 * a non-finite training loss stops training with `NonFiniteLossError` at the step it appears, before that
   step's update or checkpoint, so no diverged adapter is saved.
+
+``class T(KasaTrainerMixin, SomeTrainer)`` and ``class T(SomeTrainer, KasaTrainerMixin)`` both work: the mixin is a
+``Trainer`` subclass, so it sits between ``SomeTrainer`` and ``Trainer`` in the second order, and it wraps the
+instance's ``compute_loss`` (whichever class defines it) rather than overriding it, because trainers such as TRL's
+compute their loss without calling ``super().compute_loss``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 import transformers
 from transformers import TrainerCallback
 from transformers.trainer import SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import nested_gather
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core import RegularizationTerms
+from ..core.files import reporting_full_disk
 from .loop import param_groups
-from .methods import PreparedModel, is_sequence_classifier, unwrap_peft
+from .methods import PreparedModel, is_sequence_classifier, prepared_from_adapter, unwrap_peft
 
 LOGGED_TERMS = ("task_loss", "reg_l2", "reg_l3")
 
@@ -37,16 +49,23 @@ class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite: training diverged."""
 
 
-class KasaTrainer(transformers.Trainer):
-    """``Trainer(*args, prepared=..., head_lr=None, **kwargs)``; the model is ``prepared.model``."""
+class KasaTrainerMixin(transformers.Trainer):
+    """``SomeTrainer``'s arguments plus ``prepared=None, head_lr=None``.
 
-    def __init__(self, *args, prepared: PreparedModel, head_lr: float | None = None, **kwargs) -> None:
-        if not args and "model" not in kwargs:
-            kwargs["model"] = prepared.model
-        model = args[0] if args else kwargs["model"]
-        if model is not prepared.model:
-            raise ValueError("KasaTrainer trains prepared.model: pass prepared=prepare_model(model, spec) and no "
-                             "other model")
+    The model is ``prepared.model``, or without ``prepared`` the ``model`` argument, which must carry exactly one
+    KaSA adapter, active and unmerged (``kasa_peft.inject`` / ``load_adapter``; its config gives ``beta``, ``gamma``
+    and ``modules_to_save``).
+    """
+
+    def __init__(self, *args, prepared: PreparedModel | None = None, head_lr: float | None = None, **kwargs) -> None:
+        model = args[0] if args else kwargs.get("model")
+        if prepared is None:
+            prepared = prepared_from_adapter(model)
+        elif model is None:
+            kwargs["model"] = model = prepared.model
+        elif model is not prepared.model:
+            raise ValueError(f"{type(self).__name__} trains prepared.model: pass prepared=prepare_model(model, spec) "
+                             "and no other model")
         with _adapters_declared(model):
             super().__init__(*args, **kwargs)
         if self.is_fsdp_enabled and prepared.spec.method != "kasa":
@@ -62,22 +81,27 @@ class KasaTrainer(transformers.Trainer):
         self._term_sums = torch.zeros(len(LOGGED_TERMS), dtype=torch.float64)
         self._term_steps: set[int] = set()
         self.add_callback(_AfterOptimizerStep(prepared))
+        self.compute_loss = self._regularized(self.compute_loss)  # module docstring: either base-class order
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The Trainer's task loss plus, in training, the method's regularization (module docstring)."""
-        task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                  num_items_in_batch=num_items_in_batch)
-        terms = self.prepared.regularization() if model.training else None
-        if terms is None:
-            return (task_loss, outputs) if return_outputs else task_loss
-        steps = getattr(self, "current_gradient_accumulation_steps", 1)  # set by Trainer's loop
-        # Trainer divides a per-batch loss by the accumulation steps itself; a loss already normalised over
-        # the accumulated batch is not divided, so the penalty must be (it counts once per optimizer step).
-        scaled = self._task_loss_scaled_for_accumulation(num_items_in_batch)
-        share = 1.0 / steps if scaled else 1.0
-        loss = task_loss + share * terms.total.to(task_loss.device)
-        self._record(task_loss.detach() * (1.0 if scaled else 1.0 / steps), terms, steps)
-        return (loss, outputs) if return_outputs else loss
+    def _regularized(self, task_loss_of: Callable) -> Callable:
+        """``compute_loss`` giving ``task_loss_of``'s loss plus, in training, the method's regularization."""
+
+        def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = task_loss_of(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            terms = self.prepared.regularization() if model.training else None
+            if terms is None:
+                return result
+            task_loss, outputs = result if return_outputs else (result, None)
+            steps = getattr(self, "current_gradient_accumulation_steps", 1)  # set by Trainer's loop
+            # Trainer divides a per-batch loss by the accumulation steps itself; a loss already normalised over
+            # the accumulated batch is not divided, so the penalty must be (it counts once per optimizer step).
+            scaled = self._task_loss_scaled_for_accumulation(num_items_in_batch)
+            share = 1.0 / steps if scaled else 1.0
+            loss = task_loss + share * terms.total.to(task_loss.device)
+            self._record(task_loss.detach() * (1.0 if scaled else 1.0 / steps), terms, steps)
+            return (loss, outputs) if return_outputs else loss
+
+        return compute_loss
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         """Trainer's step; raises `NonFiniteLossError` when its loss is NaN or infinite."""
@@ -147,11 +171,30 @@ class KasaTrainer(transformers.Trainer):
         if self.args.should_save:
             torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's; when the disk fills up (or a file-size limit is hit) mid-way, the partial checkpoint is
+        removed (a resume would skip it anyway) and the error names the file it was writing."""
+        checkpoint = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        try:
+            with reporting_full_disk(checkpoint):
+                super()._save_checkpoint(model, trial)
+        except OSError:
+            if self.args.should_save:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+            raise
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         self.prepared.load_checkpoint(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         self.prepared.load_checkpoint(self.state.best_model_checkpoint)
+
+
+class KasaTrainer(KasaTrainerMixin, transformers.Trainer):
+    """``Trainer(*args, prepared=..., head_lr=None, **kwargs)``; the model is ``prepared.model``."""
+
+    def __init__(self, *args, prepared: PreparedModel, head_lr: float | None = None, **kwargs) -> None:
+        super().__init__(*args, prepared=prepared, head_lr=head_lr, **kwargs)
 
 
 @contextlib.contextmanager
@@ -169,10 +212,14 @@ def _adapters_declared(model: torch.nn.Module) -> Iterator[None]:
 
 
 class _AfterOptimizerStep(TrainerCallback):
-    """Runs `PreparedModel.on_optimizer_step` after the optimizer step, while gradients are still there."""
+    """Runs `PreparedModel.on_optimizer_step` after the optimizer step, while gradients are still there (and
+    `PreparedModel.on_step_begin` before each step)."""
 
     def __init__(self, prepared: PreparedModel) -> None:
         self.prepared = prepared
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.prepared.on_step_begin(state.global_step)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.prepared.on_optimizer_step(state.global_step)  # 0-based: global_step is incremented afterwards

@@ -28,6 +28,7 @@ from ...core import merge_and_unload, set_adapter
 from ...core import KasaLayer, kasa_layers, read_adapter
 from ...core.model import saved_modules
 from ...models import ModelLoadError, load_base, resolve_model_path
+from ...models.gguf_file import read_gguf
 from ..base_model import adapted_model
 from .naming import GgufLayout
 from .writing import Field, Tensor, write_gguf
@@ -51,7 +52,7 @@ def export_merged_gguf(source: str | os.PathLike | nn.Module, out: str | os.Path
     base_model, found = gguf_base(source, base_model)
     with adapted_model(source, base_model, adapter_name) as (model, name):
         layout = GgufLayout.of(model.config)
-        reader = gguf.GGUFReader(base_gguf or require_gguf(found, base_model or model.config.name_or_path))
+        reader = read_gguf(base_gguf or require_gguf(found, base_model or model.config.name_or_path))
         changed = merged_tensors(model, name, layout)
         check_fits(reader, layout, changed)
         tensors = [output_tensor(t, changed.get(t.name), tensor_type) for t in reader.tensors]

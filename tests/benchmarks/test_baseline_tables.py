@@ -1,0 +1,45 @@
+"""The quality tables take the added baselines (issue 25): valid run settings, per-method settings and rates."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from quality import baselines_quick, commonsense, e2e, glue, harness  # noqa: E402
+
+from kasa_peft.pipelines.config import RunConfig  # noqa: E402
+from kasa_peft.training.method_names import BASELINES  # noqa: E402
+
+
+@pytest.mark.parametrize("table", [glue, e2e, commonsense, baselines_quick])
+def test_every_run_of_a_table_is_a_valid_run_config(table):
+    runs = table.runs()
+    for run in runs:
+        RunConfig(**run.settings, output_dir="out")  # an unknown method or setting raises here
+    harness.pending(runs, Path("/nonexistent"), "t")  # ids are unique
+
+
+def test_the_tables_hold_the_papers_baselines_of_their_family():
+    methods = {t: {run.labels["method"] for run in t.runs()} for t in (glue, e2e, commonsense)}
+    assert {"bitfit", "adapter-h", "adapter-p", "adapter-d", "dylora", "vera"} <= methods[glue]
+    assert {"fft", "ft-top2", "adapter-l", "adapter-h", "prefix"} <= methods[e2e]
+    assert {"prefix", "series", "parallel", "dora"} <= methods[commonsense]
+    assert set(BASELINES) <= methods[glue] | methods[e2e] | methods[commonsense]  # every added method has a table
+
+
+def test_existing_rows_keep_their_settings_so_their_records_stay_valid():
+    assert harness.method_settings("lora") == {"method": "lora"}
+    assert glue.settings("sst2", "lora", 0)["r"] == 8 and glue.settings("sst2", "vera", 0)["r"] == 256
+    assert glue.settings("sst2", "fft", 0)["lr"] == glue.FFT_LR
+    assert {r.settings["lr"] for r in e2e.runs() if r.labels["method"] in ("fft", "ft-top2")} == {e2e.FULL_LR}
+
+
+def test_a_methods_own_learning_rate_applies_and_is_reported(monkeypatch):
+    monkeypatch.setitem(harness.METHOD_LR, "prefix", 1e-2)
+    assert harness.method_settings("prefix") == {"method": "prefix", "lr": 1e-2}
+    assert {r.settings["lr"] for r in e2e.runs() if r.labels["method"] == "prefix"} == {1e-2}
+    assert "prefix at 0.01" in harness.own_rates(e2e.ROWS) and harness.own_rates(("lora",)) == ""

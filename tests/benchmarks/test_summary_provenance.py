@@ -1,0 +1,60 @@
+"""Summaries say which code and evaluation produced the runs of a row, and "not recorded" for old records."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from quality import summary  # noqa: E402
+
+A, B = "a" * 40, "b" * 40
+
+
+def record(method: str, seed: int, source: dict | None = None, evaluation: dict | None = None, **labels) -> dict:
+    run = {"device": "cpu"} | ({"source": source} if source is not None else {}) | (
+        {"evaluation": evaluation} if evaluation is not None else {})
+    return {"id": f"{method}-s{seed}", "labels": {"method": method, "seed": seed, **labels}, "run": run,
+            "machine": {"date": "2025-01-01", "cpu": "x", "cores": 2, "torch_threads": 1, "python": "3.11",
+                        "versions": {"torch": "2"}}}
+
+
+def test_a_run_is_named_by_its_commit_dirtiness_and_switches():
+    assert summary.provenance(record("lora", 0, {"commit": A, "dirty": False}, {})) == A[:12]
+    assert (summary.provenance(record("lora", 0, {"commit": A, "dirty": True}, {"option_scorer": "prompt-cache"}))
+            == f"{A[:12]}+dirty, option_scorer prompt-cache")
+    assert summary.provenance(record("lora", 0, {"commit": "unknown", "dirty": "unknown"}, {})).startswith(
+        "commit unknown")
+
+
+def test_old_records_say_not_recorded_rather_than_guess():
+    assert summary.provenance(record("lora", 0)) == "commit not recorded, evaluation switches not recorded"
+    note = summary.code_note([record("lora", 0), record("kasa", 1)])
+    assert note == ("Code and evaluation (git commit, switches): commit not recorded, evaluation switches not "
+                    "recorded for every run")
+
+
+def test_a_row_that_mixes_code_versions_lists_them_by_seed():
+    records = [record("lora", 0, {"commit": A, "dirty": False}, {}),
+               record("lora", 1, {"commit": B, "dirty": False}, {}), record("lora", 2),
+               record("kasa", 0, {"commit": A, "dirty": False}, {}),
+               record("kasa", 1, {"commit": A, "dirty": False}, {})]
+    note = summary.code_note(records)
+    assert note.startswith("Code and evaluation (git commit, switches) by row: ")
+    rows = note.split(": ", 1)[1].split(" | ")
+    assert rows == [f"lora **mixes code versions**: {A[:12]} (seed 0); {B[:12]} (seed 1); commit not recorded, "
+                    "evaluation switches not recorded (seed 2)",
+                    f"kasa: {A[:12]} (seeds 0, 1)"]
+
+
+def test_a_row_over_several_columns_names_its_runs():
+    records = [record("lora", 0, {"commit": A, "dirty": False}, {}, task="mrpc"),
+               record("lora", 0, {"commit": B, "dirty": False}, {}, task="rte")]
+    records[1]["id"] = "rte-lora-s0"
+    assert summary.code_note(records).endswith(f"lora **mixes code versions**: {A[:12]} (lora-s0); {B[:12]} "
+                                               "(rte-lora-s0)")
+
+
+def test_the_machine_line_carries_the_code_note():
+    assert summary.machine_line([record("lora", 0)]).endswith(summary.code_note([record("lora", 0)]))
