@@ -6,7 +6,7 @@ fresh KaSA adapter, which is also DPO's reference) generates for it, greedily. T
 evaluates the DPO reward margin (``beta * (log-ratio of chosen - log-ratio of rejected)``, policy against
 reference) on all pairs before training (0: the policy is the reference) and after.
 
-    nice -n 5 python benchmarks/trl_dpo_e2e.py [--pairs 16] [--max-steps 16] [--batch-size 2] [--lr 5e-4]
+    nice -n 5 python benchmarks/trl_dpo_e2e.py [--pairs 8] [--max-steps 16] [--batch-size 1] [--lr 5e-4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -55,14 +55,16 @@ def preference_pairs(model, tokenizer, data_dir: str, count: int, max_new_tokens
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--max-steps", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--beta", type=float, default=0.1, help="DPO's beta")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="length of the generated rejected texts")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     info = machine_info()
     info["versions"]["trl"] = __import__("trl").__version__
     model, tokenizer = load_model(MODEL, "causal_lm")

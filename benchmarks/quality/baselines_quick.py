@@ -12,6 +12,10 @@ class on SST-2 dev, and lower its training loss. ``lora`` is the reference row, 
 * SmolLM2 (``smollm2``) on ``commonsense:boolq``: ``prefix`` and ``parallel``, which need a causal LM with its MLP as
   one module, and ``lora``: ``LLM_STEPS`` steps of batch 4 (lr 3e-4, r = 8, cutoff 256), scored on
   ``LLM_TEST`` fixed test questions by option log-likelihood.
+
+A method whose score and loss barely moved at the shared rate gets one more run at another rate (``PROBES``,
+``LLM_PROBES``): a check that it learns at all, not a tuned rate for the tables (`harness.METHOD_LR` is where a
+table's recorded probe would go).
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ QUICK = Schedule(train_samples=TRAIN_SAMPLES, epochs=1, lr=1e-2)
 GLUE_METHODS = ("lora", "bitfit", "adapter-h", "adapter-p", "adapter-l", "adapter-d", "series", "ft-top2", "vera",
                 "dylora")
 LLM_METHODS = ("lora", "prefix", "parallel")
-# Second tries at another learning rate for the two methods that stayed at (or next to) the majority class at the
-# first rate (ft-top2 at glue.FFT_LR, vera at 1e-2): does the method learn at all on this budget?
+# Second tries at another learning rate for the methods whose score or loss barely moved at the first rate
+# (ft-top2 at glue.FFT_LR, vera at 1e-2; on boolq parallel and prefix at 3e-4): do they learn at all on this budget?
 PROBES = {"ft-top2": 1e-3, "vera": 5e-2}
+LLM_PROBES = {"parallel": 3e-3, "prefix": 1e-2}
 LLM_STEPS, LLM_TEST = 20, 40
 
 
@@ -51,6 +56,8 @@ def runs() -> list[Run]:
            "max_eval_samples": LLM_TEST, "num_beams": 1, "max_new_tokens": 16, "seed": 0}
     llm_runs = [Run(f"boolq-{method}-s0", {**llm, **method_settings(method)}, {"task": "boolq", "method": method})
                 for method in LLM_METHODS]
+    llm_runs += [Run(f"boolq-{method}-lr{lr:g}-s0", {**llm, **method_settings(method), "lr": lr},
+                     {"task": "boolq", "method": method}) for method, lr in LLM_PROBES.items()]
     return glue_runs + llm_runs
 
 

@@ -382,17 +382,19 @@ def _train(args: argparse.Namespace) -> Work:
 
 def _evaluate(args: argparse.Namespace) -> Work:
     from .pipelines.config import resolve_config
-    from .pipelines.run import read_run
+    from .pipelines.run import read_run, saved_by_a_trainer
 
     values = _run_values(args)
-    if args.run:
+    if args.run and not saved_by_a_trainer(args.run):
         recorded, adapter = read_run(args.run)["config"], args.run
-    elif args.adapter:
+    elif args.run or args.adapter:  # an adapter directory, or what a Trainer's save_model wrote (KasaSFTTrainer)
+        adapter = args.run or args.adapter
         missing = [f"--{name}" for name in ("model", "task") if name not in values]
         if missing:
-            raise ValueError(f"`kasa-peft eval --adapter DIR` needs {' and '.join(missing)}: the base model the "
-                             "adapter was trained on and the task to evaluate it on")
-        recorded, adapter = {}, args.adapter
+            raise ValueError(f"`kasa-peft eval` of the adapter in {adapter} (no run record there) needs "
+                             f"{' and '.join(missing)}: the base model the adapter was trained on and the task to "
+                             "evaluate it on")
+        recorded = {}
     elif "model" in values and "task" in values:
         recorded, adapter = {}, None  # the base model as it is
     else:

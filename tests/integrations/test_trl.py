@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from core.helpers import truncated_copy
-from support import TARGETS, messages, preferences, prompt_completion, save_tiny_model, text, tokenizer
+from support import PAIRS, TARGETS, messages, preferences, prompt_completion, save_tiny_model, text, tokenizer
 from tiny_models import tiny_llama, token_batch
 from training.test_methods import independent_kasa_terms, perturb_trainable
 from training.test_trainer import StopAt
@@ -238,6 +238,30 @@ def test_the_saved_folder_is_read_by_export_and_load_trained(tmp_path):
     exported = export_command(tmp_path / "final", "lora", tmp_path / "lora")
     assert (exported / "adapter_config.json").is_file()
 
+
+
+def test_eval_run_reads_the_saved_folder_as_eval_adapter_does(tmp_path, capsys):
+    """A trainer's output folder has no run record of `kasa-peft train`: `eval --run` evaluates its adapter, exactly
+    as `eval --adapter` does with the same base and task, and without --task it says what is missing."""
+    import json
+
+    from pipelines.helpers import run_cli
+
+    trainer = sft(tmp_path)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    base = save_tiny_model(tmp_path / "base")
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in PAIRS[:2]))
+    common = ("--model", base, "--task", "sft", "--train-file", eval_file, "--eval-file", eval_file,
+              "--max-new-tokens", 4)
+    capsys.readouterr()  # what training printed
+    by_run = run_cli(capsys, "eval", "--run", tmp_path / "final", *common)
+    by_adapter = run_cli(capsys, "eval", "--adapter", tmp_path / "final", *common)
+    assert by_run.code == by_adapter.code == 0, by_run.err + by_adapter.err
+    assert json.loads(by_run.out) == json.loads(by_adapter.out)
+    missing = run_cli(capsys, "eval", "--run", tmp_path / "final", "--model", base)
+    assert missing.code != 0 and "needs --task" in missing.err
 
 # --- composing and bad input ---------------------------------------------------------------------------------------
 

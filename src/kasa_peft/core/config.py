@@ -8,7 +8,7 @@ import numbers
 import re
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 Regularizer = Literal["paper", "reference"]
 Reduction = Literal["mean", "sum"]
@@ -95,9 +95,9 @@ class KasaConfig:
                    f"{name} must be a finite number >= 0 (it weights a penalty), got {value!r}")
         for name in ("use_rslora", "learn_sigma"):
             _check(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name, kind in (("r", int), ("alpha", float), ("dropout", float), ("beta", float), ("gamma", float)):
+        for name, plain in (("r", int), ("alpha", float), ("dropout", float), ("beta", float), ("gamma", float)):
             if type(getattr(self, name)) not in (int, float):  # e.g. numpy scalars, which JSON cannot write
-                object.__setattr__(self, name, kind(getattr(self, name)))
+                object.__setattr__(self, name, plain(getattr(self, name)))
         for name, kind in (("regularizer", Regularizer), ("reduction", Reduction), ("truncation", TruncationMethod),
                            ("sigma_init", SigmaInit)):
             choices, value = typing.get_args(kind), getattr(self, name)
@@ -152,12 +152,12 @@ class KasaConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _is_integer(value: object) -> bool:
+def _is_integer(value: object) -> TypeGuard[int]:
     """An integer that is not a ``bool`` (``True`` is an int in Python, never a rank)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     """A real number that is not a ``bool``."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

@@ -249,7 +249,8 @@ def _check_metadata(source: Path, metadata: dict) -> None:
     require(isinstance(metadata["adapter_name"], str), f"adapter_name {metadata['adapter_name']!r} is not a string")
     require(isinstance(metadata["config"], dict), f"config {metadata['config']!r} is not a mapping of settings")
     layers, modules = metadata["layers"], metadata["modules_to_save"]
-    require(isinstance(layers, dict) and layers, "layers must map each adapted layer's name to its [out, in] shape")
+    require(isinstance(layers, dict) and bool(layers),
+            "layers must map each adapted layer's name to its [out, in] shape")
     for name, shape in layers.items():
         require(_is_module_name(name), f"layer name {name[:80]!r} is not a module name")
         require(isinstance(shape, list) and len(shape) == 2 and all(_is_count(n) and n > 0 for n in shape),

@@ -19,8 +19,8 @@ import numpy as np
 VT = gguf.GGUFValueType
 # the fewest bytes one item of each type takes in a GGUF array (a string: its 8-byte length; an array: its
 # 4-byte type and 8-byte count)
-SMALLEST_ITEM = {VT.STRING: 8, VT.ARRAY: 12, **{kind: np.dtype(dtype).itemsize
-                                                 for kind, dtype in gguf.GGUFReader.gguf_scalar_to_np.items()}}
+SMALLEST_ITEM: dict[int, int] = {VT.STRING: 8, VT.ARRAY: 12, **{
+    int(kind): np.dtype(dtype).itemsize for kind, dtype in gguf.GGUFReader.gguf_scalar_to_np.items()}}
 
 
 class _CheckedReader(gguf.GGUFReader):

@@ -293,6 +293,13 @@ def _incomplete(checkpoint: Path) -> str | None:
     return None
 
 
+def saved_by_a_trainer(directory: str | Path) -> bool:
+    """Whether ``directory`` is what a Trainer's ``save_model`` wrote (``KasaSFTTrainer``, ``KasaDPOTrainer``, a
+    ``KasaTrainerMixin`` trainer): an adapter with its method record, but no run record of ``kasa-peft train``."""
+    directory = Path(directory)
+    return (directory / METHOD_FILE).is_file() and not (directory / METRICS_FILE).is_file()
+
+
 def read_run(run_dir: str | Path) -> dict[str, Any]:
     """The ``metrics.json`` of a finished run."""
     path = Path(run_dir) / METRICS_FILE
