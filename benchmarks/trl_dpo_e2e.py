@@ -1,10 +1,12 @@
 """Issue 24: DPO with ``KasaDPOTrainer`` on preference pairs built from the shared E2E data, on SmolLM2-135M.
 
 Each pair is a distinct MR (a fixed subset of ``e2e/train.csv``): the prompt is the MR as the CLI's E2E pipeline
-renders it (chat template), ``chosen`` its first human reference, ``rejected`` what the untrained policy (the
-fresh KaSA adapter, which is also DPO's reference) generates for it, greedily. The run trains a few dozen steps and
-evaluates the DPO reward margin (``beta * (log-ratio of chosen - log-ratio of rejected)``, policy against
-reference) on all pairs before training (0: the policy is the reference) and after.
+renders it (chat template), ``chosen`` its first human reference, ``rejected`` what the untrained model (the base,
+before any adapter) generates for it, greedily: a fluent but unfaithful description. (The fresh KaSA policy itself,
+DPO's reference, writes no usable text on SmolLM2: the paper's truncation removes up to 10% of some value
+projections' norm.) A fresh KaSA adapter then trains a few steps, and the DPO reward margin (``beta *
+(log-ratio of chosen - log-ratio of rejected)``, policy against reference) is evaluated on all pairs before
+training (0: the policy is the reference) and after.
 
     nice -n 5 python benchmarks/trl_dpo_e2e.py [--pairs 8] [--max-steps 16] [--batch-size 1] [--lr 5e-4] [--threads 1]
 """
@@ -68,9 +70,9 @@ def main() -> None:
     info = machine_info()
     info["versions"]["trl"] = __import__("trl").__version__
     model, tokenizer = load_model(MODEL, "causal_lm")
+    pairs = preference_pairs(model, tokenizer, args.data_dir, args.pairs, args.max_new_tokens)
     set_seed(SEED)
     kasa_peft.inject(model, kasa_peft.KasaConfig(r=8, alpha=16.0, target_modules=TARGETS))
-    pairs = preference_pairs(model, tokenizer, args.data_dir, args.pairs, args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         config = DPOConfig(tmp, learning_rate=args.lr, beta=args.beta, max_steps=args.max_steps,
                            per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
@@ -99,7 +101,7 @@ def markdown(record: dict, info: dict) -> str:
     lines = ["# DPO with KasaDPOTrainer on E2E preference pairs", "",
              f"{machine_sentence(info, ('torch', 'transformers', 'peft', 'trl'))} SmolLM2-135M, a fresh KaSA adapter "
              f"(r=8 on {', '.join(TARGETS)}), {settings['pairs']} pairs (chosen: the human reference; rejected: the "
-             f"untrained policy's greedy output, at most {settings['max_new_tokens']} tokens), DPO beta "
+             f"untrained base model's greedy output, at most {settings['max_new_tokens']} tokens), DPO beta "
              f"{settings['beta']}, lr {settings['lr']}, batch {settings['batch_size']}, {settings['max_steps']} "
              "steps. Evaluation on all pairs, policy against its reference (the adapter as training started):", "",
              "| | DPO loss | reward margin | reward accuracy | chosen reward | rejected reward |",

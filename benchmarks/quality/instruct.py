@@ -20,23 +20,25 @@ process's own, which that load disturbs least):
 
 * ``benchmarks/results/quality/instruct/budget.md``: the base model on 16 fixed IFEval prompts at 512 new tokens.
   The 6 responses that stop do so within 166 tokens; the other 10 had not stopped at 512. The four IFEval scores
-  of the sample are the same at 128, 256, 384 and 512 tokens: a larger budget buys tokens, not verdicts. Decoding ran
-  at 36.8 kept tokens per CPU second (1 thread, batch 8), so all 541 prompts take about 0.75 CPU hours at 256
-  tokens, 1.1 at 384, 1.4 at 512 (1280: at least 3.4).
+  of the sample are the same at 128, 256, 384 and 512 tokens: a larger budget buys tokens, not verdicts.
+  Decoding ran at 36.8 kept tokens per CPU second (1 thread, batch 8), so all 541 prompts take about 0.75 CPU
+  hours at 256 tokens, 1.1 at 384, 1.4 at 512 (1280: at least 3.4).
 * Batch 32 rather than 8: on these CPUs a decoding step costs nearly as much for one row as for many (SmolLM2,
   one thread, a 300-token cache: 87 ms for 1 row, 142 for 8, 201 for 16, 299 for 32), so rows per step are what
-  buys speed; continuous batching keeps the batch full while the prompts last (``benchmarks/results/decoding.md``
-  compares both batch sizes with ``generate``). The estimates below are at batch 8, so an upper bound.
+  buys speed, and continuous batching keeps the batch full while prompts wait. ``benchmarks/results/decoding.md``
+  (32 of these prompts, 256 tokens): 81 kept tokens per CPU second at batch 32, 2.3x `generate` at batch 8 and
+  1.34x `generate` at batch 32, with token-identical responses. At that speed all 541 prompts take about 0.35 CPU
+  hours at 256 tokens.
 * 256 rather than 128: 29 IFEval prompts ask for at least 180 words, which do not fit in 128 tokens; 25 of them ask
   for at least 270 words, which no budget below 384 holds, so they are failed by every method alike whichever of
   256 and 384 is chosen, while 384 costs about half as much again.
 * Training: 13-19 CPU seconds per step of 8 examples cut at 256 tokens (lora, the longest batches first), so 50
   steps cost at most about 0.25 CPU hours a run. 2000 examples at 512 tokens (the earlier setting) would cost
   about 3 CPU hours a run.
-* The grid: 15 trainings (at most 3.5 CPU hours), 16 IFEval evaluations (about 12), 16 ROUGE-L evaluations (at
-  most 4, were every response cut at 128 tokens): about 19 CPU hours, 10 hours of the two cores with two runs at
-  a time (``--jobs 2 --threads 1``). Should that be too long, ``EVAL_PROMPTS = 256`` halves the evaluations (a
-  fixed subset, ``--max-eval-samples``, of both the IFEval prompts and the held-out tasks).
+* The grid: 15 trainings (at most 3.5 CPU hours), 16 IFEval evaluations (about 5.5), 16 ROUGE-L evaluations (at
+  most 2, were every response cut at 128 tokens): about 11 CPU hours, under 6 hours of the two cores with two
+  runs at a time (``--jobs 2 --threads 1``) when nothing else runs. ``EVAL_PROMPTS = 256`` would halve the
+  evaluations (a fixed subset, ``--max-eval-samples``, of both the IFEval prompts and the held-out tasks).
 
 A response cut at the budget fails length and ending instructions for every method alike, so the table reports per
 method how many of its responses hit the budget (``budget_hits``) and scores the prompts no run cut off

@@ -43,6 +43,7 @@ def test_train_then_eval_scores_ifeval(cli, llama_dir, files, tmp_path):
     assert result.code == 0, result.err
     record = json.loads((out / "metrics.json").read_text())
     assert record["main_metric"] == "prompt_level_strict_acc"
+    assert record["evaluation"] == {"greedy_decoder": "continuous batching"}  # the record says how it decoded
     rows = read_jsonl(out / "ifeval_generations.jsonl")
     assert [r["key"] for r in rows] == [1, 2]
     prompts = [IFEvalPrompt(p["key"], p["prompt"], tuple(p["instruction_id_list"]), tuple(p["kwargs"]))

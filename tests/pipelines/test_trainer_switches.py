@@ -145,7 +145,7 @@ def test_tensorboard_event_files_hold_the_kasa_terms(config):
     ("tensorboard,none", "--report-to 'none' is not a logging backend"),
     ("mlflow", "--report-to mlflow: the mlflow package is not installed: `pip install mlflow`, or train with "
                "--report-to none"),
-])
+], ids=["unknown", "all", "none-among-others", "not-installed"])
 def test_an_unsupported_report_to_is_refused_with_one_line_and_nothing_written(report_to, message, cli, bert_dir,
                                                                                tmp_path, monkeypatch):
     import kasa_peft.pipelines.reporting as reporting

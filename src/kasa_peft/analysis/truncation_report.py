@@ -18,7 +18,7 @@ import statistics
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -108,10 +108,10 @@ def read_truncation(model: nn.Module, adapter_name: str = "default", spectra: bo
     for name, layer in kasa_layers(model):
         if adapter_name not in layer.adapters:
             continue
-        adapter = layer.adapters[adapter_name]
+        adapter = layer.adapter(adapter_name)
         weight = original_weight(layer)
         singular_values = torch.linalg.svdvals(weight.detach().double()).tolist() if spectra else None
-        layers.append(LayerTruncation(name, tuple(weight.shape), adapter.dropped_rank,
+        layers.append(LayerTruncation(name, cast(tuple[int, int], tuple(weight.shape)), adapter.dropped_rank,
                                       dropped_share(weight, DroppedComponents(adapter.dropped_us, adapter.dropped_vt)),
                                       singular_values))
     budget = config.drop_target()[1]
@@ -136,9 +136,10 @@ def format_truncation_report(report: TruncationReport) -> str:
         lines.append(f"{m.module:<{width}}  {shape:>9}  {m.mean_share:>13.2%}  {m.max_share:>12.2%}  "
                      f"{m.worst_layer:<{worst_width}}  {' '.join(map(str, m.dropped))}")
     if report.base_loss is not None:
+        truncated_loss = cast(float, report.truncated_loss)  # with_losses sets both
         lines += ["", f"loss on {report.loss_examples} training examples: base model {report.base_loss:.4f}, "
-                      f"truncated untrained model {report.truncated_loss:.4f} "
-                      f"({report.truncated_loss - report.base_loss:+.4f})"]
+                      f"truncated untrained model {truncated_loss:.4f} "
+                      f"({truncated_loss - report.base_loss:+.4f})"]
     return "\n".join(lines)
 
 
@@ -167,7 +168,7 @@ def plot_spectra(report: TruncationReport, png_path: str | os.PathLike, dpi: int
                 axis.plot(positions, values[first:], linewidth=0.8, alpha=0.6)
                 if layer.dropped:
                     axis.plot([k - layer.dropped + 1], [values[k - layer.dropped]], "o", color="black", markersize=3)
-            k = len(layers[0].singular_values)
+            k = len(cast(list[float], layers[0].singular_values))  # checked above: every layer has spectra
             axis.axvline(k - report.r + 0.5, color="red", linestyle="--", linewidth=1)
             axis.set_yscale("log")
             axis.set_xlabel("index i (descending)")

@@ -35,7 +35,7 @@ def temporary_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}."
 
 
-def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_file_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(temporary)``, flush the result to disk, and rename it to ``path``.
 
     ``temporary`` lies in a private staging directory ``.<name>.<pid>.<random>.tmp``, so whatever the writer

@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -376,7 +377,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
         with torch.no_grad():
             for layer_name, layer in kasa_layers(model):
                 if layer_name in layers:
-                    adapter = layer.adapters[name]
+                    adapter = layer.adapter(name)
                     for key in ("A", "B", "sigma"):
                         getattr(adapter, key).copy_(tensors[f"{layer_name}.{key}"])
                     adapter.sigma_init.copy_(tensors.get(f"{layer_name}.sigma_init", torch.tensor(float("nan"))))
@@ -402,26 +403,28 @@ def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str
     metadata, tensors = read_adapter(path)
     state = kasa_state(model)
     name = adapter_name or state.active
-    layers = {layer_name: layer for layer_name, layer in kasa_layers(model) if name in layer.adapters}
+    layers = {layer_name: layer for layer_name, layer in kasa_layers(model)
+              if name is not None and name in layer.adapters}
     fix = "resume with the settings the run was started with, or load it onto a fresh model with load_adapter"
     if set(layers) != set(metadata["layers"]):
         raise ValueError(f"{path} adapts other layers than adapter '{name}' of this model: {fix}")
+    adapted = cast(str, name)  # not None wherever a layer below is visited: the layers are those it adapts
     for layer_name, layer in layers.items():
         for key in ("sigma", "dropped_us"):
-            saved, current = tensors[f"{layer_name}.{key}"].shape[-1], getattr(layer.adapters[name], key).shape[-1]
+            saved, current = tensors[f"{layer_name}.{key}"].shape[-1], getattr(layer.adapter(adapted), key).shape[-1]
             if saved != current:
                 what = "rank" if key == "sigma" else "dropped rank d"
                 raise ValueError(f"{path} has {what} {saved} at '{layer_name}', adapter '{name}' has {current}: {fix}")
     for layer_name, layer in layers.items():
-        adapter = layer.adapters[name]
+        adapter = layer.adapter(adapted)
         for key in ADAPTER_TENSORS:
             if f"{layer_name}.{key}" in tensors:
                 copy_full_into(getattr(adapter, key), tensors[f"{layer_name}.{key}"])
     for module_name, wrapper in saved_modules(model):
-        if module_name in metadata["modules_to_save"] and name in wrapper.copies:
-            saved = _saved_copy(tensors, module_name)
+        if module_name in metadata["modules_to_save"] and name is not None and name in wrapper.copies:
+            saved_copy = _saved_copy(tensors, module_name)
             for key, value in wrapper.copies[name].state_dict(keep_vars=True).items():
-                copy_full_into(value, saved[key])
+                copy_full_into(value, saved_copy[key])
     return model
 
 

@@ -22,7 +22,7 @@ import math
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from torch import nn
 from .config import KasaConfig
 from .quantized import check_readable, looks_quantized, quantized_support, set_stored_weight, stored_weight
 from .truncation import DroppedComponents
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 def conv1d_class() -> type | None:
@@ -56,6 +59,11 @@ def is_transposed(module: nn.Module) -> bool:
     return not isinstance(module, nn.Linear)
 
 
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """The ``weight`` tensor a layer stores (as stored: (in, out) for ``Conv1D``, packed for a quantized layer)."""
+    return cast(torch.Tensor, module.weight)
+
+
 def weight_matrix(module: nn.Module, layer_name: str = "") -> torch.Tensor:
     """The layer's weight as an (out, in) matrix: a view (no copy) of a float weight; for a quantized layer a new
     float tensor, the dequantized weight the layer computes with (an unsupported quantized layer raises)."""
@@ -63,18 +71,19 @@ def weight_matrix(module: nn.Module, layer_name: str = "") -> torch.Tensor:
     support = quantized_support(module)
     if support is not None:
         return support.dequantize(stored_weight(module, support))
-    return module.weight.T if is_transposed(module) else module.weight
+    weight = layer_weight(module)
+    return weight.T if is_transposed(module) else weight
 
 
 def weight_shape(module: nn.Module) -> tuple[int, int]:
     """``(out, in)`` of a supported layer, without dequantizing a quantized one."""
     if quantized_support(module) is not None:
-        return module.out_features, module.in_features
-    return tuple(weight_matrix(module).shape)
+        return cast(int, module.out_features), cast(int, module.in_features)
+    return cast(tuple[int, int], tuple(weight_matrix(module).shape))
 
 
 def is_half_precision(module: nn.Module) -> bool:
-    return quantized_support(module) is None and module.weight.element_size() < 4
+    return quantized_support(module) is None and layer_weight(module).element_size() < 4
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -93,7 +102,8 @@ def copy_full_into(target: torch.Tensor, value: torch.Tensor) -> None:
     if hasattr(target, "device_mesh"):
         from torch.distributed.tensor import distribute_tensor
 
-        value = distribute_tensor(value.to(target.device, target.dtype), target.device_mesh, target.placements,
+        sharded = cast("DTensor", target)
+        value = distribute_tensor(value.to(target.device, target.dtype), sharded.device_mesh, sharded.placements,
                                   src_data_rank=None)
     target.copy_(value)
 
@@ -107,6 +117,11 @@ class KasaAdapter(nn.Module):
     """One adapter of one layer: trainable ``A``, ``B``, ``sigma``, the frozen dropped components (``d`` of them,
     the width of ``dropped``'s factors) and ``sigma_init``, the values ``sigma`` started from (NaN where unknown,
     e.g. an adapter imported from PEFT), so what training changed can be shown."""
+
+    sigma: torch.Tensor  # an nn.Parameter, or a buffer when sigma is not learnt
+    sigma_init: torch.Tensor
+    dropped_us: torch.Tensor
+    dropped_vt: torch.Tensor
 
     def __init__(self, in_features: int, out_features: int, config: KasaConfig, dropped: DroppedComponents,
                  dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> None:
@@ -171,8 +186,12 @@ class KasaLayer(nn.Module):
     def in_features(self) -> int:
         return weight_shape(self.base_layer)[1]
 
+    def adapter(self, name: str) -> KasaAdapter:
+        """The adapter ``name`` of this layer (``KeyError`` if that adapter does not adapt it)."""
+        return cast(KasaAdapter, self.adapters[name])
+
     def add_adapter(self, name: str, config: KasaConfig, dropped: DroppedComponents) -> KasaAdapter:
-        weight = self.base_layer.weight
+        weight = layer_weight(self.base_layer)
         dtype = torch.float32 if quantized_support(self.base_layer) is not None else adapter_dtype(weight.dtype)
         adapter = KasaAdapter(self.in_features, self.out_features, config, dropped, dtype=dtype, device=weight.device)
         self.adapters[name] = adapter
@@ -184,22 +203,23 @@ class KasaLayer(nn.Module):
             return y
         if self.per_example_adapters is not None:
             return self._forward_per_example(x, y)
-        if self.active_adapter not in self.adapters:  # none active, or the active one does not adapt this layer
+        if self.active_adapter is None or self.active_adapter not in self.adapters:  # none active, or not here
             return y
-        return y + self.adapters[self.active_adapter](x).to(y.dtype)
+        return y + self.adapter(self.active_adapter)(x).to(y.dtype)
 
     def _forward_per_example(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         names = self.per_example_adapters
+        assert names is not None  # forward calls this only within adapters_per_example
         if len(names) != x.shape[0]:
             raise ValueError(f"adapters_per_example got {len(names)} names for a batch of {x.shape[0]} examples")
         y = y.clone()
-        for name in dict.fromkeys(n for n in names if n in self.adapters):
+        for name in dict.fromkeys(n for n in names if n is not None and n in self.adapters):
             rows = torch.tensor([i for i, n in enumerate(names) if n == name], device=x.device)
             y[rows] += self.adapters[name](x[rows]).to(y.dtype)
         return y
 
     def _add_to_weight(self, delta: torch.Tensor) -> None:
-        weight = self.base_layer.weight
+        weight = layer_weight(self.base_layer)
         oriented = delta.T if is_transposed(self.base_layer) else delta
         weight.data = (weight.data.to(delta.dtype) + oriented.to(weight.device)).to(weight.dtype)
 
@@ -216,19 +236,19 @@ class KasaLayer(nn.Module):
         kept (an eighth of a float32 copy for 4 bits). ``keep_replaced=False`` keeps nothing (for
         ``merge_and_unload``: no unmerge follows).
         """
-        if self.merged_adapter is not None or self.active_adapter not in self.adapters:
+        if self.merged_adapter is not None or self.active_adapter is None or self.active_adapter not in self.adapters:
             return
-        delta = self.adapters[self.active_adapter].delta_weight()
+        delta = self.adapter(self.active_adapter).delta_weight()
         support = quantized_support(self.base_layer)
         if support is not None:
             warnings.warn(f"merging a KaSA adapter into a {support.description} requantizes its weight: the merged "
                           "model computes the adapter only up to the base's rounding (unmerge restores the base "
                           "exactly)", stacklevel=3)
-            replaced = stored_weight(self.base_layer, support)
-            merged = weight_matrix(self.base_layer).to(delta.dtype) + delta.to(self.base_layer.weight.device)
+            replaced: dict[str, Any] | None = stored_weight(self.base_layer, support)
+            merged = weight_matrix(self.base_layer).to(delta.dtype) + delta.to(layer_weight(self.base_layer).device)
             set_stored_weight(self.base_layer, support.quantize(self.base_layer, merged))
         else:
-            replaced = {"data": self.base_layer.weight.data} if is_half_precision(self.base_layer) else None
+            replaced = {"data": layer_weight(self.base_layer).data} if is_half_precision(self.base_layer) else None
             self._add_to_weight(delta)
         self.replaced_by_merge = replaced if keep_replaced else None
         self.merged_adapter = self.active_adapter
@@ -238,7 +258,7 @@ class KasaLayer(nn.Module):
         if self.merged_adapter is None:
             return
         if self.replaced_by_merge is None:
-            self._add_to_weight(-self.adapters[self.merged_adapter].delta_weight())
+            self._add_to_weight(-self.adapter(self.merged_adapter).delta_weight())
         elif "data" in self.replaced_by_merge:
             self.base_layer.weight.data = self.replaced_by_merge["data"]
         else:

@@ -6,7 +6,7 @@ import contextlib
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -43,6 +43,11 @@ def kasa_layers(model: nn.Module) -> Iterator[tuple[str, KasaLayer]]:
 
 def saved_modules(model: nn.Module) -> Iterator[tuple[str, ModulesToSave]]:
     return ((name, m) for name, m in unwrapped_modules(model) if isinstance(m, ModulesToSave))
+
+
+def adapter_wrappers(model: nn.Module) -> list[tuple[str, KasaLayer | ModulesToSave]]:
+    """Every `KasaLayer`, then every `ModulesToSave`: the modules that hold adapters, by name."""
+    return [*kasa_layers(model), *saved_modules(model)]
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
@@ -212,7 +217,7 @@ def set_adapter(model: nn.Module, adapter_name: str) -> None:
         raise ValueError("an adapter is merged into the weights: call kasa_peft.unmerge(model) before switching")
     for param in model.parameters():
         param.requires_grad_(False)
-    for _, module in [*kasa_layers(model), *saved_modules(model)]:
+    for _, module in adapter_wrappers(model):
         module.active_adapter = adapter_name
     for param in _adapter_parameters(model, adapter_name):
         param.requires_grad_(True)
@@ -233,9 +238,9 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     state = kasa_state(model)
     if adapter_name not in state.configs:
         raise ValueError(f"no adapter named '{adapter_name}'; this model has {sorted(state.configs)}")
-    for _, module in [*kasa_layers(model), *saved_modules(model)]:
+    for _, module in adapter_wrappers(model):
         if getattr(module, "merged_adapter", None) == adapter_name:
-            module.unmerge()
+            cast(KasaLayer, module).unmerge()  # only a KasaLayer merges
         container = module.adapters if isinstance(module, KasaLayer) else module.copies
         if adapter_name in container:
             container.pop(adapter_name)  # nn.ModuleDict.pop takes no default
@@ -310,7 +315,7 @@ def _restore(model: nn.Module, before: _Snapshot) -> None:
         if isinstance(module, (KasaLayer, ModulesToSave)) and name not in before.wrappers:
             _replace(model, name, module.base_layer if isinstance(module, KasaLayer) else module.original)
         elif name in before.wrappers:
-            module.active_adapter = before.wrappers[name]
+            cast("KasaLayer | ModulesToSave", module).active_adapter = before.wrappers[name]  # a wrapper then
     if before.state is None:
         if hasattr(model, STATE_ATTRIBUTE):
             delattr(model, STATE_ATTRIBUTE)
@@ -348,7 +353,7 @@ def computing_with(model: nn.Module, adapter_name: str) -> Iterator[nn.Module]:
     state = kasa_state(model)
     if adapter_name not in state.configs:
         raise ValueError(f"no adapter named '{adapter_name}'; this model has {sorted(state.configs)}")
-    modules = [m for _, m in [*kasa_layers(model), *saved_modules(model)]]
+    modules = [m for _, m in adapter_wrappers(model)]
     if any(getattr(m, "merged_adapter", None) is not None for m in modules):
         raise ValueError("an adapter is merged into the weights: call kasa_peft.unmerge(model) before switching")
     previous = [(m, m.active_adapter) for m in modules]
@@ -368,10 +373,10 @@ def computing_with(model: nn.Module, adapter_name: str) -> Iterator[nn.Module]:
 def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block the model computes exactly as the original (merged adapters are unmerged first: bit-exact
     except on a float32 / float64 weight, restored to float32 rounding, see `KasaLayer.merge`)."""
-    modules = [m for _, m in [*kasa_layers(model), *saved_modules(model)]]
-    remerge = [m for m in modules if getattr(m, "merged_adapter", None) is not None]
-    for module in remerge:
-        module.unmerge()
+    modules = [m for _, m in adapter_wrappers(model)]
+    remerge = [cast(KasaLayer, m) for m in modules if getattr(m, "merged_adapter", None) is not None]  # layers
+    for layer in remerge:
+        layer.unmerge()
     for module in modules:
         module.disabled = True
     try:
@@ -379,8 +384,8 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module in modules:
             module.disabled = False
-        for module in remerge:
-            module.merge()
+        for layer in remerge:
+            layer.merge()
 
 
 @contextlib.contextmanager
@@ -390,7 +395,7 @@ def adapters_per_example(model: nn.Module, adapter_names: Sequence[str | None]) 
     unknown = sorted({n for n in adapter_names if n is not None} - known)
     if unknown:
         raise ValueError(f"unknown adapter names {unknown}; this model has {sorted(known)}")
-    modules = [m for _, m in [*kasa_layers(model), *saved_modules(model)]]
+    modules = [m for _, m in adapter_wrappers(model)]
     if any(getattr(m, "merged_adapter", None) is not None for m in modules):
         raise ValueError("per-example adapters need unmerged weights: call kasa_peft.unmerge(model) first")
     names = list(adapter_names)
@@ -465,7 +470,7 @@ def trainable_parameters(model: nn.Module) -> ParameterCount:
 
 def dropped_components(model: nn.Module, adapter_name: str) -> dict[str, DroppedComponents]:
     """The dropped components of one adapter, by layer name (what ``inject(dropped=...)`` takes)."""
-    return {name: DroppedComponents(layer.adapters[adapter_name].dropped_us, layer.adapters[adapter_name].dropped_vt)
+    return {name: DroppedComponents(layer.adapter(adapter_name).dropped_us, layer.adapter(adapter_name).dropped_vt)
             for name, layer in kasa_layers(model) if adapter_name in layer.adapters}
 
 
@@ -480,4 +485,4 @@ def original_weight(layer: KasaLayer) -> torch.Tensor:
     weight = weight_matrix(layer.base_layer)
     if layer.merged_adapter is None:
         return weight
-    return (weight.float() - layer.adapters[layer.merged_adapter].delta_weight()).to(weight.dtype)
+    return (weight.float() - layer.adapter(layer.merged_adapter).delta_weight()).to(weight.dtype)

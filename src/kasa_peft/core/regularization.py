@@ -13,7 +13,7 @@ the active adapter. The reference form is the authors' script; it is evaluated t
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -66,10 +66,11 @@ def regularization_terms(model: nn.Module) -> RegularizationTerms:
     """KaSA's L2 and L3 terms for the active adapter (zero when none is active, disabled or merged)."""
     state = kasa_state(model)
     adapters: list[KasaAdapter] = [
-        layer.adapters[layer.active_adapter] for _, layer in kasa_layers(model)
-        if layer.active_adapter in layer.adapters and not layer.disabled and layer.merged_adapter is None
+        layer.adapter(layer.active_adapter) for _, layer in kasa_layers(model)
+        if layer.active_adapter is not None and layer.active_adapter in layer.adapters and not layer.disabled
+        and layer.merged_adapter is None
     ]
-    config = state.configs[state.active] if adapters else None
+    config = state.configs[cast(str, state.active)] if adapters else None  # an adapter is active where any is
     if config is None or not (config.beta or config.gamma):
         zero = torch.zeros(())
         return RegularizationTerms(zero, zero)
@@ -78,9 +79,11 @@ def regularization_terms(model: nn.Module) -> RegularizationTerms:
                          "regulariser needs them whole: train with FSDP2, DDP or ZeRO-2, or set beta = gamma = 0")
     # on full parameters: FSDP2 shards A, B, sigma by rows, and the Gram norms do not split into shard terms
     device = adapters[0].sigma.device
-    l2 = sum(singular_value_penalty(s).to(device) for s in stacked_by_shape([full_tensor(a.sigma) for a in adapters]))
+    sigmas = stacked_by_shape([full_tensor(a.sigma) for a in adapters])
+    l2 = cast(torch.Tensor, sum(singular_value_penalty(s).to(device) for s in sigmas))  # a non-empty sum
     factors = [full_tensor(a.A) for a in adapters] + [full_tensor(a.B).mT for a in adapters]
-    l3 = sum(gram_distance(m, config.regularizer).sum().to(device) for m in stacked_by_shape(factors))
+    l3 = cast(torch.Tensor, sum(gram_distance(m, config.regularizer).sum().to(device)
+                                for m in stacked_by_shape(factors)))
     layers = len(adapters) if config.reduction == "mean" else 1
     return RegularizationTerms(config.beta * l2 / layers, config.gamma * l3 / layers)
 

@@ -50,7 +50,7 @@ def warn_if_large(shares: dict[str, float], config: KasaConfig) -> None:
     not noise (small or flat-spectrum matrices), and the untrained adapter no longer computes the base model."""
     large = {name: share for name, share in shares.items() if share > LARGE_TRUNCATION}
     if large:
-        worst = max(large, key=large.get)
+        worst = max(large, key=large.__getitem__)
         warnings.warn(f"KaSA's truncation (r={config.r}, drop_rank={config.drop_rank!r}) removes more than "
                       f"{LARGE_TRUNCATION:.0%} of the weight norm of {len(large)} of {len(shares)} layers (most: "
                       f"{large[worst]:.1%} of '{worst}'), so the model differs from the base before training. "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import types
 import warnings
+from typing import Any, cast
 
 from torch import nn
 
@@ -35,14 +36,14 @@ UNREGULARISED_TRAINER = (
 def on_adapted(model: nn.Module) -> None:
     """Give ``model`` (adapted by KaSA just now) the ``save_pretrained`` of this module, once."""
     if "save_pretrained" not in vars(model):
-        model.save_pretrained = types.MethodType(save_pretrained, model)
+        cast(Any, model).save_pretrained = types.MethodType(save_pretrained, model)
 
 
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *args, **kwargs) -> None:
     """Write ``model``'s active KaSA adapter and its method record to ``save_directory`` (from the main process:
     transformers' ``is_main_process``); without KaSA adapters, transformers' own ``save_pretrained``."""
     if getattr(model, STATE_ATTRIBUTE, None) is None:
-        type(model).save_pretrained(model, save_directory, *args, **kwargs)
+        cast(Any, type(model)).save_pretrained(model, save_directory, *args, **kwargs)  # a transformers model
         return
     if not kwargs.get("is_main_process", True):
         return

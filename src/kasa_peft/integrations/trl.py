@@ -18,7 +18,7 @@ that adapter. No second model is loaded, so the first DPO loss is ``ln 2``. TRL 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -93,8 +93,9 @@ class KasaDPOTrainer(KasaTrainerMixin, DPOTrainer):
         with unchanged_on_error(model):
             adapt(model, kasa_config, args, name)
             prepared = prepared_from_adapter(model)
-            reference = kasa_state(model).active + REFERENCE_SUFFIX
-            copy_adapter(model, kasa_state(model).active, reference)
+            active = cast(str, kasa_state(model).active)  # adapt made one active
+            reference = active + REFERENCE_SUFFIX
+            copy_adapter(model, active, reference)
             super().__init__(model=model, ref_model=DPOReference(model, reference), args=args, prepared=prepared,
                              head_lr=head_lr, **kwargs)
 
@@ -108,6 +109,8 @@ class DPOReference(nn.Module):
     TRL's cache of precomputed reference log-probabilities is keyed on the reference's values.
     """
 
+    policy: nn.Module  # in __dict__, not registered as a submodule
+
     def __init__(self, policy: nn.Module, adapter_name: str) -> None:
         super().__init__()
         self.__dict__["policy"] = policy
@@ -118,7 +121,7 @@ class DPOReference(nn.Module):
         with computing_with(self.policy, self.adapter_name):
             return self.policy(*args, **kwargs)
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict:
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.policy.state_dict(*args, **kwargs)
 
 

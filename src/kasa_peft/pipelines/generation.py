@@ -108,4 +108,4 @@ class PromptTargetPipeline:
         return CausalLMCollator(padding_id(tokenizer))
 
     def evaluation_switches(self) -> dict[str, str]:
-        return {}
+        return {"greedy_decoder": "continuous batching"} if self.decoding.continuous else {}
