@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from quality import baselines_quick, commonsense, e2e, glue, harness
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from quality import baselines_quick, commonsense, e2e, glue, harness  # noqa: E402
-
-from kasa_peft.pipelines.config import RunConfig  # noqa: E402
-from kasa_peft.training.method_names import BASELINES  # noqa: E402
+from kasa_peft.pipelines.config import RunConfig
+from kasa_peft.training.method_names import BASELINES
 
 
 @pytest.mark.parametrize("table", [glue, e2e, commonsense, baselines_quick])

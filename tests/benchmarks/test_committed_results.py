@@ -9,9 +9,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import common  # noqa: E402
+import common
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 # an absolute path of a POSIX machine's usual roots, or a Windows drive: neither belongs in a committed result

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from quality import e2e, e2e_bootstrap
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from kasa_peft.tasks.e2e import mteval_scores  # noqa: E402
-from quality import e2e, e2e_bootstrap  # noqa: E402
+from kasa_peft.tasks.e2e import mteval_scores
 
 REFERENCES = [[f"the {w} shop is cheap and near the river", f"{w} is a cheap shop by the river"]
               for w in ("red", "blue", "green", "gold", "grey", "pink", "teal", "jade", "rose", "plum", "sand", "mint")]

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import harness_crosscheck
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import harness_crosscheck  # noqa: E402
-from kasa_peft.tasks.commonsense import COMMONSENSE_SETS  # noqa: E402
+from kasa_peft.tasks.commonsense import COMMONSENSE_SETS
 
 
 def test_a_single_differing_set_marks_the_model_not_equal():

@@ -4,12 +4,9 @@ score on the prompts no run cut off, and the differences with LoRA, each worked 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from quality import harness, instruct  # noqa: E402
+from quality import harness, instruct
 
 # per method: per prompt (strict, followed instructions of 2, cut at the budget); ROUGE-L of two held-out tasks
 ANSWERS = {"lora": ([(True, 2, False), (False, 1, False), (False, 0, True)], [40.0, 20.0]),

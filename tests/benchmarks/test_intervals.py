@@ -5,15 +5,10 @@ the bootstrap over seeds when there is one item, to the bootstrap over items whe
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from quality.intervals import Interval, replicates, seed_item_interval  # noqa: E402
+from quality.intervals import Interval, replicates, seed_item_interval
 
 RESAMPLES = 20_000
 KS_TOLERANCE = 0.02  # a Kolmogorov-Smirnov distance of 20,000 draws from the right distribution stays under 0.012

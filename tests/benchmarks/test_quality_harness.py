@@ -10,18 +10,15 @@ import statistics
 import sys
 from pathlib import Path
 
+import common
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import common  # noqa: E402
-from quality import harness, summary  # noqa: E402
-from quality.harness import Run  # noqa: E402
-from quality.sigma import sigma_rows  # noqa: E402
-from quality.summary import Stat  # noqa: E402
-from quality.update_norms import relative_updates, target_weights  # noqa: E402
-from tiny_models import tiny_bert  # noqa: E402
+from quality import harness, summary
+from quality.harness import Run
+from quality.sigma import sigma_rows
+from quality.summary import Stat
+from quality.update_norms import relative_updates, target_weights
+from tiny_models import tiny_bert
 
 
 def fake_record(task: str, method: str, seed: int, best: float, final: float | None = None) -> dict:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from quality import e2e, rescore_e2e
+from quality.harness import record_path
 
-from kasa_peft.pipelines.config import RunConfig  # noqa: E402
-from quality import e2e, rescore_e2e  # noqa: E402
-from quality.harness import record_path  # noqa: E402
+from kasa_peft.pipelines.config import RunConfig
 
 MACHINE = {"date": "2025-01-01 00:00:00", "cpu": "x", "cores": 2, "torch_threads": 1, "python": "3.11",
            "versions": {"torch": "2"}}

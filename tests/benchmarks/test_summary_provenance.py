@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from quality import summary  # noqa: E402
+from quality import summary
 
 A, B = "a" * 40, "b" * 40
 
