@@ -12,12 +12,16 @@ fp32, no activation checkpointing. SFT: both trainers live in one process, on co
 (``--rounds`` turns of ``train()`` each, the order reversed every other turn, the same batches every turn), so
 the shared machine's load hits both alike; step time is the interval between consecutive optimizer steps
 (Trainer's ``on_step_end``), each turn's first step left out, median over turns. DPO: each configuration runs in
-its own process (so a reference copy shows in its memory), the configurations alternating; peak memory is the
-process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: model loading, the trainer's
-construction, a reference copy and training all included; tracemalloc does not see torch's allocations), the
-resident set after construction is recorded next to it.
+its own process (so a reference copy shows in its memory), the configurations alternating. Peak memory, two ways:
+the process's peak resident set (``VmHWM`` of ``/proc/self/status``: model loading, the trainer's construction, a
+reference copy and training all included; not ``getrusage``'s ``ru_maxrss``, which a child inherits from the
+process that started it; tracemalloc does not see torch's allocations), which also counts the memory-mapped
+weights' file pages as far as other programs' memory pressure leaves them resident (so it varies between runs on a
+shared machine), and the peak of the anonymous resident memory (``RssAnon``, what the process allocated), sampled
+every 5 ms during construction and training. CPU time per step is recorded next to wall-clock time: on a shared
+machine it counts a step's work without the time other programs took.
 
-    nice -n 5 python benchmarks/trl.py [--rounds 6] [--steps 2] [--dpo-repeats 1] [--dpo-steps 3] [--batch 1]
+    nice -n 5 python benchmarks/trl.py [--rounds 6] [--steps 2] [--dpo-repeats 2] [--dpo-steps 3] [--batch 1]
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -147,17 +150,21 @@ def sft_step_times(args: argparse.Namespace) -> dict[str, dict[str, list[float]]
     return times
 
 
+def status_kib(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmHWM``, ``RssAnon``, ...), in KiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(f"{field}:"))
+    return int(line.split()[1])
+
+
 def anonymous_peak_kib(work) -> int:
     """The peak of this process's anonymous resident memory (``RssAnon``: what it allocated, without the file pages
     it maps, such as memory-mapped safetensors weights, whose residency depends on other programs' memory pressure)
     while ``work()`` runs, sampled every 5 ms on a thread."""
-    status = Path("/proc/self/status")
     peak, done = [0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            line = next(line for line in status.read_text().splitlines() if line.startswith("RssAnon:"))
-            peak[0] = max(peak[0], int(line.split()[1]))
+            peak[0] = max(peak[0], status_kib("RssAnon"))
             done.wait(0.005)
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -180,7 +187,7 @@ def probe(run: str, args: argparse.Namespace) -> dict:
     constructed_rss = psutil.Process().memory_info().rss
     anonymous_peak = max(anonymous_peak, anonymous_peak_kib(trainer[0].train))
     return {"step_s": clock.step_times(), "step_cpu_s": clock.step_times(clock=1),
-            "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "peak_anon_kib": anonymous_peak,
+            "peak_rss_kib": status_kib("VmHWM"), "peak_anon_kib": anonymous_peak,
             "constructed_rss_kib": constructed_rss // 1024,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -230,10 +237,11 @@ def markdown(summary: dict, info: dict, args: argparse.Namespace) -> str:
              "optimizer steps, in wall-clock time and in this process's CPU time (the work of a step, without the "
              "time other programs took on the shared machine: the fairer measure under load). DPO: each run its "
              f"own process, {args.dpo_repeats} run(s) of {args.dpo_steps} steps "
-             "each, alternating; peak memory is the process's peak resident set (`ru_maxrss`: loading, "
+             "each, alternating; peak memory is the process's peak resident set (`VmHWM`: loading, "
              "construction, the reference and training included; it counts the memory-mapped weights' file pages "
              "as far as the machine's memory pressure leaves them resident), the anonymous peak that of `RssAnon` "
-             "(what the process allocated, sampled every 5 ms during construction and training), step time the median interval between "
+             "(what the process allocated, sampled every 5 ms during construction and training), step time the "
+             "median interval between "
              "optimizer steps after the first (separate processes: noisier than the SFT times). Lower is better.",
              "", "| measure | ours (median) | anchor (median) | ratio | goal | met |", "|---|---|---|---|---|---|"]
     for name, (ours, anchor, measure, goal) in GOALS.items():
@@ -255,7 +263,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=6, help="SFT: turns of each trainer")
     parser.add_argument("--steps", type=int, default=2, help="SFT: timed steps per turn")
-    parser.add_argument("--dpo-repeats", type=int, default=1, help="DPO: runs of each configuration")
+    parser.add_argument("--dpo-repeats", type=int, default=2, help="DPO: runs of each configuration")
     parser.add_argument("--dpo-steps", type=int, default=3, help="DPO: steps per run")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--length", type=int, default=64, help="max_length, in tokens")

@@ -86,6 +86,7 @@ def trl_run(args: argparse.Namespace, output_dir: Path) -> tuple[list[dict], lis
     config = SFTConfig(str(output_dir), learning_rate=LR, warmup_steps=WARMUP, lr_scheduler_type="linear",
                        weight_decay=0.0, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
                        seed=SEED, logging_steps=max(1, min(50, args.max_steps // 10)), max_length=MAX_LENGTH,
+                       truncation_mode="keep_end",  # as the CLI: a long example loses its prompt's start
                        bf16=False, save_strategy="no", report_to="none", dataloader_num_workers=0,
                        use_cpu=not torch.accelerator.is_available(), **{CHECKPOINTING_ARGUMENT: False})
     kasa_config = kasa_peft.KasaConfig(r=8, alpha=16.0, beta=1e-4, gamma=1e-3, target_modules=TARGETS)
@@ -106,11 +107,12 @@ def markdown(record: dict, info: dict) -> str:
              f"first step differing by more than {TOLERANCE}: {record['first_step_beyond_tolerance']}.", "",
              f"Examples TRL tokenized or masked unlike the CLI: {len(record['token_mismatches'])}."]
     for mismatch in record["token_mismatches"]:
-        lines.append(f"Example {mismatch['example']} has {mismatch['tokens']} tokens, more than {MAX_LENGTH}: the "
-                     "CLI cuts its prompt from the left and keeps the whole target (`truncate_prompt_target`), TRL "
-                     "keeps the start and cuts the end of the completion, EOS included (`truncation_mode="
-                     "\"keep_start\"`), so the two runs train on different tokens from the step whose batch holds "
-                     "it, and their parameters differ from then on.")
+        lines.append(f"Example {mismatch['example']} has {mismatch['tokens']} tokens, more than {MAX_LENGTH}: both "
+                     "keep the whole target and cut the prompt from the left (`truncation_mode=\"keep_end\"`), but "
+                     "the CLI keeps the prompt's leading special token (the chat template's opening "
+                     "`<|im_start|>`, `truncate_prompt_target`) where TRL cuts it with the rest, so the two runs "
+                     "train on slightly different tokens from the step whose batch holds it, and their parameters "
+                     "differ a little from then on.")
     lines += ["",
              "| step | CLI loss | TRL loss | CLI task loss | TRL task loss |", "|---|---|---|---|---|"]
     for cli, trl in zip(record["cli"], record["trl"], strict=True):

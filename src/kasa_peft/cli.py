@@ -188,6 +188,7 @@ def _extra_providing(module: str) -> str | None:
         return None
     for requirement in requirements:
         name, extra = re.match(r"[A-Za-z0-9._-]+", requirement), re.search(r"extra == \"([^\"]+)\"", requirement)
+        assert name is not None  # every PEP 508 requirement starts with its project's name
         if extra and extra.group(1) != "test" and normalized(name.group()) == wanted:
             return extra.group(1)
     return None
@@ -391,9 +392,10 @@ def _evaluate(args: argparse.Namespace) -> Work:
         adapter = args.run or args.adapter
         missing = [f"--{name}" for name in ("model", "task") if name not in values]
         if missing:
-            raise ValueError(f"`kasa-peft eval` of the adapter in {adapter} (no run record there) needs "
+            saved = " (DIR holds an adapter a trainer saved, with no run record to read them from)" if args.run else ""
+            raise ValueError(f"`kasa-peft eval {'--run' if args.run else '--adapter'} DIR` needs "
                              f"{' and '.join(missing)}: the base model the adapter was trained on and the task to "
-                             "evaluate it on")
+                             f"evaluate it on{saved}")
         recorded = {}
     elif "model" in values and "task" in values:
         recorded, adapter = {}, None  # the base model as it is
@@ -455,6 +457,7 @@ def _predict(args: argparse.Namespace) -> Work:
         from .pipelines.inference import predict_labels
 
         adapters = parse_adapter_specs(args.adapter)
+        assert config.max_length is not None and config.batch_size is not None  # set by the classify defaults
         for row in predict_labels(args.model, adapters, lines, config.max_length,
                                   config.eval_batch_size or config.batch_size):
             print(json.dumps(row, ensure_ascii=False))
@@ -486,6 +489,7 @@ def _judge(args: argparse.Namespace) -> Work:
     config = resolve_config({}, {"task": "sft", "model": args.model, **values})
     if not config.data_dir:
         raise ValueError("`kasa-peft judge` needs --data-dir holding instruct/mt_bench/ (see the README)")
+    data_dir = config.data_dir
 
     def work() -> None:
         from .interop.cli_commands import parse_adapter_specs
@@ -494,7 +498,7 @@ def _judge(args: argparse.Namespace) -> Work:
         from .pipelines.judge import JudgeRun, run_judge
 
         endpoint = endpoint_from_options(args.judge_url, args.judge_model, args.judge_key_env, args.judge_timeout)
-        run = JudgeRun(args.model, parse_adapter_specs(args.adapter), config.data_dir, Path(args.judge_dir),
+        run = JudgeRun(args.model, parse_adapter_specs(args.adapter), data_dir, Path(args.judge_dir),
                        endpoint, "pairwise" if args.pairwise else "single", Decoding.from_config(config),
                        args.max_questions)
         print(json.dumps(run_judge(run)["results"], indent=2))

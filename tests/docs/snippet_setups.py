@@ -115,6 +115,16 @@ def prompt_completion_dataset(artefacts: Callable[[str], str]) -> dict[str, Any]
                                            "completion": " The Eagle serves French food."}] * 8)}
 
 
+def sft_adapter_and_pairs(artefacts: Callable[[str], str]) -> dict[str, Any]:
+    """``base_model`` (the tiny Llama), an SFT adapter for it in ``out/adapter``, its ``tokenizer`` and ``pairs``:
+    prompt / chosen / rejected records."""
+    from integrations.support import preferences, tokenizer
+
+    kasa_peft.save_adapter(kasa_peft.inject(tiny_llama(), kasa_peft.KasaConfig(r=4, target_modules=("q_proj",))),
+                           "out/adapter")
+    return {"base_model": tiny_llama(), "tokenizer": tokenizer(), "pairs": preferences()}
+
+
 SETUPS: dict[str, Callable[[Callable[[str], str]], dict[str, Any]]] = {
     "classification-batch": classification_batch,
     "tiny-llama": tiny_llama_model,
@@ -126,4 +136,5 @@ SETUPS: dict[str, Callable[[Callable[[str], str]], dict[str, Any]]] = {
     "classification-files": classification_files,
     "empty-train-file": empty_train_file,
     "prompt-completion-dataset": prompt_completion_dataset,
+    "sft-adapter-and-pairs": sft_adapter_and_pairs,
 }

@@ -257,7 +257,7 @@ def adapter_names_on(model: nn.Module) -> set[str]:
 
 
 @contextlib.contextmanager
-def temporary_adapter(model: nn.Module, attach: Callable[[nn.Module, str], None],
+def temporary_adapter(model: nn.Module, attach: Callable[[nn.Module, str], object],
                       adapter_name: str | None = None) -> Iterator[str]:
     """Attach an adapter (``attach(model, name)``) for the duration of the block, then remove it.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def load_pretrained(name_or_path: str) -> nn.Module:
     That class includes the task head (e.g. ``BertForSequenceClassification``), which an adapter's
     ``modules_to_save`` may replace; without ``architectures`` the bare ``AutoModel`` is used.
     """
-    offline = {"local_files_only": True} if not Path(name_or_path).exists() and not hub_reachable() else {}
+    offline: dict[str, Any] = ({"local_files_only": True} if not Path(name_or_path).exists() and not hub_reachable()
+                               else {})
     config = transformers.AutoConfig.from_pretrained(name_or_path, **offline)
     architectures = getattr(config, "architectures", None) or []
     model_class = next((getattr(transformers, a) for a in architectures if hasattr(transformers, a)),

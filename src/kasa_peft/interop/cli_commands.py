@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 from pathlib import Path
 
 from ..core.model import check_adapter_name
@@ -30,7 +31,7 @@ def export_command(adapter_dir: str | os.PathLike, fmt: str, out: str | os.PathL
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORTERS)}")
     if gguf_type is not None and fmt != "merged-gguf":
         raise ValueError(f"--gguf-type applies to --format merged-gguf only, not {fmt}")
-    options = {"tensor_type": gguf_type} if gguf_type is not None else {}
+    options: dict[str, Any] = {"tensor_type": gguf_type} if gguf_type is not None else {}
     if fmt in ("merged", "lora", "peft-kasa"):
         options["label_names"] = label_names
     module, function = EXPORTERS[fmt]

@@ -20,11 +20,12 @@ PEFT's ``add_weighted_adapter`` (``"cat"``) builds ``sum_i w_i scale_i B_i A_i``
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
 
-from ..core import DroppedComponents, inject, kasa_layers, kasa_state
+from ..core import DroppedComponents, KasaLayer, inject, kasa_layers, kasa_state
 
 
 def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_name: str,
@@ -37,9 +38,10 @@ def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_nam
     state = kasa_state(model)
     names = list(weights)
     truncation_from = truncation_from or (names[0] if names else None)
-    unknown = sorted({*names, truncation_from} - set(state.configs) - {None})
+    unknown = sorted(cast("set[str]", {*names, truncation_from} - set(state.configs) - {None}))
     if not names or unknown:
         raise ValueError(f"cannot combine {names}: unknown adapters {unknown}; this model has {sorted(state.configs)}")
+    assert truncation_from is not None  # names is not empty
     with_modules = [n for n in names if state.configs[n].modules_to_save]
     if with_modules:
         raise ValueError(f"adapters {with_modules} have modules_to_save, whose full copies have no weighted "
@@ -56,14 +58,14 @@ def combine_adapters(model: nn.Module, weights: Mapping[str, float], adapter_nam
     inject(model, config, adapter_name, dropped=dropped)
     with torch.no_grad():
         for _, layer in layers:
-            combined = layer.adapters[adapter_name]
+            combined = layer.adapter(adapter_name)
             for name, block in _blocks(ranks).items():
                 if name in layer.adapters:
-                    source = layer.adapters[name]
-                    combined.A[block] = source.A
-                    combined.B[:, block] = source.B
-                    combined.sigma[block] = weights[name] * source.scale * source.sigma
-                    combined.sigma_init[block] = weights[name] * source.scale * source.sigma_init
+                    part = layer.adapter(name)
+                    combined.A[block] = part.A
+                    combined.B[:, block] = part.B
+                    combined.sigma[block] = weights[name] * part.scale * part.sigma
+                    combined.sigma_init[block] = weights[name] * part.scale * part.sigma_init
                 else:
                     combined.A[block], combined.B[:, block], combined.sigma[block] = 0.0, 0.0, 0.0
                     combined.sigma_init[block] = 0.0
@@ -79,9 +81,9 @@ def _blocks(ranks: dict[str, int]) -> dict[str, slice]:
     return blocks
 
 
-def truncation_of(layer: nn.Module, adapter_name: str) -> DroppedComponents:
+def truncation_of(layer: KasaLayer, adapter_name: str) -> DroppedComponents:
     """``adapter_name``'s dropped components of ``layer`` (none, ``d = 0``, if it does not adapt the layer)."""
     if adapter_name in layer.adapters:
-        source = layer.adapters[adapter_name]
+        source = layer.adapter(adapter_name)
         return DroppedComponents(source.dropped_us.clone(), source.dropped_vt.clone())
     return DroppedComponents(torch.zeros(layer.out_features, 0), torch.zeros(0, layer.in_features))

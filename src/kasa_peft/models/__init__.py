@@ -80,6 +80,12 @@ class ModelSource:
     kind: SourceKind
     description: str
 
+    @property
+    def gguf_path(self) -> Path:
+        """The GGUF file (``gguf`` sources only)."""
+        assert self.gguf_file is not None, f"{self.description} is not a GGUF file"
+        return Path(self.path) / self.gguf_file
+
 
 @dataclass(frozen=True)
 class Shortcut:
@@ -194,6 +200,7 @@ def load_model(spec: str, task: Task, num_labels: int | None = None, dtype: torc
         ValueError: an unknown task, or ``num_labels`` given for a causal LM.
     """
     model, tokenizer = _load(spec, task, num_labels, dtype, require_tokenizer=True, quantize=quantize)
+    assert tokenizer is not None  # require_tokenizer loads one
     tokenizer.padding_side = padding_side
     return model, tokenizer
 
@@ -215,7 +222,7 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase | None:
 
 
 def _load(spec: str, task: Task, num_labels: int | None, dtype: torch.dtype, require_tokenizer: bool,
-          quantize: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+          quantize: Literal["4bit", "8bit"] | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     model_kwargs = _model_kwargs(task, num_labels, dtype) | _quantization_kwargs(quantize, dtype)
     source = resolve_model_path(spec)
     location = _location(source)
@@ -273,7 +280,7 @@ def _model_kwargs(task: str, num_labels: int | None, dtype: torch.dtype) -> dict
     return {"dtype": dtype, "num_labels": num_labels, "ignore_mismatched_sizes": True}
 
 
-def _quantization_kwargs(quantize: str | None, dtype: torch.dtype) -> dict:
+def _quantization_kwargs(quantize: Literal["4bit", "8bit"] | None, dtype: torch.dtype) -> dict:
     """The ``from_pretrained`` keyword arguments that load the model quantized with bitsandbytes."""
     if quantize is None:
         return {}
@@ -357,7 +364,7 @@ def _cache_root() -> Path:
 
 def _gguf_converted_dir(source: ModelSource) -> str:
     """The dequantized copy of a GGUF source, converting (and caching) it on first use."""
-    gguf_path = Path(source.path) / source.gguf_file
+    gguf_path = source.gguf_path
     entry = gguf_cache_dir(gguf_path)
     metadata = {"source": str(gguf_path), "transformers": transformers.__version__}
     return str(_ensure_cached(entry, lambda staging: _convert_gguf(source, staging), metadata))
@@ -374,7 +381,7 @@ def _convert_gguf(source: ModelSource, destination: Path) -> None:
                              "run `pip install gguf` (or `pip install 'kasa-peft[gguf]'`).")
     from .gguf_file import read_gguf
 
-    read_gguf(Path(source.path) / source.gguf_file)  # a damaged or cut-off file is named before transformers reads it
+    read_gguf(source.gguf_path)  # a damaged or cut-off file is named before transformers reads it
     with _explain_load_failure(source):
         tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32,
@@ -454,4 +461,4 @@ def loadable_name(spec: str) -> str:
     if spec not in SHORTCUTS:
         return spec
     source = resolve_model_path(spec)
-    return str(gguf_cache_dir(Path(source.path, source.gguf_file))) if source.kind == "gguf" else source.path
+    return str(gguf_cache_dir(source.gguf_path)) if source.kind == "gguf" else source.path

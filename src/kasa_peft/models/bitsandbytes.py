@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import bitsandbytes as bnb
 import torch
@@ -57,12 +57,13 @@ def _unpacked_copy(data: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
 
 def quantize_4bit(module: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
     """A new ``Params4bit`` holding ``weight`` with the module's quantization type, block size and statistics."""
-    old = module.weight
+    old = cast(bnb.nn.Params4bit, module.weight)  # registered for Linear4bit, whose weight is a Params4bit
+    assert old.quant_state is not None  # a quantized weight carries its statistics
     dtype = getattr(old.quant_state, "original_dtype", old.quant_state.dtype)  # the CPU packing changes dtype
     new = bnb.nn.Params4bit(weight.to("cpu", dtype), requires_grad=False, blocksize=old.blocksize,
                             compress_statistics=old.compress_statistics, quant_type=old.quant_type,
-                            quant_storage=old.quant_storage, module=module)
-    return {"weight": new.to(old.device)}
+                            quant_storage=old.quant_storage, module=cast(bnb.nn.Linear4bit, module))
+    return {"weight": new.to(old.device)}  # type: ignore[misc]  # bitsandbytes types `to`'s self as an nn.Module
 
 
 def dequantize_8bit(stored: Mapping[str, Any]) -> torch.Tensor:
@@ -77,11 +78,11 @@ def dequantize_8bit(stored: Mapping[str, Any]) -> torch.Tensor:
 def quantize_8bit(module: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
     """A new ``Int8Params`` holding ``weight`` (quantized row-wise), and a copy of the layer state without the old
     weight's statistics (the layer's next forward takes the new ones)."""
-    old = module.weight
-    new = bnb.nn.Int8Params(weight.to("cpu"), requires_grad=False, has_fp16_weights=old.has_fp16_weights)
-    state = copy.copy(module.state)
+    old = cast(bnb.nn.Int8Params, module.weight)  # registered for Linear8bitLt, whose weight is an Int8Params
+    new = bnb.nn.Int8Params(weight.to("cpu"), requires_grad=False, has_fp16_weights=old.has_fp16_weights)  # type: ignore[attr-defined]  # set in __new__, undeclared
+    state = copy.copy(cast(bnb.nn.Linear8bitLt, module).state)
     state.reset_grads()
-    return {"weight": new.to(old.device), "state": state}
+    return {"weight": new.to(old.device), "state": state}  # type: ignore[misc]  # as in quantize_4bit
 
 
 register_quantized_layer(bnb.nn.Linear4bit, QuantizedLinear(
@@ -127,6 +128,7 @@ def _quantized_copy(linear: nn.Linear, quantize: Quantize, quant_type: str, doub
                     compute_dtype: torch.dtype) -> nn.Module:
     shape = (linear.in_features, linear.out_features, linear.bias is not None)
     data = linear.weight.data.to("cpu")
+    layer: nn.Linear
     if quantize == "4bit":
         layer = bnb.nn.Linear4bit(*shape, compute_dtype=compute_dtype, compress_statistics=double_quant,
                                   quant_type=quant_type, device="meta")

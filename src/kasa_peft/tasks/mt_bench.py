@@ -100,7 +100,8 @@ def parse_rating(judgment: str) -> float | None:
 
 def parse_preference(judgment: str) -> Literal["A", "B", "tie"] | None:
     """``A``, ``B`` or ``tie`` from a pairwise judgment's ``[[A]]``/``[[B]]``/``[[C]]``; ``None`` if absent."""
-    for marker, verdict in (("[[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "tie")):
+    verdicts: tuple[tuple[str, Literal["A", "B", "tie"]], ...] = (("[[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "tie"))
+    for marker, verdict in verdicts:
         if marker in judgment:
             return verdict
     return None

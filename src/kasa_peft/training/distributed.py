@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -111,7 +112,7 @@ def inject_distributed(model: nn.Module, config: KasaConfig, adapter_name: str =
                for name, shape, owner, d in zip(names, shapes, owners, counts, strict=True)}
     inject(model, config, adapter_name, dropped=dropped)
     warn_if_large(dict(zip(names, shares, strict=True)) if rank == 0 else {}, config)
-    initial_sigmas = [layer.adapters[adapter_name].sigma_init for _, layer in kasa_layers(model)
+    initial_sigmas = [layer.adapter(adapter_name).sigma_init for _, layer in kasa_layers(model)
                       if adapter_name in layer.adapters]
     broadcast_tensors([*_adapter_parameters(model, adapter_name), *initial_sigmas], 0, group)
     return model
@@ -140,6 +141,7 @@ def broadcast_dropped(dropped: DroppedComponents | None, shape: tuple[int, int],
     out_features, in_features = shape
     device = communication_device(group)
     if dist.get_rank(group) == owner:
+        assert dropped is not None  # the owner truncated this weight
         flat = torch.cat([dropped.us.reshape(-1), dropped.vt.reshape(-1)]).to(device)
     else:
         flat = torch.empty(r * (out_features + in_features), dtype=torch.float32, device=device)
@@ -164,7 +166,8 @@ def communication_device(group: Group = None) -> torch.device:
     """Where collectives run: the CPU for gloo, the current accelerator (GPU) for NCCL and the like."""
     if dist.get_backend(group) == dist.Backend.GLOO or not torch.accelerator.is_available():
         return torch.device("cpu")
-    return torch.device(torch.accelerator.current_accelerator().type, torch.accelerator.current_device_index())
+    accelerator = cast(torch.device, torch.accelerator.current_accelerator())  # is_available() above
+    return torch.device(accelerator.type, torch.accelerator.current_device_index())
 
 
 def is_main_process(group: Group = None) -> bool:
@@ -178,7 +181,7 @@ def barrier(group: Group = None) -> None:
         dist.barrier(group=group)
 
 
-def on_main_process(work: Callable[[], None], what: str, group: Group = None) -> None:
+def on_main_process(work: Callable[[], object], what: str, group: Group = None) -> None:
     """Run ``work`` on rank 0 only, then let no rank go on before it is done (a collective; a failure raises on
     every rank). Without a process group of 2+ ranks it is ``work()``."""
     if not is_distributed(group):
@@ -233,7 +236,7 @@ def save_adapter_distributed(model: nn.Module, path: str | os.PathLike, adapter_
     ``model`` may be wrapped in DDP or a DeepSpeed engine.
     """
     while isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
-        model = model.module
+        model = cast(nn.Module, model.module)
     metadata, tensors = adapter_contents(model, adapter_name, gathered=zero3_gathered)
     on_main_process(lambda: write_adapter(path, metadata, tensors), f"saving the adapter to {path}", group)
     return Path(path)

@@ -47,6 +47,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -58,6 +59,7 @@ from ..core import (
     KasaConfig, ParameterCount, RegularizationTerms, load_adapter, orthogonality_penalty, regularization_terms,
     restore_adapter, singular_value_penalty, trainable_parameters, truncate_smallest,
 )
+from ..core.config import DropRank, Reduction, Regularizer, SigmaInit
 from ..core.files import check_tensor_file, read_json_object, write_text_atomically
 from ..core.layer import weight_matrix
 from ..core.model import STATE_ATTRIBUTE, kasa_layers
@@ -67,6 +69,8 @@ from .baselines import (
 )
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
 from .method_names import METHODS
+
+PeftModule = Any  # a PEFT model or layer: its attributes (peft_config, lora_A, rankallocator...) are PEFT's
 
 HEAD_NAMES = ("classifier", "score")  # what transformers calls a sequence classifier's head
 METHOD_FILE = "kasa_peft_method.json"
@@ -168,11 +172,11 @@ class PreparedModel:
 
         def write() -> None:
             if self.spec.method == "milora":
-                save_milora_as_lora(self.model, directory, self.milora_init)
+                save_milora_as_lora(self.model, directory, cast(dict, self.milora_init))  # set for milora
             elif self.spec.method in OWN_METHODS:
                 save_trained(self.model, directory)
             elif self.spec.method != "kasa":
-                self.model.save_pretrained(directory)
+                cast(PeftModule, self.model).save_pretrained(directory)
             if self.spec.method == "adalora":
                 save_adalora_state(self.model, directory)
             write_method_file(directory, self.spec)
@@ -208,7 +212,7 @@ class PreparedModel:
     def on_optimizer_step(self, global_step: int) -> None:
         """Call after each optimizer step, before gradients are zeroed: AdaLoRA's rank allocation."""
         if self.spec.method == "adalora":
-            self.model.base_model.update_and_allocate(global_step)
+            cast(PeftModule, self.model).base_model.update_and_allocate(global_step)
 
     def on_step_begin(self, global_step: int) -> None:
         """Call before each optimizer step (``global_step``: the steps already taken): DyLoRA's rank of the step."""
@@ -344,14 +348,15 @@ def is_sequence_classifier(model: nn.Module) -> bool:
 
 def unwrap_peft(model: nn.Module) -> nn.Module:
     """The transformers model inside a ``PeftModel`` (the model itself otherwise)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return cast(PeftModule, model).get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:
     return KasaConfig(r=spec.r, alpha=spec.alpha, dropout=spec.dropout, target_modules=spec.target_modules,
                       modules_to_save=head_modules, beta=spec.beta, gamma=spec.gamma,
-                      regularizer=spec.regularizer, reduction=spec.reduction, learn_sigma=spec.learn_sigma,
-                      sigma_init=spec.sigma_init, drop_rank=spec.drop_rank, drop_budget=spec.drop_budget)
+                      regularizer=cast(Regularizer, spec.regularizer), reduction=cast(Reduction, spec.reduction),
+                      learn_sigma=spec.learn_sigma, sigma_init=cast(SigmaInit, spec.sigma_init),
+                      drop_rank=cast(DropRank, spec.drop_rank), drop_budget=spec.drop_budget)  # str in the spec
 
 
 def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...]):
@@ -365,15 +370,17 @@ def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...
     if spec.method == "vera":
         return VeraConfig(r=spec.r, target_modules=targets, vera_dropout=spec.dropout,
                           modules_to_save=list(head_modules) or None, task_type=peft_task_type(model))
-    common = dict(lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
-                  modules_to_save=list(head_modules) or None, task_type=peft_task_type(model))
+    common: dict[str, Any] = dict(lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+                                  modules_to_save=list(head_modules) or None, task_type=peft_task_type(model))
     if spec.method == "adalora":
-        total = spec.total_steps
+        total = cast(int, spec.total_steps)  # __post_init__ requires it for adalora
         return AdaLoraConfig(**common, target_r=spec.r, init_r=round(ADALORA_INIT_RANK_FACTOR * spec.r),
                              total_step=total, tinit=int(ADALORA_TINIT_FRACTION * total),
                              tfinal=int(ADALORA_TFINAL_FRACTION * total))
-    variant = {"lora": {}, "milora": {}, "pissa": {"init_lora_weights": "pissa"}, "dora": {"use_dora": True},
-               "peft-kasa": {"kasa_config": PeftKasaConfig(beta=spec.beta, gamma=spec.gamma)}}[spec.method]
+    variants: dict[str, dict[str, Any]] = {
+        "lora": {}, "milora": {}, "pissa": {"init_lora_weights": "pissa"}, "dora": {"use_dora": True},
+        "peft-kasa": {"kasa_config": PeftKasaConfig(beta=spec.beta, gamma=spec.gamma)}}
+    variant = variants[spec.method]
     return LoraConfig(r=spec.r, **common, **variant)
 
 
@@ -386,7 +393,7 @@ def peft_task_type(model: nn.Module) -> str | None:
     return None
 
 
-def peft_kasa_terms(model: nn.Module) -> RegularizationTerms:
+def peft_kasa_terms(model: PeftModule) -> RegularizationTerms:
     """PEFT's ``_get_kasa_loss()`` split into its parts: ``sum_layers beta * L2`` and ``sum_layers gamma * L3``."""
     l2, l3 = [], []
     for _, layer in _lora_layers(model):
@@ -401,7 +408,7 @@ def peft_kasa_terms(model: nn.Module) -> RegularizationTerms:
     return RegularizationTerms(torch.stack(l2).sum(), torch.stack(l3).sum())
 
 
-def init_milora(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def init_milora(model: PeftModule) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Overwrite a fresh LoRA model's factors with MiLoRA's and remove them from the base (module docstring);
     returns the initial ``(A_0, B_0)`` of each LoRA layer by module name."""
     initial = {}
@@ -415,7 +422,7 @@ def init_milora(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]
     return initial
 
 
-def save_milora_as_lora(model: nn.Module, directory: Path,
+def save_milora_as_lora(model: PeftModule, directory: Path,
                         initial: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Write a MiLoRA model as a plain rank-2r LoRA of the original base (module docstring)."""
     from peft import get_peft_model_state_dict
@@ -444,7 +451,7 @@ def trained_milora_factors(weights: dict[str, torch.Tensor], r: int) -> dict[str
     return {key: part(key, value) for key, value in weights.items()}
 
 
-def minor_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def minor_factors(layer: PeftModule) -> tuple[torch.Tensor, torch.Tensor]:
     """MiLoRA's ``A = sqrt(S_d / s) V_d^T`` (r x in) and ``B = U_d sqrt(S_d / s)`` (out x r) of a PEFT LoRA layer.
 
     `truncate_smallest` gives ``U_d S_d V_d^T`` as two factors whose columns / rows are orthogonal, with
@@ -459,7 +466,7 @@ def minor_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return (root / right.clamp_min(tiny))[:, None] * vt, us * (root / left.clamp_min(tiny))
 
 
-def save_adalora_state(model: nn.Module, directory: Path) -> None:
+def save_adalora_state(model: PeftModule, directory: Path) -> None:
     """What resuming AdaLoRA needs beyond its saved adapter: the trainable parameters at their full rank (PEFT
     saves them pruned to the rank pattern) and the allocator's importance averages, which PEFT keeps in memory
     only. (The rank pattern itself is in ``adapter_config.json``.)"""
@@ -472,7 +479,7 @@ def save_adalora_state(model: nn.Module, directory: Path) -> None:
               str(directory / ADALORA_STATE_FILE), metadata={"format": "pt"})
 
 
-def load_adalora_state(model: nn.Module, directory: str | os.PathLike) -> None:
+def load_adalora_state(model: PeftModule, directory: str | os.PathLike) -> None:
     """Put back, in place, what `save_adalora_state` wrote, and the rank pattern of the checkpoint's config."""
     from safetensors.torch import load_file
 
@@ -491,14 +498,14 @@ def load_adalora_state(model: nn.Module, directory: str | os.PathLike) -> None:
     model.peft_config["default"].rank_pattern = saved_config.get("rank_pattern")
 
 
-def _subtract_from_base(layer: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+def _subtract_from_base(layer: PeftModule, a: torch.Tensor, b: torch.Tensor) -> None:
     """``W <- W - s B A`` in float32, as PEFT's PiSSA does."""
     weight = weight_matrix(layer.get_base_layer())
     with torch.no_grad():
         weight.copy_((weight.float() - layer.scaling["default"] * b @ a).to(weight.dtype))
 
 
-def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _lora_layers(model: nn.Module) -> list[tuple[str, PeftModule]]:
     from peft.tuners.lora import LoraLayer
 
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
@@ -506,7 +513,8 @@ def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _load_full_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Copy a ``save_pretrained`` directory's weights into ``model`` (transformers resolves shards and ties)."""
-    saved = type(model).from_pretrained(str(directory), dtype=next(model.parameters()).dtype)
+    saved = cast(Any, type(model)).from_pretrained(  # a transformers model
+       str(directory), dtype=next(model.parameters()).dtype)
     model.load_state_dict(saved.state_dict())
     return model
 

@@ -29,6 +29,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import transformers
@@ -60,13 +61,13 @@ class KasaTrainerMixin(transformers.Trainer):
     def __init__(self, *args, prepared: PreparedModel | None = None, head_lr: float | None = None, **kwargs) -> None:
         model = args[0] if args else kwargs.get("model")
         if prepared is None:
-            prepared = prepared_from_adapter(model)
+            prepared = prepared_from_adapter(cast(torch.nn.Module, model))  # it refuses what is not a model
         elif model is None:
             kwargs["model"] = model = prepared.model
         elif model is not prepared.model:
             raise ValueError(f"{type(self).__name__} trains prepared.model: pass prepared=prepare_model(model, spec) "
                              "and no other model")
-        with _adapters_declared(model):
+        with _adapters_declared(cast(torch.nn.Module, model)):
             super().__init__(*args, **kwargs)
         if self.is_fsdp_enabled and prepared.spec.method != "kasa":
             raise ValueError(f"FSDP runs method 'kasa' only; train '{prepared.spec.method}' under DDP "
@@ -81,7 +82,8 @@ class KasaTrainerMixin(transformers.Trainer):
         self._term_sums = torch.zeros(len(LOGGED_TERMS), dtype=torch.float64)
         self._term_steps: set[int] = set()
         self.add_callback(_AfterOptimizerStep(prepared))
-        self.compute_loss = self._regularized(self.compute_loss)  # module docstring: either base-class order
+        # module docstring: either base-class order; replacing the method on this instance is the point
+        self.compute_loss = self._regularized(self.compute_loss)  # type: ignore[method-assign]
 
     def _regularized(self, task_loss_of: Callable) -> Callable:
         """``compute_loss`` giving ``task_loss_of``'s loss plus, in training, the method's regularization."""
@@ -139,7 +141,7 @@ class KasaTrainerMixin(transformers.Trainer):
         """``args.optim`` over `param_groups`: head at ``head_lr``, the rest at ``args.learning_rate``; weight
         decay on the parameters Trainer decays."""
         if self.optimizer is None:
-            opt_model = self.model if model is None else model
+            opt_model: Any = self.model if model is None else model
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             groups = param_groups(opt_model, self.args.learning_rate, self.head_lr, self.args.weight_decay,
                                   head_modules=self.prepared.head_modules,
@@ -151,7 +153,7 @@ class KasaTrainerMixin(transformers.Trainer):
         """`PreparedModel.save` (an adapter for every method but ``fft``) on every rank, then the tokenizer and
         training arguments from rank 0. Under DDP/FSDP every rank joins the adapter's gathering (Trainer's own
         FSDP saving would gather the whole model, or skip the model for sharded checkpoints)."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        output_dir = cast(str, output_dir if output_dir is not None else self.args.output_dir)  # the args set it
         self.prepared.save(output_dir)
         if self.args.should_save:
             if self.processing_class is not None:
@@ -169,7 +171,8 @@ class KasaTrainerMixin(transformers.Trainer):
         plugin = self.accelerator.state.fsdp_plugin
         save_fsdp_optimizer(plugin, self.accelerator, self.optimizer, self.model, output_dir)
         if self.args.should_save:
-            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+            scheduler = cast(torch.optim.lr_scheduler.LRScheduler, self.lr_scheduler)  # made with the optimizer
+            torch.save(scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
     def _save_checkpoint(self, model, trial) -> None:
         """Trainer's; when the disk fills up (or a file-size limit is hit) mid-way, the partial checkpoint is
@@ -187,7 +190,7 @@ class KasaTrainerMixin(transformers.Trainer):
         self.prepared.load_checkpoint(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
-        self.prepared.load_checkpoint(self.state.best_model_checkpoint)
+        self.prepared.load_checkpoint(cast(str, self.state.best_model_checkpoint))  # Trainer calls this once it is set
 
 
 class KasaTrainer(KasaTrainerMixin, transformers.Trainer):
@@ -203,7 +206,7 @@ def _adapters_declared(model: torch.nn.Module) -> Iterator[None]:
     adapter trains beside the quantized weights just as well, so for the check the model says it has adapters."""
     declare = getattr(model, "is_quantized", False) and not getattr(model, "_hf_peft_config_loaded", False)
     if declare:
-        model._hf_peft_config_loaded = True
+        cast(Any, model)._hf_peft_config_loaded = True
     try:
         yield
     finally:

@@ -19,6 +19,7 @@ head:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -63,7 +64,8 @@ def add_adapters(model: nn.Module, method: str, size: int) -> None:
     design = DESIGNS[method]
     check_adapters_fit(model, method)
     _, blocks = transformer_blocks(model)
-    width = model.config.hidden_size  # what every place outputs (and a parallel adapter's MLP takes in)
+    config: Any = model.config
+    width: int = config.hidden_size  # what every place outputs (and a parallel adapter's MLP takes in)
     for block in list(blocks)[int(design.drop_lowest * len(blocks)):]:
         for place in design.places:
             adapter = BottleneckAdapter(width, size, design.activation, design.bias, design.layer_norm)

@@ -31,10 +31,11 @@ def check_causal_lm(model: nn.Module) -> None:
 def generate_with_prefix(peft_model: nn.Module) -> None:
     """Make a PEFT prefix-tuning model's ``generate`` use its prefix (module docstring); a no-op where the base
     model still takes ``past_key_values``."""
-    base = peft_model.get_base_model()
+    peft: Any = peft_model  # a PeftModel: its attributes are PEFT's
+    base = peft.get_base_model()
     if "cache" not in inspect.signature(base.forward).parameters:
         return
-    peft_model.prepare_inputs_for_generation = _prefix_in_cache(peft_model.prepare_inputs_for_generation)
+    peft.prepare_inputs_for_generation = _prefix_in_cache(peft.prepare_inputs_for_generation)
 
 
 def _prefix_in_cache(prepare: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
