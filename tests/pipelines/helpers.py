@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,6 +49,18 @@ def write_classification_files(directory: Path, rows: int = 24) -> tuple[Path, P
         (directory / name).write_text("\n".join(lines) + "\n")
         paths.append(directory / name)
     return paths[0], paths[1]
+
+
+def train_classifier(cli, model_dir: str, directory: Path, method: str) -> tuple[Path, dict]:
+    """``kasa-peft train --task classify --method METHOD`` for two steps on `write_classification_files`' data:
+    the run directory and its record (the run must succeed)."""
+    train_file, eval_file = write_classification_files(directory)
+    out = directory / method
+    result = cli("train", "--task", "classify", "--model", model_dir, "--method", method, "--output-dir", out,
+                 "--train-file", train_file, "--eval-file", eval_file, "--text-columns", "review",
+                 "--label-column", "label", "--max-steps", 2, "--batch-size", 4, "--max-length", 64)
+    assert result.code == 0, result.err
+    return out, json.loads((out / "metrics.json").read_text())
 
 
 def run_cli(capsys, *args) -> SimpleNamespace:

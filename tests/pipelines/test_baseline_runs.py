@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from .helpers import write_classification_files
+from .helpers import train_classifier, write_classification_files
 
 R, D, INTER, LAYERS = 8, 32, 48, 2
 HEAD = D * 3 + 3
@@ -33,13 +33,7 @@ SFT_ROWS = [{"instruction": "Name a colour.", "input": "", "output": "Blue."},
 
 @pytest.mark.parametrize("method", sorted(EXPECTED_TRAINABLE))
 def test_baseline_trains_and_evaluates_through_the_cli(method, cli, bert_dir, tmp_path):
-    train_file, eval_file = write_classification_files(tmp_path)
-    out = tmp_path / method
-    result = cli("train", "--task", "classify", "--model", bert_dir, "--method", method, "--output-dir", out,
-                 "--train-file", train_file, "--eval-file", eval_file, "--text-columns", "review",
-                 "--label-column", "label", "--max-steps", 2, "--batch-size", 4, "--max-length", 64)
-    assert result.code == 0, result.err
-    record = json.loads((out / "metrics.json").read_text())
+    out, record = train_classifier(cli, bert_dir, tmp_path, method)
     assert record["method"] == method and record["trainable_parameters"] == EXPECTED_TRAINABLE[method]
     again = cli("eval", "--run", out)  # the saved weights load back onto a fresh base
     assert again.code == 0, again.err

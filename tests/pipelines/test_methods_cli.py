@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from .helpers import write_classification_files
+from .helpers import train_classifier
 
 R, HIDDEN, LAYERS, ADAPTED = 8, 32, 2, 4
 HEAD = HIDDEN * 3 + 3
@@ -29,13 +29,7 @@ EXPECTED_TRAINABLE = {
 
 @pytest.mark.parametrize("method", ["lora", "pissa", "milora", "dora", "adalora", "peft-kasa", "fft"])
 def test_method_runs_through_the_cli(method, cli, bert_dir, tmp_path):
-    train_file, eval_file = write_classification_files(tmp_path)
-    out = tmp_path / method
-    result = cli("train", "--task", "classify", "--model", bert_dir, "--method", method, "--output-dir", out,
-                 "--train-file", train_file, "--eval-file", eval_file, "--text-columns", "review",
-                 "--label-column", "label", "--max-steps", 2, "--batch-size", 4, "--max-length", 64)
-    assert result.code == 0, result.err
-    record = json.loads((out / "metrics.json").read_text())
+    out, record = train_classifier(cli, bert_dir, tmp_path, method)
     assert record["method"] == method and record["optimizer_steps"] == 2
     expected = record["total_parameters"] if method == "fft" else EXPECTED_TRAINABLE[method]
     assert record["trainable_parameters"] == expected
@@ -44,9 +38,9 @@ def test_method_runs_through_the_cli(method, cli, bert_dir, tmp_path):
     again = cli("eval", "--run", out)  # each method's saved result loads back onto a fresh base
     assert again.code == 0, again.err
     assert json.loads(again.out) == pytest.approx(record["final"]["metrics"])
-    by_adapter = cli("eval", "--adapter", out, "--model", bert_dir, "--task", "classify", "--train-file", train_file,
-                     "--eval-file", eval_file, "--text-columns", "review", "--label-column", "label",
-                     "--max-length", 64)  # the method is read from the directory
+    by_adapter = cli("eval", "--adapter", out, "--model", bert_dir, "--task", "classify",
+                     "--train-file", tmp_path / "train.csv", "--eval-file", tmp_path / "eval.csv",
+                     "--text-columns", "review", "--label-column", "label", "--max-length", 64)  # method from the dir
     assert by_adapter.code == 0, by_adapter.err
     assert json.loads(by_adapter.out) == pytest.approx(record["final"]["metrics"])
     if method == "lora":  # predict serves KaSA adapters: the error names what serves this one

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from ..core.model import check_adapter_name
 from ..analysis import format_inspection, inspect_adapter, plot_adapter

@@ -11,12 +11,16 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
 from ..core import merge_and_unload, set_adapter
 from .atomic import atomic_directory
 from .base_model import adapted_model, base_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def export_merged(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
@@ -31,7 +35,7 @@ def export_merged(source: str | os.PathLike | nn.Module, out: str | os.PathLike,
     Returns ``out``.
     """
     with atomic_directory(out) as staging, adapted_model(source, base_model, adapter_name) as (model, name):
-        merged = copy.deepcopy(model)
+        merged = cast("PreTrainedModel", copy.deepcopy(model))  # it has a config and save_pretrained
         set_adapter(merged, name)
         merge_and_unload(merged)
         if label_names:

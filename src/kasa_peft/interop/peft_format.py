@@ -44,7 +44,8 @@ def require_peft():
 
 def original_module_names(model: nn.Module) -> list[str]:
     """The model's module names as in the original model (the insides of KaSA wrappers left out)."""
-    names, wrappers = [], []
+    names: list[str] = []
+    wrappers: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(w + ".") for w in wrappers):
             continue

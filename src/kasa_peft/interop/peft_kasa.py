@@ -161,7 +161,7 @@ def copy_peft_tensors(model: nn.Module, name: str, tensors: dict[str, torch.Tens
         raise ValueError(f"{source} was made for a different base model: it adapts {sorted(in_file - adapted)[:3]} "
                          f"and not {sorted(adapted - in_file)[:3]} of the layers its config selects here")
     for layer_name in sorted(adapted):
-        adapter = layers[layer_name].adapters[name]
+        adapter = layers[layer_name].adapter(name)
         for ours, theirs in (("A", "lora_A.weight"), ("B", "lora_B.weight"), ("sigma", "lora_diag")):
             key, target = f"{layer_name}.{theirs}", getattr(adapter, ours)
             if key not in tensors or tensors[key].shape != target.shape:

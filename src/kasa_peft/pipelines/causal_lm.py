@@ -16,6 +16,7 @@ import copy
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -254,7 +255,7 @@ def option_logliks(model, tokenizer, prompts: list[str], options: list[list[str]
 def _cache_keyword(model: nn.Module) -> str:
     """The keyword a causal LM's forward takes its key/value cache by: transformers 5 renamed ``past_key_values``
     to ``cache``. A PEFT wrapper passes keywords on to the model it wraps."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = cast(Any, model).get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 

@@ -142,6 +142,7 @@ def file_pipeline(config: RunConfig) -> ClassificationPipeline:
     if missing:
         raise ValueError(f"--task classify needs {', '.join(missing)} (e.g. --train-file train.csv --eval-file "
                          "dev.csv --text-columns sentence --label-column label)")
+    assert config.train_file and config.eval_file and config.text_columns and config.label_column  # checked above
     train = load_classification_file(config.train_file, config.text_columns, config.label_column)
     evaluation = load_classification_file(config.eval_file, config.text_columns, config.label_column,
                                           label_names=train.label_names)

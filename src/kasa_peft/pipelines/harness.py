@@ -14,7 +14,7 @@ lm-eval's own task registry (which may fetch its data from the hub).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -30,7 +30,7 @@ def merged_model(model: nn.Module) -> nn.Module:
     from ..core import kasa_layers, merge_and_unload
 
     if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-        return model.merge_and_unload()
+        return cast(Any, model).merge_and_unload()  # a PEFT model
     return merge_and_unload(model) if any(True for _ in kasa_layers(model)) else model
 
 
@@ -66,7 +66,7 @@ def harness_tasks(names: list[str], data_dir: str | None, tokenizer, use_chat_te
     tasks: list[Any] = []
     for name in names:
         if name.startswith("commonsense:"):
-            member = parse_task(name).member
+            member = parse_task(name).required_member
             tasks += [commonsense_task(s, data_dir, tokenizer, use_chat_template, max_eval_samples)
                       for s in (COMMONSENSE_SETS if member == "all" else (member,))]
         else:

@@ -75,6 +75,7 @@ def recorded_label_names(run_dir: str | Path | None, outputs: int | None = None)
     path = Path(run_dir) / METRICS_FILE if run_dir is not None else None
     if path is None or not path.is_file():
         return None
+    assert run_dir is not None  # path was built from it
     names = read_run(run_dir).get("label_names")
     if names is not None and outputs is None:
         outputs = head_size(read_adapter(run_dir)[1])

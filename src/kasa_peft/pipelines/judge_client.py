@@ -67,7 +67,8 @@ class ChatEndpoint:
         """The assistant message's text for ``messages``."""
         import requests
 
-        body = {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature,
+                                "max_tokens": max_tokens}
         headers = self._headers()
         wait, problem = self.backoff, ""
         for attempt in range(self.retries + 1):

@@ -9,8 +9,6 @@ or a GGUF file not yet converted: reading a GGUF header parses its whole tokeniz
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -40,6 +38,6 @@ def _config_dir(model_spec: str) -> str | None:
     if source.kind == "local_dir":
         return source.path
     if source.kind == "gguf":
-        converted = gguf_cache_dir(Path(source.path) / source.gguf_file)
+        converted = gguf_cache_dir(source.gguf_path)
         return str(converted) if (converted / "config.json").is_file() else None
     return None

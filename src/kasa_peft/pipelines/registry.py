@@ -16,11 +16,11 @@ def build_pipeline(config: RunConfig) -> TaskPipeline:
     """The pipeline of ``config.task``, its data read (a missing file or column fails here)."""
     task = parse_task(config.task)
     builders = {
-        "glue": lambda: glue_pipeline(config, task.member),
+        "glue": lambda: glue_pipeline(config, task.required_member),
         "classify": lambda: file_pipeline(config),
         "sentiment": lambda: sentiment_pipeline(config),
         "e2e": lambda: e2e_pipeline(config),
-        "commonsense": lambda: commonsense_pipeline(config, task.member),
+        "commonsense": lambda: commonsense_pipeline(config, task.required_member),
         "sft": lambda: sft_pipeline(config),
         "ifeval": lambda: ifeval_pipeline(config),
     }

@@ -41,16 +41,18 @@ def score(task: str, predictions: str | Path, references: str | Path | None = No
         return score_e2e_predictions(predictions, load_e2e(data_dir, "test"), "the E2E test set")
     outputs = read_items(predictions)
     if name.family == "glue":
-        spec = get_glue_task(name.member)
-        golds = read_items(references) if references else load_glue(name.member, data_dir, spec.eval_splits[0]).labels
+        spec = get_glue_task(name.required_member)
+        golds = (read_items(references) if references
+                 else load_glue(name.required_member, data_dir, spec.eval_splits[0]).labels)
         if spec.is_regression:
-            return glue_metrics(name.member, _numbers(outputs, predictions), _numbers(golds, references))
-        return glue_metrics(name.member, _label_ids(outputs, spec.label_names, predictions),
+            return glue_metrics(name.required_member, _numbers(outputs, predictions), _numbers(golds, references))
+        return glue_metrics(name.required_member, _label_ids(outputs, spec.label_names, predictions),
                             _label_ids(golds, spec.label_names, references))
     if name.family == "commonsense" and name.member != "all":
         golds = read_items(references) if references else [
-            example["answer"] for example in load_commonsense(name.member, data_dir, "test")]
-        return {"generation_accuracy": accuracy([extract_answer(name.member, text) for text in outputs], golds)}
+            example["answer"] for example in load_commonsense(name.required_member, data_dir, "test")]
+        answers = [extract_answer(name.required_member, text) for text in outputs]
+        return {"generation_accuracy": accuracy(answers, golds)}
     if name.family == "sft":
         golds = read_items(references) if references else [ref for _, ref in load_instruct_eval(data_dir)]
         return {"rouge_l": rouge_l(outputs, golds), "exact_match": exact_match(outputs, golds)}

@@ -36,7 +36,7 @@ class HeldOutSets:
     def evaluate(self, model: nn.Module, tokenizer, output_dir: Path | None) -> Metrics:
         """``<set>/rouge_l`` and ``<set>/exact_match`` per set; the generations go to ``sft_generations.jsonl``."""
         metrics: Metrics = {}
-        records = []
+        records: list[dict[str, str]] = []
         for name, pairs in self.sets.items():
             prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
             generations = self.decoding.generate(model, tokenizer, prompts)

@@ -28,6 +28,12 @@ class TaskName(NamedTuple):
     def __str__(self) -> str:
         return self.family if self.member is None else f"{self.family}:{self.member}"
 
+    @property
+    def required_member(self) -> str:
+        """The member of a family that has members (``glue``, ``commonsense``: ``parse_task`` requires one)."""
+        assert self.member is not None, f"task family {self.family!r} has no member"
+        return self.member
+
 
 def task_choices() -> list[str]:
     """Every valid task name, for help texts and errors."""

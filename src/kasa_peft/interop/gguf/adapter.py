@@ -60,7 +60,7 @@ def export_gguf_adapter(source: str | os.PathLike | nn.Module, out: str | os.Pat
                 "GGUF cannot hold; export the merged model instead: --format merged-gguf")
         pairs = {}
         for module_name, layer in adapted_layers(model, name):
-            adapter = layer.adapters[name]
+            adapter = layer.adapter(name)
             pairs[layout.tensor_name(f"{module_name}.weight")] = delta_factors(
                 adapter.A, adapter.B, adapter.sigma, adapter.dropped_us, adapter.dropped_vt, adapter.scale)
         rank = max(lora_a.shape[0] for _, lora_a in pairs.values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import gguf
 import numpy as np
@@ -32,6 +33,9 @@ from ...models.gguf_file import read_gguf
 from ..base_model import adapted_model
 from .naming import GgufLayout
 from .writing import Field, Tensor, write_gguf
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 QType = gguf.GGMLQuantizationType
 TENSOR_TYPES: dict[str, QType | None] = {"f32": QType.F32, "f16": QType.F16, "q8_0": QType.Q8_0, "source": None}
@@ -52,7 +56,8 @@ def export_merged_gguf(source: str | os.PathLike | nn.Module, out: str | os.Path
     base_model, found = gguf_base(source, base_model)
     with adapted_model(source, base_model, adapter_name) as (model, name):
         layout = GgufLayout.of(model.config)
-        reader = read_gguf(base_gguf or require_gguf(found, base_model or model.config.name_or_path))
+        reader = read_gguf(base_gguf or require_gguf(
+            found, base_model or cast("PretrainedConfig", model.config).name_or_path))
         changed = merged_tensors(model, name, layout)
         check_fits(reader, layout, changed)
         tensors = [output_tensor(t, changed.get(t.name), tensor_type) for t in reader.tensors]
@@ -65,7 +70,7 @@ def gguf_file(spec: str) -> Path | None:
         origin = resolve_model_path(spec) if spec else None
     except ModelLoadError:
         return None
-    return Path(origin.path) / origin.gguf_file if origin is not None and origin.kind == "gguf" else None
+    return origin.gguf_path if origin is not None and origin.kind == "gguf" else None
 
 
 def gguf_base(source: str | os.PathLike | nn.Module, base_model: nn.Module | str | os.PathLike | None,
@@ -73,7 +78,7 @@ def gguf_base(source: str | os.PathLike | nn.Module, base_model: nn.Module | str
     """The base to export against and its GGUF file: a GGUF spec (``base_model``, else the one the adapter
     records) is loaded as the causal LM transformers dequantizes from it."""
     if isinstance(source, nn.Module) or isinstance(base_model, nn.Module):
-        model = source if isinstance(source, nn.Module) else base_model
+        model = source if isinstance(source, nn.Module) else cast(nn.Module, base_model)
         return base_model, gguf_file(getattr(model.config, "name_or_path", "") or "")
     spec = str(base_model) if base_model is not None else read_adapter(source)[0].get("base_model", "")
     path = gguf_file(spec)
@@ -125,6 +130,7 @@ def output_tensor(source: gguf.ReaderTensor, changed: torch.Tensor | None, tenso
         return Tensor(source.name, quantized(changed.numpy(), source.tensor_type, source.name), source.tensor_type)
     values = changed.numpy() if changed is not None else gguf.quants.dequantize(source.data, source.tensor_type)
     qtype = TENSOR_TYPES[tensor_type] if values.ndim > 1 else QType.F32
+    assert qtype is not None  # only "source" has no type
     try:
         return Tensor(source.name, gguf.quants.quantize(values, qtype), qtype)
     except gguf.quants.QuantError:  # rows not a whole number of blocks
