@@ -19,24 +19,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# benchmarks/trl.py sits beside this script: with this folder first on sys.path it would shadow TRL itself
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
+import torch
+from common import machine_info, machine_sentence, write_results
+from datasets import Dataset
+from transformers import set_seed
+from trl import DPOConfig
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import set_seed  # noqa: E402
-from trl import DPOConfig  # noqa: E402
-
-sys.path.append(str(HERE))
-import kasa_peft  # noqa: E402
-from common import machine_info, machine_sentence, write_results  # noqa: E402
-from kasa_peft.integrations.trl import KasaDPOTrainer  # noqa: E402
-from kasa_peft.models import load_model  # noqa: E402
-from kasa_peft.pipelines.base import fixed_subset  # noqa: E402
-from kasa_peft.pipelines.causal_lm import generate_texts  # noqa: E402
-from kasa_peft.pipelines.run import CHECKPOINTING_ARGUMENT  # noqa: E402
-from kasa_peft.tasks.e2e import format_mr, format_target, group_references, load_e2e  # noqa: E402
+import kasa_peft
+from kasa_peft.integrations.trl import KasaDPOTrainer
+from kasa_peft.models import load_model
+from kasa_peft.pipelines.base import fixed_subset
+from kasa_peft.pipelines.causal_lm import generate_texts
+from kasa_peft.pipelines.run import CHECKPOINTING_ARGUMENT
+from kasa_peft.tasks.e2e import format_mr, format_target, group_references, load_e2e
 
 MODEL, SEED, MAX_LENGTH, TARGETS, LOGGED = "smollm2", 0, 128, ("q_proj", "v_proj"), (
     "loss", "task_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")

@@ -23,24 +23,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# benchmarks/trl.py sits beside this script: with this folder first on sys.path it would shadow TRL itself
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
+import torch
+from common import machine_info, machine_sentence, write_results
+from datasets import Dataset
+from trl import SFTConfig
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from trl import SFTConfig  # noqa: E402
-
-sys.path.append(str(HERE))
-import kasa_peft  # noqa: E402
-from common import machine_info, machine_sentence, write_results  # noqa: E402
-from kasa_peft.integrations.trl import KasaSFTTrainer  # noqa: E402
-from kasa_peft.models import load_model  # noqa: E402
-from kasa_peft.pipelines.base import fixed_subset  # noqa: E402
-from kasa_peft.pipelines.causal_lm import IGNORE_INDEX, encode_prompt_target  # noqa: E402
-from kasa_peft.pipelines.evaluation import training_losses  # noqa: E402
-from kasa_peft.pipelines.run import CHECKPOINTING_ARGUMENT  # noqa: E402
-from kasa_peft.tasks.e2e import format_mr, format_target, load_e2e  # noqa: E402
+import kasa_peft
+from kasa_peft.integrations.trl import KasaSFTTrainer
+from kasa_peft.models import load_model
+from kasa_peft.pipelines.base import fixed_subset
+from kasa_peft.pipelines.causal_lm import IGNORE_INDEX, encode_prompt_target
+from kasa_peft.pipelines.evaluation import training_losses
+from kasa_peft.pipelines.run import CHECKPOINTING_ARGUMENT
+from kasa_peft.tasks.e2e import format_mr, format_target, load_e2e
 
 MODEL, LR, WARMUP, MAX_LENGTH, SEED, TARGETS = "smollm2", 2e-4, 0.06, 128, 0, ("q_proj", "v_proj")
 TOLERANCE = 1e-3  # of the logged loss; below it the runs differ by float rounding (padding, summation order)

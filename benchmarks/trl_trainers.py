@@ -21,7 +21,7 @@ shared machine), and the peak of the anonymous resident memory (``RssAnon``, wha
 every 5 ms during construction and training. CPU time per step is recorded next to wall-clock time: on a shared
 machine it counts a step's work without the time other programs took.
 
-    nice -n 5 python benchmarks/trl.py [--rounds 6] [--steps 2] [--dpo-repeats 2] [--dpo-steps 3] [--batch 1]
+    nice -n 5 python benchmarks/trl_trainers.py [--rounds 6] [--steps 2] [--dpo-repeats 2] [--dpo-steps 3] [--batch 1]
 """
 
 from __future__ import annotations
@@ -36,24 +36,19 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# this file is named trl.py: run as a script, its folder comes first on sys.path and would shadow TRL itself
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
+import psutil
+import torch
+from common import machine_info, machine_sentence, median, write_results
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from peft import LoraConfig  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
-
-sys.path.append(str(HERE))
-import kasa_peft  # noqa: E402
-from common import machine_info, machine_sentence, median, write_results  # noqa: E402
-from kasa_peft.integrations.trl import KasaDPOTrainer, KasaSFTTrainer  # noqa: E402
-from kasa_peft.models import load_model, loadable_name  # noqa: E402
-from kasa_peft.pipelines.run import CHECKPOINTING_ARGUMENT  # noqa: E402
-from kasa_peft.tasks.e2e import format_mr, format_target, load_e2e  # noqa: E402
+import kasa_peft
+from kasa_peft.integrations.trl import KasaDPOTrainer, KasaSFTTrainer
+from kasa_peft.models import load_model, loadable_name
+from kasa_peft.pipelines.run import CHECKPOINTING_ARGUMENT
+from kasa_peft.tasks.e2e import format_mr, format_target, load_e2e
 
 MODEL = "smollm2"
 R, ALPHA, TARGETS = 8, 16.0, ("q_proj", "v_proj")
