@@ -4,8 +4,8 @@
 requirement without a lower bound (``>=``, ``~=`` or ``==``) prints nothing. `.ci/run`'s floors job installs what
 this prints, so the versions it tests are the declared ones and cannot drift from them.
 
-torch is left out: its floor cannot be installed here (the registries hold no CPU build of an older torch, and the
-CUDA ones are gigabytes); the floors job runs the torch that the first job tests.
+torch is left out: its floor is the CPU build both jobs install from local disk (`torch==2.13.0`), and no other
+release can be installed here without gigabytes of CUDA libraries.
 """
 
 from __future__ import annotations
