@@ -14,7 +14,7 @@ class on SST-2 dev, and lower its training loss. ``lora`` is the reference row, 
   ``LLM_TEST`` fixed test questions by option log-likelihood.
 
 A method whose score and loss barely moved at the shared rate gets one more run at another rate (``PROBES``,
-``LLM_PROBES``): a check that it learns at all, not a tuned rate for the tables (`harness.METHOD_LR` is where a
+``LLM_PROBES``): a check that it learns at all, not a tuned rate for the tables (`harness.METHOD_LR_FACTOR` is where a
 table's recorded probe would go).
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from quality import glue  # noqa: E402
 from quality.glue import Schedule  # noqa: E402
-from quality.harness import REPO, Record, Run, main, method_settings  # noqa: E402
+from quality.harness import REPO, Record, Run, main, with_method  # noqa: E402
 from quality.summary import machine_line, markdown_table  # noqa: E402
 
 TABLE = "baselines_quick"
@@ -54,9 +54,9 @@ def runs() -> list[Run]:
     llm = {"task": "commonsense:boolq", "model": "smollm2", "r": 8, "alpha": 16.0, "lr": 3e-4, "epochs": 1.0,
            "max_steps": LLM_STEPS, "batch_size": 4, "max_length": 256, "max_train_samples": 4 * LLM_STEPS,
            "max_eval_samples": LLM_TEST, "num_beams": 1, "max_new_tokens": 16, "seed": 0}
-    llm_runs = [Run(f"boolq-{method}-s0", {**llm, **method_settings(method)}, {"task": "boolq", "method": method})
+    llm_runs = [Run(f"boolq-{method}-s0", with_method(llm, method), {"task": "boolq", "method": method})
                 for method in LLM_METHODS]
-    llm_runs += [Run(f"boolq-{method}-lr{lr:g}-s0", {**llm, **method_settings(method), "lr": lr},
+    llm_runs += [Run(f"boolq-{method}-lr{lr:g}-s0", {**with_method(llm, method), "lr": lr},
                      {"task": "boolq", "method": method}) for method, lr in LLM_PROBES.items()]
     return glue_runs + llm_runs
 

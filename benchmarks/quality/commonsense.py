@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 import numpy as np  # noqa: E402
 
-from quality.harness import Record, Run, main, method_settings, own_rates  # noqa: E402
+from quality.harness import Record, Run, main, with_method, own_rates  # noqa: E402
 from quality.intervals import Interval, seed_item_interval  # noqa: E402
 from quality.summary import (  # noqa: E402
     cells, machine_line, markdown_table, metric, paired_differences, paired_table, seeds_of, stat_table,
@@ -46,7 +46,7 @@ def runs() -> list[Run]:
     settings = {"task": "commonsense:all", "model": "smollm2", "r": 8, "alpha": 16.0,
                 "lr": 3e-4, "epochs": 1.0, "batch_size": 8, "max_length": 256, "max_train_samples": TRAIN_SAMPLES,
                 "max_eval_samples": TEST_SAMPLES, "num_beams": 1, "max_new_tokens": 16}
-    return [Run(f"commonsense-{method}-s{seed}", {**settings, **method_settings(method), "seed": seed},
+    return [Run(f"commonsense-{method}-s{seed}", {**with_method(settings, method), "seed": seed},
                 {"method": method, "seed": seed}) for seed in SEEDS for method in METHODS]
 
 

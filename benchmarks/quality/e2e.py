@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from quality.harness import Record, Run, main, method_settings, own_rates  # noqa: E402
+from quality.harness import Record, Run, main, with_method, own_rates  # noqa: E402
 from quality.summary import (  # noqa: E402
     cells, machine_line, metric, paired_differences, paired_table, seeds_of, stat_table,
 )
@@ -48,7 +48,7 @@ SETTINGS = {"task": "e2e", "model": "smollm2", "r": 8, "alpha": 16.0, "lr": 5e-4
 def runs(prefix: str = "e2e", settings: dict | None = None, methods: tuple[str, ...] = ROWS) -> list[Run]:
     """The table's runs: every method at every seed, trained and scored with ``settings`` (default ``SETTINGS``)."""
     return [Run(f"{prefix}-{method}-s{seed}",
-                {**(settings or SETTINGS), **method_settings(method), **_full_lr(method), "seed": seed},
+                {**with_method(settings or SETTINGS, method), **_full_lr(method), "seed": seed},
                 {"method": method, "seed": seed, "metric": "all"})
             for seed in SEEDS for method in methods]
 

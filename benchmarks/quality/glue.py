@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from quality.harness import Record, Run, main, method_settings, own_rates  # noqa: E402
+from quality.harness import Record, Run, main, with_method, own_rates  # noqa: E402
 from quality.summary import (  # noqa: E402
     bar_plot, beaten_by, cells, concurrency, group, machine_line, matched_ratio, metric, row_average, stat_table,
 )
@@ -85,11 +85,12 @@ def settings(task: str, method: str, seed: int, schedule: Schedule | None = None
     beta, gamma = PAPER[task]
     plan = schedule or SCHEDULES[task]
     head = {"head_lr": plan.head_lr} if plan.head_lr else {}
-    return {"task": f"glue:{task}", "model": MODEL, "method": method, "r": 8, "alpha": 16.0,
-            "target_modules": ["query", "value"], "lr": FFT_LR if method == "fft" else plan.lr, **head, "beta": beta,
-            "gamma": gamma, "epochs": plan.epochs, "batch_size": 16, "max_length": 128, "eval_every_epoch": True,
-            "eval_batch_size": 64, "max_train_samples": plan.train_samples, "max_eval_samples": DEV_SAMPLES,
-            "seed": seed, **method_settings(method), **changes}
+    table = {"task": f"glue:{task}", "model": MODEL, "method": method, "r": 8, "alpha": 16.0,
+             "target_modules": ["query", "value"], "lr": FFT_LR if method == "fft" else plan.lr, **head,
+             "beta": beta, "gamma": gamma, "epochs": plan.epochs, "batch_size": 16, "max_length": 128,
+             "eval_every_epoch": True, "eval_batch_size": 64, "max_train_samples": plan.train_samples,
+             "max_eval_samples": DEV_SAMPLES, "seed": seed}
+    return {**with_method(table, method), **changes}
 
 
 def retrain_command(run_ids: Sequence[str], work: Path) -> str:

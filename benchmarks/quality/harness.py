@@ -55,22 +55,28 @@ VARIANTS = {"kasa-auto": {"method": "kasa", "drop_rank": "auto"},
 # random projections, not a budget (its paper: 256 to 1024): 256 here. Every other added method trains with the
 # table's r (the bottleneck size of the adapters, the prefix length, DyLoRA's largest rank).
 BASELINE_SETTINGS = {"vera": {"method": "vera", "r": 256}}
-# A method's own learning rate, where its paper prescribes a very different one (prefix tuning, VeRA) and a
-# recorded probe on one task and seed (lr_sweep.py) chose it; every other method trains at its table's rate.
-# Empty until such a probe is run; a table's summary names the methods found here.
-METHOD_LR: dict[str, float] = {}
+# A method's own learning rate, as a factor on its table's rate, where the method's paper prescribes a very
+# different one (VeRA's and prefix tuning's rates are about ten times LoRA's) and a recorded probe on one task and
+# seed chose it (lr_sweep.py, baselines_quick.py); every other method trains at its table's rate. A factor, not a
+# rate, because the GLUE table's rate depends on the task. A table's summary names the methods found here.
+METHOD_LR_FACTOR: dict[str, float] = {}
 
 
-def method_settings(method: str) -> dict[str, Any]:
-    """The `RunConfig` settings a method row of a table trains with (its own learning rate included)."""
-    settings = VARIANTS.get(method) or BASELINE_SETTINGS.get(method) or {"method": method}
-    return {**settings, "lr": METHOD_LR[method]} if method in METHOD_LR else settings
+def with_method(settings: dict[str, Any], method: str) -> dict[str, Any]:
+    """A table's ``settings`` for one of its method rows: the row's method and options, and its own learning rate
+    (``METHOD_LR_FACTOR``) for the adapter; a classification head keeps the table's rate."""
+    merged = {**settings, **(VARIANTS.get(method) or BASELINE_SETTINGS.get(method) or {"method": method})}
+    if method not in METHOD_LR_FACTOR:
+        return merged
+    head = {"head_lr": settings.get("head_lr", settings["lr"])} if settings["task"].startswith("glue:") else {}
+    return {**merged, "lr": settings["lr"] * METHOD_LR_FACTOR[method], **head}
 
 
 def own_rates(methods: Sequence[str]) -> str:
-    """For a summary: which of ``methods`` trained at a learning rate of their own, and which."""
-    named = [f"{m} at {METHOD_LR[m]:g}" for m in methods if m in METHOD_LR]
-    return f"Methods at their own learning rate (a recorded probe): {', '.join(named)}. " if named else ""
+    """For a summary: which of ``methods`` trained at a learning rate of their own, and at what factor."""
+    named = [f"{m} at {METHOD_LR_FACTOR[m]:g}x" for m in methods if m in METHOD_LR_FACTOR]
+    return ("Methods at their own learning rate, a factor on the table's (a recorded probe): "
+            f"{', '.join(named)}. " if named else "")
 
 
 def record_path(results: Path, table: str, run_id: str) -> Path:

@@ -57,7 +57,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from quality.harness import Record, Run, main, method_settings, record_path  # noqa: E402
+from quality.harness import Record, Run, main, with_method, record_path  # noqa: E402
 from quality.intervals import Interval, seed_item_interval  # noqa: E402
 from quality.summary import Stat, cells, machine_line, markdown_table, metric, stat_table  # noqa: E402
 
@@ -86,7 +86,7 @@ SETTINGS = {"task": "ifeval", "model": "smollm2", "r": 8, "alpha": 16.0, "lr": 2
 def runs() -> list[Run]:
     """The untrained base first, then every method at seed 0, then seeds 1 and 2 (a partial grid is a table)."""
     base = Run(f"{TABLE}-{BASE}", {**SETTINGS, "seed": 0}, {"method": BASE, "seed": 0}, train=False)
-    return [base, *(Run(f"{TABLE}-{method}-s{seed}", {**SETTINGS, **method_settings(method), "seed": seed},
+    return [base, *(Run(f"{TABLE}-{method}-s{seed}", {**with_method(SETTINGS, method), "seed": seed},
                         {"method": method, "seed": seed}) for seed in SEEDS for method in METHODS)]
 
 

@@ -11,6 +11,11 @@ why they get ``glue.LONG`` (see glue.py).
 ``glue.LONG`` left CoLA at MCC 0 for every method (every dev sentence predicted acceptable), so CoLA gets its
 own probe, again LoRA only at seed 0: ``COLA_PROBES``, variations of ``glue.LONG`` with more data, a higher
 rate or more epochs.
+
+A method whose paper trains it at a very different rate gets its own probe (``METHOD_PROBES``), at seed 0 on one
+task, with factors on that task's rate for the adapter (the head keeps the task's rate): VeRA, whose paper trains
+RoBERTa at about ten times LoRA's rate, on MRPC (the long schedule, which four of the five tasks use). The best
+factor goes to ``harness.METHOD_LR_FACTOR`` and from there to every task of every table.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ LRS = (1e-3, 3e-3, 1e-2)
 COLA_PROBES = {"all-data": glue.ALL_DATA,
                "lr-x4": Schedule(train_samples=2048, epochs=3, lr=2e-3, head_lr=2e-2),
                "10-epochs": Schedule(train_samples=2048, epochs=10, lr=5e-4, head_lr=5e-3)}
+METHOD_PROBES = {"vera": ("mrpc", (1.0, 10.0, 30.0))}
 
 
 def runs() -> list[Run]:
@@ -38,12 +44,21 @@ def runs() -> list[Run]:
                  {"task": task, "lr": lr}) for task in TASKS for lr in LRS]
     probes = [Run(f"cola-lora-{name}-s0", glue.settings("cola", "lora", 0, plan), {"task": "cola", "probe": name})
               for name, plan in COLA_PROBES.items()]
-    return sweep + probes
+    method_probes = [Run(f"{task}-{method}-x{factor:g}-s0", _at_factor(task, method, factor),
+                         {"task": task, "method": method, "factor": factor})
+                     for method, (task, factors) in METHOD_PROBES.items() for factor in factors]
+    return sweep + probes + method_probes
+
+
+def _at_factor(task: str, method: str, factor: float) -> dict:
+    plan = glue.SCHEDULES[task]
+    return glue.settings(task, method, 0, lr=plan.lr * factor, head_lr=plan.head_lr or plan.lr)
 
 
 def summarise(records: list[Record], out: Path) -> None:
     probes = [r for r in records if "probe" in r["labels"]]
-    records = [r for r in records if "probe" not in r["labels"]]
+    method_probes = [r for r in records if "factor" in r["labels"]]
+    records = [r for r in records if "probe" not in r["labels"] and "factor" not in r["labels"]]
     stats = cells(records, "lr", "task", metric)
     table = stat_table(stats, LRS, TASKS, "lr (lora, seed 0)", lambda t: f"{t} ({glue.METRIC_NAMES[t]})")
     (out / "summary.md").write_text(
@@ -53,7 +68,12 @@ def summarise(records: list[Record], out: Path) -> None:
         + markdown_table(["probe", "schedule", "CoLA MCC (best dev epoch, x100)"],
                          [[r["labels"]["probe"], COLA_PROBES[r["labels"]["probe"]].describe(), f"{metric(r):.1f}"]
                           for r in probes])
-        + f"\nMachine: {machine_line(records + probes)}.\nCommand: `python benchmarks/quality/lr_sweep.py`\n")
+        + "\n## A method's own rate: seed 0, one task, factors on the task's rate (adapter only)\n\n"
+        + markdown_table(["method", "task", "factor", "lr", "best dev epoch (x100)"],
+                         [[r["labels"]["method"], r["labels"]["task"], f"{r['labels']['factor']:g}",
+                           f"{r['run']['config']['lr']:g}", f"{metric(r):.1f}"] for r in method_probes])
+        + f"\nMachine: {machine_line(records + probes + method_probes)}.\n"
+        "Command: `python benchmarks/quality/lr_sweep.py`\n")
 
 
 if __name__ == "__main__":

@@ -28,14 +28,21 @@ def test_the_tables_hold_the_papers_baselines_of_their_family():
 
 
 def test_existing_rows_keep_their_settings_so_their_records_stay_valid():
-    assert harness.method_settings("lora") == {"method": "lora"}
+    assert harness.with_method({"task": "e2e", "lr": 1e-3}, "lora") == {"task": "e2e", "lr": 1e-3, "method": "lora"}
     assert glue.settings("sst2", "lora", 0)["r"] == 8 and glue.settings("sst2", "vera", 0)["r"] == 256
     assert glue.settings("sst2", "fft", 0)["lr"] == glue.FFT_LR
     assert {r.settings["lr"] for r in e2e.runs() if r.labels["method"] in ("fft", "ft-top2")} == {e2e.FULL_LR}
 
 
-def test_a_methods_own_learning_rate_applies_and_is_reported(monkeypatch):
-    monkeypatch.setitem(harness.METHOD_LR, "prefix", 1e-2)
-    assert harness.method_settings("prefix") == {"method": "prefix", "lr": 1e-2}
-    assert {r.settings["lr"] for r in e2e.runs() if r.labels["method"] == "prefix"} == {1e-2}
-    assert "prefix at 0.01" in harness.own_rates(e2e.ROWS) and harness.own_rates(("lora",)) == ""
+def test_a_methods_own_learning_rate_is_a_factor_on_the_tables_and_is_reported(monkeypatch):
+    monkeypatch.setitem(harness.METHOD_LR_FACTOR, "prefix", 10.0)
+    assert {r.settings["lr"] for r in e2e.runs() if r.labels["method"] == "prefix"} == {10 * e2e.SETTINGS["lr"]}
+    assert "prefix at 10x" in harness.own_rates(e2e.ROWS) and harness.own_rates(("lora",)) == ""
+
+
+def test_on_glue_the_factor_moves_the_adapters_rate_and_the_head_keeps_the_tasks(monkeypatch):
+    monkeypatch.setitem(harness.METHOD_LR_FACTOR, "vera", 10.0)
+    short, long = glue.settings("sst2", "vera", 0), glue.settings("mrpc", "vera", 0)
+    assert (short["lr"], short["head_lr"]) == (pytest.approx(10 * glue.SHORT.lr), glue.SHORT.lr)
+    assert (long["lr"], long["head_lr"]) == (pytest.approx(10 * glue.LONG.lr), glue.LONG.head_lr)
+    assert glue.settings("mrpc", "lora", 0)["lr"] == glue.LONG.lr
