@@ -50,9 +50,10 @@ class Side(NamedTuple):
 
 
 def comparisons(table) -> list[tuple[Side, Side]]:
-    """The table's "A against B" cells: every method against LoRA; in the E2E table also the 4-bit rows (trained
-    on the NF4 base) against each other, decoded on either base, and against their full-precision runs."""
-    pairs = [(Side(method), Side(REFERENCE)) for method in table.METHODS if method != REFERENCE]
+    """The table's "A against B" cells: every method row (the added baselines included) against LoRA; in the E2E
+    table also the 4-bit rows (trained on the NF4 base) against each other, decoded on either base, and against
+    their full-precision runs."""
+    pairs = [(Side(method), Side(REFERENCE)) for method in table.ROWS if method != REFERENCE]
     if table is e2e:
         pairs += [(Side("kasa-auto-4bit"), Side("lora-4bit")),
                   (Side("kasa-auto-4bit", FULL_PRECISION), Side("lora-4bit", FULL_PRECISION)),

@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from kasa_peft.pipelines.base import write_atomically  # noqa: E402
-from kasa_peft.pipelines.config import RunConfig  # noqa: E402
+from kasa_peft.pipelines.config import resolve_config  # noqa: E402
 from kasa_peft.pipelines.e2e import PREDICTIONS_FILE, e2e_pipeline  # noqa: E402
 from kasa_peft.tasks.e2e import mteval_scores, read_predictions  # noqa: E402
 from quality import e2e  # noqa: E402
@@ -56,9 +56,10 @@ def rescored(record: Record, scores: dict[str, float]) -> Record:
 
 
 def references_of(record: Record, data_dir: Path) -> list[list[str]]:
-    """The grouped references the run was scored against."""
-    settings = {**record["run"]["config"], "data_dir": str(data_dir), "output_dir": None, "resume": False}
-    return e2e_pipeline(RunConfig(**settings)).references
+    """The grouped references the run was scored against (its data settings decide them; a setting an older record
+    left null takes the task's default, which only decoding reads)."""
+    recorded = {key: value for key, value in record["run"]["config"].items() if value is not None}
+    return e2e_pipeline(resolve_config({}, {**recorded, "data_dir": str(data_dir), "resume": False})).references
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from common import machine_info, repository_relative  # noqa: E402
 from kasa_peft.pipelines.base import write_atomically  # noqa: E402
-from kasa_peft.pipelines.config import RunConfig  # noqa: E402
+from kasa_peft.pipelines.config import resolve_config  # noqa: E402
 from kasa_peft.pipelines import commonsense, e2e, ifeval, sft  # noqa: E402
 from kasa_peft.pipelines.base import best_device  # noqa: E402
 from kasa_peft.pipelines.provenance import source_revision  # noqa: E402
@@ -35,7 +35,7 @@ ANSWER_FILES = {e2e.PREDICTIONS_FILE: ".predictions.txt", commonsense.PREDICTION
 def run_job(job: dict) -> dict:
     """Train (or, when its ``metrics.json`` already exists, just read) the run and return its record; a job with
     ``train`` false evaluates the untrained model instead (its record has the config and the ``final`` metrics)."""
-    config = RunConfig(**job["settings"])
+    config = resolve_config({}, job["settings"])  # the task's defaults under the table's settings, as the CLI does
     output = Path(config.output_dir)
     if not job.get("train", True):
         output.mkdir(parents=True, exist_ok=True)

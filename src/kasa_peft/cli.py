@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .pipelines.config import TASK_DEFAULTS, RunConfig
+from .pipelines.config import TASK_DEFAULTS, RunConfig, value_type
 from .version import __version__
 
 E2E_SCALE = ("e2e: BLEU, METEOR and ROUGE_L are fractions (0-1) as the official E2E scorer prints them (the "
@@ -349,7 +349,7 @@ def _add_run_options(parser: argparse.ArgumentParser, names: Iterable[str],
     hints = typing.get_type_hints(RunConfig)
     texts = {**HELP, **(help_texts or {})}
     for name in names:
-        kind = next(t for t in (typing.get_args(hints[name]) or (hints[name],)) if t is not type(None))
+        kind = value_type(hints[name])
         flag = "--" + name.replace("_", "-")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

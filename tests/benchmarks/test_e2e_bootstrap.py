@@ -38,6 +38,6 @@ def test_the_seed_part_widens_the_interval_when_the_seeds_disagree():
 
 def test_the_e2e_table_compares_every_method_with_lora_and_the_4bit_rows_with_each_other():
     pairs = {(str(a), str(b)) for a, b in e2e_bootstrap.comparisons(e2e)}
-    assert {(m, "lora") for m in e2e.METHODS if m != "lora"} <= pairs
+    assert {(m, "lora") for m in e2e.ROWS if m != "lora"} <= pairs and ("prefix", "lora") in pairs
     assert ("kasa-auto-4bit", "lora-4bit") in pairs
     assert ("kasa-auto-4bit (decoded on the full-precision base)", "kasa-auto") in pairs

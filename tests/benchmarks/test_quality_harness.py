@@ -9,6 +9,7 @@ import re
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import common
 import numpy as np
@@ -393,3 +394,19 @@ def test_the_full_e2e_table_trains_as_the_e2e_table_and_only_evaluates_different
     evaluation = {"max_eval_samples": None, "num_beams": 1, "length_penalty": 1.0}
     for run in e2e_full.runs():
         assert run.settings == {**table[run.id.replace("e2e-full-", "", 1)], **evaluation}
+
+
+def test_the_worker_trains_with_the_tasks_defaults_under_the_tables_settings(tmp_path, monkeypatch):
+    """As the CLI does: a setting the table leaves out is the task's default, not None (a None decoding budget was
+    transformers' 20 tokens, which cut off most E2E sentences; a None n-gram ban kept IFEval off the continuous
+    batching decoder its records named)."""
+    from quality import e2e, instruct, worker
+
+    trained = []
+    monkeypatch.setattr(worker, "train", lambda config: trained.append(config) or SimpleNamespace(record={}))
+    for run in (e2e.runs()[0], instruct.runs()[1]):
+        worker.run_job({"settings": {**run.settings, "output_dir": str(tmp_path / run.id)}, "table": "t",
+                        "id": run.id, "labels": {}, "command": "c"})
+    e2e_config, instruct_config = trained
+    assert (e2e_config.max_new_tokens, e2e_config.length_penalty, e2e_config.num_beams) == (64, 0.9, e2e.BEAMS)
+    assert (instruct_config.no_repeat_ngram_size, instruct_config.length_penalty) == (0, 1.0)

@@ -11,7 +11,7 @@ from rouge_score.rouge_scorer import RougeScorer
 
 pytest.importorskip("lm_eval")
 
-from kasa_peft.pipelines.config import RunConfig  # noqa: E402
+from kasa_peft.pipelines.config import resolve_config  # noqa: E402
 from kasa_peft.pipelines.ifeval import ifeval_pipeline  # noqa: E402
 from kasa_peft.tasks.ifeval import IFEvalPrompt, score_ifeval  # noqa: E402
 
@@ -94,8 +94,8 @@ def test_held_out_pairs_add_rouge_l_as_a_second_metric(cli, llama_dir, files, he
 def test_held_out_pairs_are_decoded_with_sfts_budget_or_the_runs_when_smaller(files, held_out, run_budget,
                                                                             held_out_budget):
     data, train = files
-    config = RunConfig(task="ifeval", model="m", data_dir=str(data), train_file=str(train), eval_file=str(held_out),
-                       max_new_tokens=run_budget)
+    config = resolve_config({}, {"task": "ifeval", "model": "m", "data_dir": str(data), "train_file": str(train),
+                                 "eval_file": str(held_out), "max_new_tokens": run_budget})
     pipeline = ifeval_pipeline(config)
     assert pipeline.decoding.max_new_tokens == run_budget
     assert pipeline.held_out.decoding.max_new_tokens == held_out_budget

@@ -1,4 +1,5 @@
-"""`source_revision`: the commit and dirtiness of the checkout a package runs from, "unknown" where there is none."""
+"""`checkout_revision` / `source_revision`: the commit and dirtiness of the checkout a package runs from (as the
+process loaded it), "unknown" where there is none."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import kasa_peft
-from kasa_peft.pipelines.provenance import UNKNOWN, source_revision
+from kasa_peft.pipelines import provenance
+from kasa_peft.pipelines.provenance import UNKNOWN, checkout_revision, source_revision
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -32,33 +34,33 @@ def checkout(tmp_path) -> Path:
 
 
 def test_a_clean_checkout_gives_its_head_commit(checkout):
-    assert source_revision(checkout) == {"commit": git(checkout, "rev-parse", "HEAD"), "dirty": False}
+    assert checkout_revision(checkout) == {"commit": git(checkout, "rev-parse", "HEAD"), "dirty": False}
 
 
 def test_a_changed_tracked_file_makes_it_dirty_an_untracked_one_does_not(checkout):
     (checkout / "new.py").write_text("y = 2\n")
-    assert source_revision(checkout)["dirty"] is False
+    assert checkout_revision(checkout)["dirty"] is False
     (checkout / "__init__.py").write_text("x = 2\n")
-    assert source_revision(checkout) == {"commit": git(checkout, "rev-parse", "HEAD"), "dirty": True}
+    assert checkout_revision(checkout) == {"commit": git(checkout, "rev-parse", "HEAD"), "dirty": True}
     git(checkout, "add", "__init__.py")  # staged counts too
-    assert source_revision(checkout)["dirty"] is True
+    assert checkout_revision(checkout)["dirty"] is True
 
 
 def test_a_package_outside_any_checkout_is_unknown(tmp_path):
     (tmp_path / "__init__.py").write_text("")
-    assert source_revision(tmp_path) == {"commit": UNKNOWN, "dirty": UNKNOWN}
+    assert checkout_revision(tmp_path) == {"commit": UNKNOWN, "dirty": UNKNOWN}
 
 
 def test_a_package_untracked_in_a_surrounding_checkout_is_unknown(checkout):
     installed = checkout.parent.parent / "venv" / "site-packages" / "other"  # e.g. a virtualenv inside a project
     installed.mkdir(parents=True)
     (installed / "__init__.py").write_text("")
-    assert source_revision(installed) == {"commit": UNKNOWN, "dirty": UNKNOWN}
+    assert checkout_revision(installed) == {"commit": UNKNOWN, "dirty": UNKNOWN}
 
 
 def test_no_git_on_the_path_is_unknown_not_a_crash(checkout, monkeypatch):
     monkeypatch.setenv("PATH", str(checkout))  # no git executable there
-    assert source_revision(checkout) == {"commit": UNKNOWN, "dirty": UNKNOWN}
+    assert checkout_revision(checkout) == {"commit": UNKNOWN, "dirty": UNKNOWN}
 
 
 def test_this_package_reports_its_own_checkout_when_it_is_one():
@@ -71,3 +73,12 @@ def test_this_package_reports_its_own_checkout_when_it_is_one():
     else:
         assert revision["commit"] == git(package, "rev-parse", "HEAD")
         assert isinstance(revision["dirty"], bool)
+
+
+def test_a_record_names_the_code_as_the_process_loaded_it_dirty_if_the_checkout_moved_since(checkout, monkeypatch):
+    monkeypatch.setattr(provenance, "PACKAGE", checkout)
+    loaded = checkout_revision(checkout)
+    monkeypatch.setattr(provenance, "LOADED", loaded)
+    assert source_revision() == loaded and loaded["dirty"] is False
+    git(checkout, "commit", "--allow-empty", "-qm", "a commit made while the run trained")
+    assert source_revision() == {"commit": loaded["commit"], "dirty": True}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kasa_peft.pipelines.config import TASK_DEFAULTS, RunConfig, read_config_file, resolve_config
+from kasa_peft.pipelines.config import TASK_DEFAULTS, RunConfig, read_config_file, required, resolve_config
 from kasa_peft.pipelines.task_names import parse_task, task_choices
 
 
@@ -105,3 +105,24 @@ def test_yaml_booleans_never_become_numbers_names_or_paths(tmp_path, line, setti
 def test_a_boolean_for_a_numeric_setting_is_refused_from_python_too(field):
     with pytest.raises(ValueError, match=rf"--{field.replace('_', '-')} must be (an integer|a number), got True"):
         RunConfig(task="classify", model="m", **{field: True})
+
+
+def test_null_over_a_task_default_is_refused_with_the_default_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("task: e2e\nmodel: m\nlr: null\nnum_beams:\n")
+    with pytest.raises(ValueError, match=r"lr, num-beams set to null: e2e tasks need a value; .* \(0\.0002, 10\)"):
+        resolve_config(read_config_file(path), {})
+    assert resolve_config({"task": "e2e", "model": "m", "max_steps": None}, {}).max_steps is None  # no default
+
+
+def test_a_setting_a_run_needs_is_checked_where_it_is_used():
+    by_hand = RunConfig(task="sft", model="m")  # no task defaults: no batch size
+    assert required(resolve_config({}, {"task": "sft", "model": "m"}).batch_size, "batch_size") == 8
+    with pytest.raises(ValueError, match="--batch-size is not set: give it, or build the config with resolve_config"):
+        required(by_hand.batch_size, "batch_size")
+
+
+def test_quantize_takes_its_two_names_from_a_file_or_the_command_line():
+    assert resolve_config({"task": "sft", "model": "m", "quantize": "4bit"}, {}).quantize == "4bit"
+    with pytest.raises(ValueError, match="--quantize must be one of 4bit, 8bit, got '2bit'"):
+        resolve_config({"task": "sft", "model": "m"}, {"quantize": "2bit"})

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from safetensors import SafetensorError
 
@@ -72,7 +73,8 @@ def is_full_disk(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def reporting_full_disk(target: str | os.PathLike, shown_as: str | os.PathLike | None = None) -> Iterator[None]:
+def reporting_full_disk(target: str | os.PathLike[str],
+                        shown_as: str | os.PathLike[str] | None = None) -> Iterator[None]:
     """Within the block a file (or a directory's files) is written to ``target``; a full disk or a file-size limit
     becomes one ``OSError`` naming it (``shown_as``: the name it will have, ``target`` being a temporary) and saying
     what to do. (Which file of a directory failed is not always known: safetensors writes through a temporary of
@@ -88,8 +90,8 @@ def reporting_full_disk(target: str | os.PathLike, shown_as: str | os.PathLike |
                       "disk space (or raise the file-size limit, ulimit -f) and run again") from None
 
 
-def check_tensor_file(path: str | os.PathLike, fix: str,
-                      allowed: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+def check_tensor_file(path: str | os.PathLike[str], fix: str,
+                      allowed: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext) -> None:
     """Raise ``ValueError`` naming ``path`` unless ``torch.load(..., weights_only=True)`` reads it (within
     ``allowed()``, a context that may allow more globals): a pickle that would run code is never run, and a file
     that is not plain tensors is named here, not deep inside a loader."""
@@ -112,7 +114,7 @@ def _is_zip(path: Path) -> bool:
         return handle.read(4) == b"PK\x03\x04"
 
 
-def read_json_object(path: str | os.PathLike, fix: str) -> dict:
+def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
     """The JSON object in ``path``, a file we did not just write: an unreadable, cut-off or non-object file is a
     ``ValueError`` naming it and saying what to do (``fix``)."""
     path = Path(path)
@@ -131,7 +133,7 @@ def current_umask() -> int:
     return mask
 
 
-def default_permissions(path: str | os.PathLike) -> None:
+def default_permissions(path: str | os.PathLike[str]) -> None:
     """Give ``path`` (for a directory: it and everything in it) the mode ``open`` / ``mkdir`` would have given:
     0o666 for files and 0o777 for directories, less the umask."""
     path = Path(path)

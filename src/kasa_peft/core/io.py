@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -91,7 +91,7 @@ def _cosine_patterns(length: int, frequency: float, phase: int, device: torch.de
     return torch.stack([torch.cos(frequency * (i + 1) * positions + phase * i) for i in range(3)], dim=1)
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None,
+def save_adapter(model: nn.Module, path: str | os.PathLike[str], adapter_name: str | None = None,
                  allow_non_finite: bool = False) -> Path:
     """Write one adapter (default: the active one) to directory ``path``; returns the path.
 
@@ -103,8 +103,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
 
 
 def adapter_contents(model: nn.Module, adapter_name: str | None = None,
-                     gathered: Callable[[nn.Module], AbstractContextManager] = lambda module: nullcontext(),
-                     ) -> tuple[dict, dict[str, torch.Tensor]]:
+                     gathered: Callable[[nn.Module], AbstractContextManager[None]] = lambda module: nullcontext(),
+                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """What ``save_adapter`` writes: the metadata and the complete tensors, on the CPU.
 
     Tensors sharded by FSDP2 are gathered one at a time (so under FSDP2 every rank must call this); each
@@ -146,7 +146,7 @@ def adapter_contents(model: nn.Module, adapter_name: str | None = None,
     return metadata, {k: v.to("cpu").contiguous() for k, v in tensors.items()}
 
 
-def write_adapter(path: str | os.PathLike, metadata: dict, tensors: dict[str, torch.Tensor],
+def write_adapter(path: str | os.PathLike[str], metadata: dict[str, Any], tensors: dict[str, torch.Tensor],
                   allow_non_finite: bool = False) -> Path:
     """Write ``adapter_contents``' output to directory ``path`` atomically (module docstring); returns the path."""
     path = Path(path)
@@ -194,7 +194,7 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str, fix: str) -> No
             raise ValueError(f"{what}: tensor '{name}' holds {bad} NaN or infinite value(s); {fix}")
 
 
-def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The metadata and tensors of a saved adapter, with errors that say what is wrong with the directory.
 
     The metadata comes from the safetensors header, or from ``adapter_config.json`` for files written before
@@ -232,7 +232,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     return metadata, tensors
 
 
-def adapter_config(source: Path, metadata: dict) -> KasaConfig:
+def adapter_config(source: Path, metadata: dict[str, Any]) -> KasaConfig:
     """The ``KasaConfig`` an adapter's metadata records; a bad value is an error naming ``source``."""
     try:
         return KasaConfig.from_dict(metadata["config"])
@@ -241,7 +241,7 @@ def adapter_config(source: Path, metadata: dict) -> KasaConfig:
         raise ValueError(f"{source}: its config is damaged ({problem}); save the adapter again") from None
 
 
-def _check_metadata(source: Path, metadata: dict) -> None:
+def _check_metadata(source: Path, metadata: dict[str, Any]) -> None:
     """Types, ranges and shapes of the metadata fields, before anything uses them (the file is untrusted)."""
     def require(condition: bool, what: str) -> None:
         if not condition:
@@ -323,7 +323,7 @@ def _header_metadata(weights_file: Path) -> str | None:
         raise ValueError(f"{weights_file} is corrupt or truncated ({err}); save the adapter again") from None
 
 
-def _parse_metadata(text: str, source: Path) -> dict:
+def _parse_metadata(text: str, source: Path) -> dict[str, Any]:
     try:
         metadata = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -333,7 +333,7 @@ def _parse_metadata(text: str, source: Path) -> dict:
     return metadata
 
 
-def _read_config_file(config_file: Path) -> dict:
+def _read_config_file(config_file: Path) -> dict[str, Any]:
     try:
         text = config_file.read_text()
     except UnicodeDecodeError as err:
@@ -341,7 +341,7 @@ def _read_config_file(config_file: Path) -> dict:
     return _parse_metadata(text, config_file)
 
 
-def _peft_hint(metadata: dict) -> str:
+def _peft_hint(metadata: dict[str, Any]) -> str:
     """What to do with a PEFT adapter directory given where a KaSA adapter was expected."""
     if "peft_type" not in metadata:
         return ""
@@ -351,7 +351,7 @@ def _peft_hint(metadata: dict) -> str:
             "with `kasa-peft eval --run DIR`, or load it with peft.PeftModel.from_pretrained(base, DIR).")
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
+def load_adapter(model: nn.Module, path: str | os.PathLike[str], adapter_name: str | None = None) -> nn.Module:
     """Load a saved adapter onto ``model`` (the same base it was made for) without computing any SVD.
 
     The adapter is added under ``adapter_name`` (default: the name it was saved with) and becomes active.
@@ -393,7 +393,7 @@ def _saved_copy(tensors: dict[str, torch.Tensor], module_name: str) -> dict[str,
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> nn.Module:
+def restore_adapter(model: nn.Module, path: str | os.PathLike[str], adapter_name: str | None = None) -> nn.Module:
     """Overwrite the values of an existing adapter (default: the active one) with those saved in ``path``.
 
     In place, for resuming a run: parameters keep their identity (an optimizer built on them stays valid),
@@ -428,7 +428,8 @@ def restore_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str
     return model
 
 
-def _check_tensors(path, layers: dict, modules: list[str], tensors: dict[str, torch.Tensor]) -> None:
+def _check_tensors(path: Path, layers: dict[str, list[int]], modules: list[str],
+                   tensors: dict[str, torch.Tensor]) -> None:
     for name, (out_features, in_features) in layers.items():
         for key in REQUIRED_TENSORS:
             if f"{name}.{key}" not in tensors:
@@ -455,7 +456,8 @@ def _check_tensors(path, layers: dict, modules: list[str], tensors: dict[str, to
             raise ValueError(f"{path}: the saved copy of module '{module_name}' is missing; save the adapter again")
 
 
-def _check_ranks(path, config: KasaConfig, layers: dict, tensors: dict[str, torch.Tensor]) -> None:
+def _check_ranks(path: Path, config: KasaConfig, layers: dict[str, list[int]],
+                 tensors: dict[str, torch.Tensor]) -> None:
     """The rank of every saved layer must be the config's ``r`` (the adapter is built from the config)."""
     for name in layers:
         rank = tensors[f"{name}.sigma"].shape[0]
@@ -464,7 +466,8 @@ def _check_ranks(path, config: KasaConfig, layers: dict, tensors: dict[str, torc
                              "adapter is inconsistent, save it again")
 
 
-def _check_saved_modules(model: nn.Module, path, modules: list[str], tensors: dict[str, torch.Tensor]) -> None:
+def _check_saved_modules(model: nn.Module, path: str | os.PathLike[str], modules: list[str],
+                         tensors: dict[str, torch.Tensor]) -> None:
     """Each saved copy must have the names and shapes of the model's module it replaces."""
     for module_name in modules:
         try:
@@ -483,7 +486,8 @@ def _original(module: nn.Module) -> nn.Module:
     return module.original if isinstance(module, ModulesToSave) else module
 
 
-def _check_base(model: nn.Module, path, layers: dict, tensors: dict[str, torch.Tensor], saved_tolerance: float) -> None:
+def _check_base(model: nn.Module, path: str | os.PathLike[str], layers: dict[str, list[int]],
+                tensors: dict[str, torch.Tensor], saved_tolerance: float) -> None:
     """Fail before any change when ``model`` is not the base the adapter was made for (``saved_tolerance``: how
     precise the saved fingerprints are, `FINGERPRINT_TOLERANCE` unless the base they came from was quantized)."""
     for name, (out_features, in_features) in layers.items():

@@ -198,14 +198,15 @@ class KasaLayer(nn.Module):
         return adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
+        y: torch.Tensor = self.base_layer(x)
         if self.disabled or self.merged_adapter is not None:
             return y
         if self.per_example_adapters is not None:
             return self._forward_per_example(x, y)
         if self.active_adapter is None or self.active_adapter not in self.adapters:  # none active, or not here
             return y
-        return y + self.adapter(self.active_adapter)(x).to(y.dtype)
+        delta: torch.Tensor = self.adapter(self.active_adapter)(x)
+        return y + delta.to(y.dtype)
 
     def _forward_per_example(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         names = self.per_example_adapters
@@ -290,12 +291,14 @@ class ModulesToSave(nn.Module):
             return self.original
         return self.copies[name]
 
-    def forward(self, x: torch.Tensor, *args, **kwargs):
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.per_example_adapters is None:
-            return self.module_for(self.active_adapter)(x, *args, **kwargs)
+            output: torch.Tensor = self.module_for(self.active_adapter)(x, *args, **kwargs)
+            return output
         names = self.per_example_adapters
         groups = {n: [i for i, m in enumerate(names) if m == n] for n in dict.fromkeys(names)}
-        outputs = {n: self.module_for(n)(x[rows], *args, **kwargs) for n, rows in groups.items()}
+        outputs: dict[str | None, torch.Tensor] = {n: self.module_for(n)(x[rows], *args, **kwargs)
+                                                   for n, rows in groups.items()}
         first = next(iter(outputs.values()))
         result = first.new_empty((x.shape[0], *first.shape[1:]))
         for n, rows in groups.items():

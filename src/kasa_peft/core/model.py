@@ -31,7 +31,7 @@ class KasaState:
 
 
 def kasa_state(model: nn.Module) -> KasaState:
-    state = getattr(model, STATE_ATTRIBUTE, None)
+    state: KasaState | None = getattr(model, STATE_ATTRIBUTE, None)
     if state is None:
         raise ValueError("this model has no KaSA adapter: call kasa_peft.inject(model, config) or load_adapter first")
     return state
@@ -481,7 +481,8 @@ def original_weight(layer: KasaLayer) -> torch.Tensor:
         support = quantized_support(layer.base_layer)
         if support is not None:
             return support.dequantize(replaced)
-        return replaced["data"].T if is_transposed(layer.base_layer) else replaced["data"]
+        data: torch.Tensor = replaced["data"]
+        return data.T if is_transposed(layer.base_layer) else data
     weight = weight_matrix(layer.base_layer)
     if layer.merged_adapter is None:
         return weight

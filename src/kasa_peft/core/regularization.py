@@ -33,7 +33,7 @@ def gram_distance(M: torch.Tensor, mode: Regularizer = "paper") -> torch.Tensor:
     reference mode ``||M^T M - I_n||_F``, evaluated on the r x r Gram (module docstring)."""
     M = M.float()
     r, n = M.shape[-2:]
-    squared = torch.linalg.matrix_norm(M @ M.mT - torch.eye(r, device=M.device)).pow(2)
+    squared: torch.Tensor = torch.linalg.matrix_norm(M @ M.mT - torch.eye(r, device=M.device)).pow(2)
     return (squared + (n - r) if mode == "reference" else squared).sqrt()
 
 
@@ -45,7 +45,7 @@ def orthogonality_penalty(A: torch.Tensor, B: torch.Tensor, mode: Regularizer = 
 def stacked_by_shape(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """``tensors`` stacked into one tensor per (shape, dtype, device): the penalties of many layers then cost a
     few batched operations instead of a dozen small ones per layer."""
-    groups: dict[tuple, list[torch.Tensor]] = {}
+    groups: dict[tuple[torch.Size, torch.dtype, torch.device], list[torch.Tensor]] = {}
     for tensor in tensors:
         groups.setdefault((tensor.shape, tensor.dtype, tensor.device), []).append(tensor)
     return [torch.stack(group) for group in groups.values()]

@@ -15,11 +15,15 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from .config import KasaConfig, TruncationMethod
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 # The eigh path is trusted when its estimated relative error on the truncated weight is below this. An eigensolver
 # with backward error ``k eps ||G||`` tilts the dropped subspace by ``theta <= k eps ||G|| / gap`` (Davis-Kahan,
@@ -41,7 +45,7 @@ def dropped_share(weight: torch.Tensor, dropped: DroppedComponents) -> float:
     """``||U_d S_d V_d^T||_F / ||W||_F``, from r x r Grams: ``||us vt||_F^2 = trace((us^T us)(vt vt^T))``."""
     us, vt = dropped.us.double(), dropped.vt.double()
     energy = ((us.T @ us) * (vt @ vt.T)).sum().clamp_min(0)
-    norm = torch.linalg.vector_norm(weight.detach(), dtype=torch.float64).cpu()
+    norm: torch.Tensor = torch.linalg.vector_norm(weight.detach(), dtype=torch.float64).cpu()
     return (energy.sqrt() / norm.clamp_min(torch.finfo(torch.float64).tiny)).item()
 
 
@@ -171,7 +175,7 @@ def smallest_eigenpairs(symmetric: torch.Tensor, count: int) -> tuple[torch.Tens
 
 
 @functools.cache
-def _subset_solver() -> tuple[Callable, Any] | None:
+def _subset_solver() -> tuple[Callable[..., tuple[NDArray[np.float64], NDArray[np.float64]]], Any] | None:
     """SciPy's ``eigh`` and a threadpoolctl controller of the loaded BLAS libraries, if both are installed."""
     try:
         from scipy.linalg import eigh

@@ -28,10 +28,17 @@ class TaskPipeline(Protocol):
     ``main_metric`` names the key of ``evaluate``'s result that picks the best evaluation (higher is better).
     """
 
-    model_task: ModelTask
-    num_labels: int | None
-    label_names: list[str] | None
-    main_metric: str
+    @property
+    def model_task(self) -> ModelTask: ...
+
+    @property
+    def num_labels(self) -> int | None: ...
+
+    @property
+    def label_names(self) -> list[str] | None: ...
+
+    @property
+    def main_metric(self) -> str: ...
 
     def train_features(self, tokenizer) -> list[dict[str, Any]]:
         """The encoded training examples, ready for ``data_collator``."""

@@ -19,9 +19,9 @@ from transformers import DataCollatorWithPadding
 
 from ..tasks.glue import ClassificationExamples, get_glue_task, glue_metrics, load_classification_file, load_glue
 from ..tasks.metrics import accuracy
-from .base import SUBSET_SEED, Metrics, fixed_subset, write_atomically
+from .base import SUBSET_SEED, Metrics, ModelTask, fixed_subset, write_atomically
 from .causal_lm import evaluating, length_sorted_batches
-from .config import RunConfig
+from .config import RunConfig, required
 
 Scorer = Callable[[Sequence[Any], Sequence[Any]], dict[str, float]]
 
@@ -40,7 +40,7 @@ class ClassificationPipeline:
     main_metric: str
     max_length: int
     eval_batch_size: int
-    model_task: str = "sequence_classification"
+    model_task: ModelTask = "sequence_classification"
 
     @property
     def num_labels(self) -> int:
@@ -69,7 +69,7 @@ class ClassificationPipeline:
             prefix = f"{name}/" if len(self.eval_sets) > 1 else ""
             metrics.update({prefix + key: value for key, value in self.score(predictions, examples.labels).items()})
             if output_dir is not None:
-                lines = [examples.label_names[p] if examples.label_names else repr(p) for p in predictions]
+                lines = [examples.label_names[int(p)] if examples.label_names else repr(p) for p in predictions]
                 write_atomically(output_dir / f"predictions_{name}.txt", "\n".join(lines) + "\n")
         return metrics
 
@@ -93,7 +93,8 @@ def predict(model: nn.Module, tokenizer, examples: ClassificationExamples, max_l
     with evaluating(model):
         for batch in tqdm(length_sorted_batches([len(f["input_ids"]) for f in features], batch_size),
                           desc=description, unit="batch"):
-            logits = model(**collate([features[i] for i in batch]).to(model.device)).logits.float()
+            inputs = collate([features[i] for i in batch])
+            logits = model(**{key: value.to(model.device) for key, value in inputs.items()}).logits.float()
             values = logits[:, 0].tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
             for index, value in zip(batch, values, strict=True):
                 predictions[index] = value
@@ -119,7 +120,8 @@ def _pipeline(config: RunConfig, train: ClassificationExamples, eval_sets: dict[
     return ClassificationPipeline(
         subset(train, config.max_train_samples),
         {name: subset(examples, config.max_eval_samples) for name, examples in eval_sets.items()},
-        score, main_metric, config.max_length, config.eval_batch_size or config.batch_size)
+        score, main_metric, required(config.max_length, "max_length"),
+        required(config.eval_batch_size or config.batch_size, "batch_size"))
 
 
 def glue_pipeline(config: RunConfig, task: str) -> ClassificationPipeline:

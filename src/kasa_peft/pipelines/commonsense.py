@@ -29,7 +29,7 @@ from ..tasks.commonsense import (
 from ..tasks.instruct import load_sft_file
 from .base import Metrics, fixed_subset, write_jsonl
 from .causal_lm import OPTION_SCORER, choose_option
-from .config import RunConfig
+from .config import RunConfig, required
 from .generation import Decoding, PromptTargetPipeline
 
 PREDICTIONS_FILE = "commonsense_predictions.jsonl"
@@ -98,5 +98,6 @@ def commonsense_pipeline(config: RunConfig, member: str) -> CommonsensePipeline:
     names = COMMONSENSE_SETS if member == "all" else (member,)
     test_sets = {name: fixed_subset(load_commonsense(name, config.data_dir, "test"), config.max_eval_samples)
                  for name in names}
-    return CommonsensePipeline(fixed_subset(training_pairs(config), config.max_train_samples), config.max_length,
+    return CommonsensePipeline(fixed_subset(training_pairs(config), config.max_train_samples),
+                               required(config.max_length, "max_length"),
                                Decoding.from_config(config), test_sets)

@@ -13,13 +13,15 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, cast
 
 from ..tasks._common import read_text
 from ..training.method_names import METHODS
 from .task_names import parse_task
 
-QUANTIZE_CHOICES = (None, "4bit", "8bit")  # as kasa_peft.models.bitsandbytes, which imports bitsandbytes
+Quantization = Literal["4bit", "8bit"]  # as kasa_peft.models.bitsandbytes, which imports bitsandbytes
+QUANTIZE_CHOICES = (None, *typing.get_args(Quantization))
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class RunConfig:
 
     task: str
     model: str
-    quantize: str | None = None
+    quantize: Quantization | None = None
     output_dir: str | None = None
     method: str = "kasa"
     # adapter
@@ -88,7 +90,7 @@ class RunConfig:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, bool) and bool not in (typing.get_args(hints[field.name]) or (hints[field.name],)):
-                raise ValueError(f"--{_flag(field.name)} must be {_type_name(_value_type(hints[field.name]))}, "
+                raise ValueError(f"--{_flag(field.name)} must be {_type_name(value_type(hints[field.name]))}, "
                                  f"got {value!r}")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
                 raise ValueError(f"--{_flag(field.name)} must be a finite number, got {value!r}")
@@ -109,11 +111,13 @@ class RunConfig:
         if self.quantize not in QUANTIZE_CHOICES:
             raise ValueError(f"--quantize must be one of {', '.join(q for q in QUANTIZE_CHOICES if q)}, got "
                              f"{self.quantize!r}")
-        from ..core.config import KasaConfig  # here: the core imports torch, which `kasa-peft --help` need not load
+        # imported here: the core imports torch, which `kasa-peft --help` need not load
+        from ..core.config import DropRank, KasaConfig, SigmaInit
 
         object.__setattr__(self, "drop_rank", parse_drop_rank(self.drop_rank))
-        try:
-            KasaConfig(r=self.r, drop_rank=self.drop_rank, drop_budget=self.drop_budget, sigma_init=self.sigma_init)
+        try:  # KasaConfig checks the values the casts name
+            KasaConfig(r=self.r, drop_rank=cast(DropRank, self.drop_rank), drop_budget=self.drop_budget,
+                       sigma_init=cast(SigmaInit, self.sigma_init))
         except ValueError as err:
             flags = "--sigma-init" if "sigma_init" in str(err) else "--drop-rank / --drop-budget"
             raise ValueError(f"{flags}: {err}".replace("invalid KasaConfig: ", "")) from None
@@ -161,8 +165,22 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> R
     missing = [f"--{_flag(name)}" for name in ("task", "model") if given.get(name) is None]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}: give them on the command line or in the --config file")
-    defaults = TASK_DEFAULTS[parse_task(given["task"]).family]
+    family = parse_task(given["task"]).family
+    defaults = TASK_DEFAULTS[family]
+    nulled = [name for name, value in given.items() if value is None and name in defaults]
+    if nulled:
+        raise ValueError(f"{', '.join(_flag(n) for n in nulled)} set to null: {family} tasks need a value; remove "
+                         f"the setting to use the task's default ({', '.join(f'{defaults[n]!r}' for n in nulled)})")
     return RunConfig(**{**defaults, **given})
+
+
+def required(value: T | None, name: str) -> T:
+    """A setting the run cannot do without, checked: `resolve_config` fills each one from the task's defaults
+    (``TASK_DEFAULTS``), so only a `RunConfig` built by hand can lack it."""
+    if value is None:
+        raise ValueError(f"--{_flag(name)} is not set: give it, or build the config with resolve_config(), which "
+                         "fills in the task's default")
+    return value
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -198,13 +216,14 @@ def normalise_settings(values: dict[str, Any], source: str) -> dict[str, Any]:
     return normalised
 
 
-def _value_type(hint: Any) -> Any:
-    """``int`` for ``int | None``: the type a setting's values have."""
-    return next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
+def value_type(hint: Any) -> Any:
+    """``int`` for ``int | None``, ``str`` for a ``Literal`` of strings: the type a setting's values have."""
+    kind = next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
+    return str if typing.get_origin(kind) is Literal else kind
 
 
 def _convert(name: str, value: Any, hint: Any, source: str) -> Any:
-    kind = _value_type(hint)
+    kind = value_type(hint)
     try:
         if typing.get_origin(kind) is list:
             items = value.split(",") if isinstance(value, str) else list(value)
@@ -242,4 +261,5 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-__all__ = ["TASK_DEFAULTS", "RunConfig", "normalise_settings", "parse_drop_rank", "read_config_file", "resolve_config"]
+__all__ = ["TASK_DEFAULTS", "RunConfig", "normalise_settings", "parse_drop_rank", "read_config_file", "required",
+           "resolve_config", "value_type"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,7 @@ def greedy_decode(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
                     if outputs[index][-1] in stops or len(outputs[index]) == max_new_tokens]
             if done:
                 keep = [row for row in range(len(live)) if row not in done]
+                assert cache is not None  # rows are live, so a group was prefilled
                 cache, mask = _select(cache, mask, keep)
                 last = last[keep]
                 live = [live[row] for row in keep]
@@ -109,7 +111,7 @@ def _stack(cache: DynamicCache | None, mask: torch.Tensor, group_cache: DynamicC
     if cache is None or mask.shape[0] == 0:
         return group_cache, group_mask
     length = max(mask.shape[1], group_mask.shape[1])
-    for layer, group_layer in zip(cache.layers, group_cache.layers, strict=True):
+    for layer, group_layer in zip(_layers(cache), _layers(group_cache), strict=True):
         layer.keys = torch.cat([_pad_left(layer.keys, length), _pad_left(group_layer.keys, length)])
         layer.values = torch.cat([_pad_left(layer.values, length), _pad_left(group_layer.values, length)])
     return cache, torch.cat([_pad_left(mask, length), _pad_left(group_mask, length)])
@@ -121,10 +123,15 @@ def _select(cache: DynamicCache, mask: torch.Tensor, rows: list[int]) -> tuple[D
     if not rows:
         return cache, mask
     start = int(mask.any(0).long().argmax())  # the first column some row uses
-    for layer in cache.layers:
+    for layer in _layers(cache):
         layer.keys = layer.keys[rows, :, start:]
         layer.values = layer.values[rows, :, start:]
     return cache, mask[:, start:]
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's layers, each a ``DynamicLayer`` whose ``keys`` and ``values`` are tensors (`_prefill` checked)."""
+    return list(cache.layers)
 
 
 def _pad_left(tensor: torch.Tensor, length: int) -> torch.Tensor:

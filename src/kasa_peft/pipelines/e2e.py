@@ -17,7 +17,7 @@ from torch import nn
 
 from ..tasks.e2e import e2e_metrics, format_mr, format_target, group_references, load_e2e, read_e2e_csv
 from .base import Metrics, fixed_subset, write_atomically
-from .config import RunConfig
+from .config import RunConfig, required
 from .generation import Decoding, PromptTargetPipeline
 
 PREDICTIONS_FILE = "e2e_predictions.txt"
@@ -61,5 +61,5 @@ def e2e_pipeline(config: RunConfig) -> E2EPipeline:
     mrs, references = group_references(evaluation)
     keep = fixed_subset(range(len(mrs)), config.max_eval_samples)
     pairs = [(format_mr(mr), format_target(ref)) for mr, ref in fixed_subset(train, config.max_train_samples)]
-    return E2EPipeline(pairs, config.max_length, Decoding.from_config(config),
+    return E2EPipeline(pairs, required(config.max_length, "max_length"), Decoding.from_config(config),
                        [mrs[i] for i in keep], [references[i] for i in keep])

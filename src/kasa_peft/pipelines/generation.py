@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
+from .base import ModelTask
 from .causal_lm import (
     CausalLMCollator, Conversation, encode_prompt, encode_prompt_target, generate_ids, option_logliks, padding_id,
 )
-from .config import RunConfig
+from .config import RunConfig, required
 from .continuous_batching import greedy_decode
 
 
@@ -48,8 +49,10 @@ class Decoding:
 
     @classmethod
     def from_config(cls, config: RunConfig, continuous: bool = False) -> "Decoding":
-        return cls(config.eval_batch_size or config.batch_size, config.max_new_tokens, config.num_beams,
-                   config.length_penalty, config.no_repeat_ngram_size, config.use_chat_template, continuous)
+        return cls(required(config.eval_batch_size or config.batch_size, "batch_size"),
+                   required(config.max_new_tokens, "max_new_tokens"), required(config.num_beams, "num_beams"),
+                   required(config.length_penalty, "length_penalty"),
+                   required(config.no_repeat_ngram_size, "no_repeat_ngram_size"), config.use_chat_template, continuous)
 
     def __str__(self) -> str:
         search = f"beam search with {self.num_beams} beams" if self.num_beams > 1 else "greedy decoding"
@@ -95,9 +98,9 @@ class PromptTargetPipeline:
     train_pairs: list[tuple[str, str]]
     max_length: int
     decoding: Decoding
-    model_task = "causal_lm"
-    num_labels = None
-    label_names = None
+    model_task: ClassVar[ModelTask] = "causal_lm"
+    num_labels: ClassVar[None] = None
+    label_names: ClassVar[None] = None
 
     def train_features(self, tokenizer) -> list[dict[str, Any]]:
         chat = self.decoding.chat_template(tokenizer)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..tasks.ifeval import IFEvalPrompt, load_ifeval, score_ifeval
 from .base import Metrics, fixed_subset, write_jsonl
-from .config import TASK_DEFAULTS, RunConfig
+from .config import TASK_DEFAULTS, RunConfig, required
 from .generation import Decoding, PromptTargetPipeline
 from .sft import HeldOutSets, held_out_sets, sft_train_pairs
 
@@ -54,8 +54,9 @@ class IFEvalPipeline(PromptTargetPipeline):
 def ifeval_pipeline(config: RunConfig) -> IFEvalPipeline:
     held_out = None
     if config.eval_file or config.instruct_eval_sets:
-        budget = min(config.max_new_tokens, TASK_DEFAULTS["sft"]["max_new_tokens"])
+        budget = min(required(config.max_new_tokens, "max_new_tokens"), TASK_DEFAULTS["sft"]["max_new_tokens"])
         held_out = held_out_sets(config.replace(max_new_tokens=budget), continuous=True)
-    return IFEvalPipeline(fixed_subset(sft_train_pairs(config), config.max_train_samples), config.max_length,
+    return IFEvalPipeline(fixed_subset(sft_train_pairs(config), config.max_train_samples),
+                          required(config.max_length, "max_length"),
                           Decoding.from_config(config, continuous=True),
                           fixed_subset(load_ifeval(config.data_dir), config.max_eval_samples), held_out)

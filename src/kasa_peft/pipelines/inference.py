@@ -56,7 +56,8 @@ def predict_labels(model_spec: str, adapters: Mapping[str, str], lines: Iterable
         chosen = [i for i, item in enumerate(inputs) if item.adapter in names or (item.adapter is None and number == 0)]
         run = functools.partial(classify, model, tokenizer, max_length, batch_size)
         for index, prediction in zip(chosen, run_by_adapter(model, [inputs[i] for i in chosen], run), strict=True):
-            classes = label_names.get(inputs[index].adapter)
+            adapter = inputs[index].adapter
+            classes = label_names[adapter] if adapter is not None else None
             labels[index] = classes[prediction] if classes and isinstance(prediction, int) else prediction
     return [{"adapter": item.adapter, "text": item.text, "label": label}
             for item, label in zip(inputs, labels, strict=True)]
@@ -64,8 +65,12 @@ def predict_labels(model_spec: str, adapters: Mapping[str, str], lines: Iterable
 
 def classify(model, tokenizer, max_length: int, batch_size: int, items: list[TaggedInput]) -> list[int] | list[float]:
     """The predicted class id (or score) of each input's ``text`` (and ``text_pair``) with the active adapter."""
-    pairs = [item.fields.get("text_pair") for item in items]
-    examples = ClassificationExamples([item.text for item in items], pairs if any(pairs) else None, [0] * len(items))
+    paired = [item for item in items if "text_pair" in item.fields]
+    if paired and len(paired) < len(items):
+        raise ValueError(f"{len(paired)} of {len(items)} inputs have a text_pair: a pair classifier needs one in every "
+                         "input line, a single-text one in none")
+    pairs = [str(item.fields["text_pair"]) for item in paired] or None
+    examples = ClassificationExamples([item.text for item in items], pairs, [0] * len(items))
     return predict(model, tokenizer, examples, max_length, batch_size)
 
 

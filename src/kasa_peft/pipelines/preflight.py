@@ -10,13 +10,13 @@ losses are computed on one model, with the adapter on and off (``disable_adapter
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..core import KasaConfig, disable_adapters
-from ..core.config import ALL_LINEAR
+from ..core.config import ALL_LINEAR, DropRank
 from ..analysis.truncation_report import TruncationReport, read_truncation, truncation_report
 from ..models import load_model, natural_task
 from .causal_lm import IGNORE_INDEX
@@ -70,9 +70,10 @@ def preflight(settings: dict[str, Any], samples: int = DEFAULT_SAMPLES, spectra:
         report = read_truncation(begun.prepared.model, spectra=spectra)
         return report.with_losses(*truncation_losses(begun), examples=len(begun.features))
     given = normalise_settings(settings, "the command line")
-    config = KasaConfig(r=given.get("r", KasaConfig.r), drop_rank=parse_drop_rank(given.get("drop_rank", "r")),
-                        drop_budget=given.get("drop_budget"))  # the settings are checked before the model loads
+    drop_rank = cast(DropRank, parse_drop_rank(given.get("drop_rank", "r")))  # KasaConfig checks it
+    kasa = KasaConfig(r=given.get("r", KasaConfig.r), drop_rank=drop_rank,
+                      drop_budget=given.get("drop_budget"))  # the settings are checked before the model loads
     model, _ = load_model(given["model"], natural_task(given["model"]), quantize=given.get("quantize"))
     targets = given.get("target_modules") or default_target_modules(model, family="")
-    config = config.replace(target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets))
-    return truncation_report(model, config, spectra=spectra)
+    kasa = kasa.replace(target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets))
+    return truncation_report(model, kasa, spectra=spectra)

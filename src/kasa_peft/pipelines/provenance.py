@@ -1,4 +1,5 @@
-"""Which code produced a result: the git commit of the source checkout the package runs from."""
+"""Which code produced a result: the git commit of the source checkout the package runs from, as it was when the
+process loaded it."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ UNKNOWN = "unknown"
 PACKAGE = Path(__file__).resolve().parents[1]  # kasa_peft/
 
 
-def source_revision(package: Path = PACKAGE) -> dict[str, str | bool]:
-    """``{"commit": <40 hex digits>, "dirty": <bool>}`` of the git checkout ``package`` is tracked in, recorded with
-    every run and benchmark result; ``"unknown"`` for both where it is not one (an installed wheel, no ``git``).
+Revision = dict[str, str | bool]
+
+
+def checkout_revision(package: Path = PACKAGE) -> Revision:
+    """``{"commit": <40 hex digits>, "dirty": <bool>}`` of the git checkout ``package`` is tracked in, now;
+    ``"unknown"`` for both where it is not one (an installed wheel, no ``git``).
 
     ``dirty`` is whether a tracked file differs from the commit (staged or not), as ``git describe --dirty`` says;
     untracked files do not count. The checkout is only read: git is told to take no optional locks, so a concurrent
@@ -29,3 +33,15 @@ def source_revision(package: Path = PACKAGE) -> dict[str, str | bool]:
     except (OSError, subprocess.SubprocessError):  # no git, not a checkout, not tracked, no commit yet, a hang
         return {"commit": UNKNOWN, "dirty": UNKNOWN}
     return {"commit": commit, "dirty": dirty}
+
+
+LOADED = checkout_revision()  # the checkout as this process loaded it (this module loads with the pipelines)
+
+
+def source_revision() -> Revision:
+    """The revision of the code this process runs, recorded with every run and benchmark result: the checkout as
+    the process loaded it (``LOADED``), marked dirty if the checkout has changed since. A record written at the end
+    of a long run thus never names a commit made while it ran, and a module imported late may be newer code."""
+    if LOADED["commit"] == UNKNOWN or checkout_revision(PACKAGE) == LOADED:
+        return LOADED
+    return {**LOADED, "dirty": True}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .base import TaskPipeline
 from .classification import file_pipeline, glue_pipeline, sentiment_pipeline
 from .commonsense import commonsense_pipeline
@@ -15,7 +17,7 @@ from .task_names import parse_task
 def build_pipeline(config: RunConfig) -> TaskPipeline:
     """The pipeline of ``config.task``, its data read (a missing file or column fails here)."""
     task = parse_task(config.task)
-    builders = {
+    builders: dict[str, Callable[[], TaskPipeline]] = {
         "glue": lambda: glue_pipeline(config, task.required_member),
         "classify": lambda: file_pipeline(config),
         "sentiment": lambda: sentiment_pipeline(config),

@@ -44,8 +44,8 @@ from ..training import KasaTrainer, MethodSpec, PreparedModel, load_trained, pre
 from ..training.distributed import barrier, is_main_process, on_main_process
 from ..training.methods import METHOD_FILE, recorded_method
 from ..version import __version__
-from .base import Metrics, TaskPipeline, best_device, write_atomically
-from .config import RunConfig, normalise_settings
+from .base import Metrics, ModelTask, TaskPipeline, best_device, write_atomically
+from .config import Quantization, RunConfig, normalise_settings, required
 from .evaluation import PeriodicEvaluation, best_evaluation, evaluations, training_losses
 from .generation import Decoding, PromptTargetPipeline
 from .method_fit import check_method_fits_model
@@ -101,6 +101,7 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
     check_output_dir(output_dir, config)
     barrier()  # no rank may write before every rank has checked the directory
     config, pipeline, tokenizer, features, steps, prepared, base_weights = start(config, fingerprint=True)
+    assert base_weights is not None  # start(fingerprint=True)
     inputs = {"train_data_sha256": data_fingerprint(features), "base_weights_sha256": base_weights}
     on_main_process(lambda: check_run_inputs(output_dir, inputs), f"checking the inputs of the run in {output_dir}")
     on_main_process(lambda: start_run_dir(output_dir, config), f"starting the run in {output_dir}")
@@ -121,7 +122,7 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
 
     predictions_dir = output_dir if is_main_process() else None
     evaluation = PeriodicEvaluation(lambda m: pipeline.evaluate(m, tokenizer, predictions_dir), config.eval_steps,
-                                    config.eval_every_epoch, pipeline.main_metric)
+                                    required(config.eval_every_epoch, "eval_every_epoch"), pipeline.main_metric)
     trainer = KasaTrainer(model=prepared.model, args=training_arguments(config, output_dir / CHECKPOINTS_DIR, steps),
                           train_dataset=features, data_collator=pipeline.data_collator(tokenizer),
                           prepared=prepared, head_lr=config.head_lr, callbacks=[evaluation, *callbacks])
@@ -159,7 +160,7 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
     return _finish(output_dir, prepared, record)
 
 
-def _check_final_checkpoint(checkpoint: str, optimizer_steps: int, source: Path) -> TrainerState:
+def _check_final_checkpoint(checkpoint: str, optimizer_steps: int | None, source: Path) -> TrainerState:
     """The state of ``checkpoint``, which must be the one training ended at (``optimizer_steps``, from
     ``source``)."""
     state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
@@ -231,21 +232,20 @@ def evaluate_with_harness(config: RunConfig, adapter_dir: str | Path | None, tas
 
     model, tokenizer = load_with_adapter(config.model, adapter_dir, config.method, quantize=config.quantize)
     chat = Decoding.from_config(config).chat_template(tokenizer)
-    return run_harness(model, tokenizer, tasks, config.data_dir, chat, config.eval_batch_size or config.batch_size,
-                       config.max_eval_samples)
+    return run_harness(model, tokenizer, tasks, config.data_dir, chat,
+                       required(config.eval_batch_size or config.batch_size, "batch_size"), config.max_eval_samples)
 
 
 def load_with_adapter(model_spec: str, adapter_dir: str | Path | None, method: str = "kasa",
-                      model_task: str = "causal_lm", num_labels: int | None = None,
-                      quantize: str | None = None) -> tuple[nn.Module, Any]:
+                      model_task: ModelTask = "causal_lm", num_labels: int | None = None,
+                      quantize: Quantization | None = None) -> tuple[nn.Module, Any]:
     """``model_spec`` (quantized as ``quantize`` says) with the trained adapter (or whole model) of any method in
     ``adapter_dir``, on the best device; ``method`` applies to a directory that does not record its own."""
     if adapter_dir is not None:
         recorded = (Path(adapter_dir) / METHOD_FILE).is_file()  # the method saved with a run wins over the default
         method = recorded_method(adapter_dir, None if recorded else method)  # a damaged record fails before loading
-    model, tokenizer = load_model(model_spec, model_task, num_labels, quantize=quantize)
-    if adapter_dir is not None:
-        model = load_trained(model, adapter_dir, method)
+    loaded, tokenizer = load_model(model_spec, model_task, num_labels, quantize=quantize)
+    model: nn.Module = loaded if adapter_dir is None else load_trained(loaded, adapter_dir, method)
     return model.to(best_device()), tokenizer
 
 
@@ -392,7 +392,7 @@ def evaluation_times(config: RunConfig) -> str:
 
 
 def method_spec(config: RunConfig, steps: int) -> MethodSpec:
-    targets = config.target_modules
+    targets = required(config.target_modules, "target_modules")  # `finalise` chose them where the config did not
     return MethodSpec(method=config.method, r=config.r, alpha=config.alpha, dropout=config.dropout,
                       target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets),
                       beta=config.beta, gamma=config.gamma, regularizer=config.regularizer,
@@ -405,8 +405,9 @@ def total_steps(config: RunConfig, num_examples: int) -> int:
     """The number of optimizer steps the Trainer will take."""
     if config.max_steps:
         return config.max_steps
-    per_epoch = max(math.ceil(math.ceil(num_examples / config.batch_size) / config.gradient_accumulation_steps), 1)
-    return math.ceil(config.epochs * per_epoch)
+    batches = math.ceil(num_examples / required(config.batch_size, "batch_size"))
+    per_epoch = max(math.ceil(batches / config.gradient_accumulation_steps), 1)
+    return math.ceil(required(config.epochs, "epochs") * per_epoch)
 
 
 # transformers 5.23 renamed TrainingArguments' gradient_checkpointing (since a deprecated alias) to
@@ -419,16 +420,19 @@ def training_arguments(config: RunConfig, checkpoints: Path, steps: int) -> Trai
     """AdamW, linear schedule with ``warmup_ratio`` warm-up, checkpoints every ``save_steps`` (default: every epoch);
     bf16 autocast, activation checkpointing (non-reentrant, transformers' default), ``torch.compile`` (inductor) and
     the logging backends as the config says."""
+    checkpointing: dict[str, Any] = {CHECKPOINTING_ARGUMENT: config.gradient_checkpointing}
     return TrainingArguments(
-        output_dir=str(checkpoints), learning_rate=config.lr, weight_decay=config.weight_decay,
+        output_dir=str(checkpoints), learning_rate=required(config.lr, "lr"), weight_decay=config.weight_decay,
         warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the total steps
-        lr_scheduler_type="linear", num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        lr_scheduler_type="linear", num_train_epochs=required(config.epochs, "epochs"),
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=required(config.batch_size, "batch_size"),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         seed=config.seed, save_strategy="steps" if config.save_steps else "epoch", save_steps=config.save_steps or 500,
         save_total_limit=2, logging_steps=max(1, min(50, steps // 10)), eval_strategy="no",
         report_to=reporting_backends(config.report_to) or "none", bf16=config.bf16, torch_compile=config.torch_compile,
-        **{CHECKPOINTING_ARGUMENT: config.gradient_checkpointing},
+        **checkpointing,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=False,
         remove_unused_columns=False,
         use_cpu=not torch.accelerator.is_available(),  # else torchrun on a CPU-only machine trains each rank alone

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..tasks.instruct import exact_match, load_instruct_eval, load_sft_file, load_t0_train, rouge_l
 from .base import Metrics, fixed_subset, write_jsonl
-from .config import RunConfig
+from .config import RunConfig, required
 from .generation import Decoding, PromptTargetPipeline
 
 GENERATIONS_FILE = "sft_generations.jsonl"
@@ -75,11 +75,12 @@ def held_out_sets(config: RunConfig, continuous: bool = False) -> HeldOutSets:
     if config.eval_file:
         sets = {"eval": load_sft_file(config.eval_file)}
     else:
-        sets = {name: load_instruct_eval(config.data_dir, name) for name in config.instruct_eval_sets}
+        names = required(config.instruct_eval_sets, "instruct_eval_sets")
+        sets = {name: load_instruct_eval(config.data_dir, name) for name in names}
     return HeldOutSets({name: fixed_subset(pairs, config.max_eval_samples) for name, pairs in sets.items()},
                        Decoding.from_config(config, continuous))
 
 
 def sft_pipeline(config: RunConfig) -> SFTPipeline:
-    return SFTPipeline(fixed_subset(sft_train_pairs(config), config.max_train_samples), config.max_length,
-                       Decoding.from_config(config), held_out_sets(config))
+    return SFTPipeline(fixed_subset(sft_train_pairs(config), config.max_train_samples),
+                       required(config.max_length, "max_length"), Decoding.from_config(config), held_out_sets(config))
