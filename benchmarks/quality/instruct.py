@@ -8,7 +8,11 @@ Protocol, sized to the 2 CPU cores of this machine:
 
 * **training**: ``TRAIN_SAMPLES`` fixed pairs of ``instruct/self_instruct/t0_train_50k_subset`` (``--task ifeval``,
   ``sft``'s training, loss on the response), cut at ``MAX_LENGTH`` tokens, one epoch (50 steps), batch 8 grouped
-  by length, lr 2e-4, r = 8 on q_proj/v_proj, seeds 0-2;
+  by length, lr 2e-4, r = 8 on q_proj/v_proj, seeds 0-2; trained by the ``ifeval`` task's pipeline, whose Trainer
+  carries the same ``KasaTrainerMixin`` as TRL's ``KasaSFTTrainer``: on prompt/response pairs with the loss on the
+  response the two log the same losses to 1e-5 until a batch holds an example longer than the cutoff, which TRL
+  cuts by one more token (``benchmarks/results/trl_e2e_parity.md``); the pipeline keeps every record's config
+  complete and its run resumable by this harness;
 * **IFEval**: all 541 prompts (``EVAL_PROMPTS``: ``None``), greedy through the chat template, at most
   ``MAX_NEW_TOKENS`` new tokens, decoded with continuous batching, ``EVAL_BATCH`` rows at a time (token-identical
   to ``generate``; a finished response leaves the batch and a waiting prompt takes its place), scored by
