@@ -40,13 +40,13 @@ MODES = {"option_accuracy": "option log-likelihood", "generation_accuracy": "gen
 SEEDS = (0, 1, 2)
 TRAIN_SAMPLES = 400
 TEST_SAMPLES = 50
+SETTINGS = {"task": "commonsense:all", "model": "smollm2", "r": 8, "alpha": 16.0,
+            "lr": 3e-4, "epochs": 1.0, "batch_size": 8, "max_length": 256, "max_train_samples": TRAIN_SAMPLES,
+            "max_eval_samples": TEST_SAMPLES, "num_beams": 1, "max_new_tokens": 16}
 
 
 def runs() -> list[Run]:
-    settings = {"task": "commonsense:all", "model": "smollm2", "r": 8, "alpha": 16.0,
-                "lr": 3e-4, "epochs": 1.0, "batch_size": 8, "max_length": 256, "max_train_samples": TRAIN_SAMPLES,
-                "max_eval_samples": TEST_SAMPLES, "num_beams": 1, "max_new_tokens": 16}
-    return [Run(f"commonsense-{method}-s{seed}", {**with_method(settings, method), "seed": seed},
+    return [Run(f"commonsense-{method}-s{seed}", {**with_method(SETTINGS, method), "seed": seed},
                 {"method": method, "seed": seed}) for seed in SEEDS for method in METHODS]
 
 

@@ -62,14 +62,22 @@ BASELINE_SETTINGS = {"vera": {"method": "vera", "r": 256}}
 METHOD_LR_FACTOR: dict[str, float] = {}
 
 
-def with_method(settings: dict[str, Any], method: str) -> dict[str, Any]:
-    """A table's ``settings`` for one of its method rows: the row's method and options, and its own learning rate
-    (``METHOD_LR_FACTOR``) for the adapter; a classification head keeps the table's rate."""
-    merged = {**settings, **(VARIANTS.get(method) or BASELINE_SETTINGS.get(method) or {"method": method})}
-    if method not in METHOD_LR_FACTOR:
-        return merged
+def method_options(method: str) -> dict[str, Any]:
+    """The settings that make a method row: its method and options (``VARIANTS``, ``BASELINE_SETTINGS``)."""
+    return VARIANTS.get(method) or BASELINE_SETTINGS.get(method) or {"method": method}
+
+
+def at_lr_factor(settings: dict[str, Any], factor: float) -> dict[str, Any]:
+    """``settings`` with the adapter's learning rate times ``factor``; a classification head keeps its rate."""
     head = {"head_lr": settings.get("head_lr", settings["lr"])} if settings["task"].startswith("glue:") else {}
-    return {**merged, "lr": settings["lr"] * METHOD_LR_FACTOR[method], **head}
+    return {**settings, "lr": settings["lr"] * factor, **head}
+
+
+def with_method(settings: dict[str, Any], method: str) -> dict[str, Any]:
+    """A table's ``settings`` for one of its method rows: the row's method and options, at the method's own
+    learning rate (``METHOD_LR_FACTOR``) where it has one."""
+    merged = {**settings, **method_options(method)}
+    return at_lr_factor(merged, METHOD_LR_FACTOR[method]) if method in METHOD_LR_FACTOR else merged
 
 
 def own_rates(methods: Sequence[str]) -> str:

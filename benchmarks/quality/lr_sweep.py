@@ -12,10 +12,11 @@ why they get ``glue.LONG`` (see glue.py).
 own probe, again LoRA only at seed 0: ``COLA_PROBES``, variations of ``glue.LONG`` with more data, a higher
 rate or more epochs.
 
-A method whose paper trains it at a very different rate gets its own probe (``METHOD_PROBES``), at seed 0 on one
-task, with factors on that task's rate for the adapter (the head keeps the task's rate): VeRA, whose paper trains
-RoBERTa at about ten times LoRA's rate, on MRPC (the long schedule, which four of the five tasks use). The best
-factor goes to ``harness.METHOD_LR_FACTOR`` and from there to every task of every table.
+A method whose paper trains it at a very different rate gets its own probe (``method_probes``), at seed 0 in one
+table's schedule, with factors on that table's rate for the adapter (a classification head keeps its rate): VeRA,
+whose paper trains RoBERTa at about ten times LoRA's rate, on MRPC (the GLUE table's long schedule, which four of
+its five tasks use), and prefix tuning, usually trained at 1e-2 or more, in the commonsense table's schedule. The
+best factor goes to ``harness.METHOD_LR_FACTOR`` and from there to every table.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from quality import glue  # noqa: E402
+from quality import commonsense, glue  # noqa: E402
 from quality.glue import Schedule  # noqa: E402
-from quality.harness import Record, Run, main  # noqa: E402
+from quality.harness import Record, Run, at_lr_factor, main, method_options  # noqa: E402
 from quality.summary import cells, machine_line, markdown_table, metric, stat_table  # noqa: E402
 
 TABLE = "lr_sweep"
@@ -36,7 +37,7 @@ LRS = (1e-3, 3e-3, 1e-2)
 COLA_PROBES = {"all-data": glue.ALL_DATA,
                "lr-x4": Schedule(train_samples=2048, epochs=3, lr=2e-3, head_lr=2e-2),
                "10-epochs": Schedule(train_samples=2048, epochs=10, lr=5e-4, head_lr=5e-3)}
-METHOD_PROBES = {"vera": ("mrpc", (1.0, 10.0, 30.0))}
+FACTORS = (1.0, 10.0, 30.0)
 
 
 def runs() -> list[Run]:
@@ -44,15 +45,16 @@ def runs() -> list[Run]:
                  {"task": task, "lr": lr}) for task in TASKS for lr in LRS]
     probes = [Run(f"cola-lora-{name}-s0", glue.settings("cola", "lora", 0, plan), {"task": "cola", "probe": name})
               for name, plan in COLA_PROBES.items()]
-    method_probes = [Run(f"{task}-{method}-x{factor:g}-s0", _at_factor(task, method, factor),
-                         {"task": task, "method": method, "factor": factor})
-                     for method, (task, factors) in METHOD_PROBES.items() for factor in factors]
-    return sweep + probes + method_probes
+    return sweep + probes + method_probes()
 
 
-def _at_factor(task: str, method: str, factor: float) -> dict:
-    plan = glue.SCHEDULES[task]
-    return glue.settings(task, method, 0, lr=plan.lr * factor, head_lr=plan.head_lr or plan.lr)
+def method_probes() -> list[Run]:
+    """Each probed method at seed 0 in its table's schedule, the adapter at ``FACTORS`` times the table's rate."""
+    tables = {("mrpc", "vera"): glue.settings("mrpc", "vera", 0, lr=glue.LONG.lr, head_lr=glue.LONG.head_lr),
+              ("commonsense", "prefix"): {**commonsense.SETTINGS, **method_options("prefix"), "seed": 0}}
+    return [Run(f"{task}-{method}-x{factor:g}-s0", at_lr_factor(settings, factor),
+                {"task": task, "method": method, "factor": factor})
+            for (task, method), settings in tables.items() for factor in FACTORS]
 
 
 def summarise(records: list[Record], out: Path) -> None:

@@ -46,3 +46,19 @@ def test_on_glue_the_factor_moves_the_adapters_rate_and_the_head_keeps_the_tasks
     assert (short["lr"], short["head_lr"]) == (pytest.approx(10 * glue.SHORT.lr), glue.SHORT.lr)
     assert (long["lr"], long["head_lr"]) == (pytest.approx(10 * glue.LONG.lr), glue.LONG.head_lr)
     assert glue.settings("mrpc", "lora", 0)["lr"] == glue.LONG.lr
+
+
+def test_a_rate_probe_at_factor_one_is_its_tables_own_run_and_ignores_a_chosen_factor(monkeypatch):
+    from quality import lr_sweep
+
+    def probes() -> dict[str, dict]:
+        return {run.id: run.settings for run in lr_sweep.method_probes()}
+
+    table = {run.id: run.settings for run in commonsense.runs()}
+    assert probes()["commonsense-prefix-x1-s0"] == table["commonsense-prefix-s0"]
+    assert probes()["mrpc-vera-x1-s0"] == glue.settings("mrpc", "vera", 0)
+    before = probes()
+    monkeypatch.setitem(harness.METHOD_LR_FACTOR, "prefix", 10.0)
+    monkeypatch.setitem(harness.METHOD_LR_FACTOR, "vera", 10.0)
+    assert probes() == before  # choosing a factor does not make the probe's own records stale
+    assert before["commonsense-prefix-x30-s0"]["lr"] == pytest.approx(30 * commonsense.SETTINGS["lr"])
