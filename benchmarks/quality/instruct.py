@@ -141,13 +141,14 @@ def intervals(answers: dict[tuple[str, int], Answers], rows: list[str]) -> dict[
         if row == REFERENCE or not seeds:
             continue
         pairs = [(answers[(row, 0 if row == BASE else s)], answers[(REFERENCE, s)]) for s in seeds]
-        found[row] = {name: seed_item_interval([_difference(a, b, name) for a, b in pairs], [0] * size)
+        found[row] = {name: seed_item_interval([item_difference(a, b, name) for a, b in pairs], [0] * size)
                       for name in METRICS
                       if (size := len(pairs[0][1].rouge) if name == ROUGE_L else len(pairs[0][1].keys))}
     return found
 
 
-def _difference(ours: Answers, theirs: Answers, name: str) -> Callable[[np.ndarray], float]:
+def item_difference(ours: Answers, theirs: Answers, name: str) -> Callable[[np.ndarray], float]:
+    """``d(items)``: ``name`` of ``ours`` minus that of ``theirs`` (x100) on the items ``items``."""
     if ours.keys != theirs.keys or len(ours.rouge) != len(theirs.rouge):
         raise ValueError("two runs of the instruct table answered different prompts: rerun the stale one")
     return lambda items: ours.score(name, items) - theirs.score(name, items)

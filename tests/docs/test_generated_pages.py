@@ -58,3 +58,8 @@ def test_directives_read_the_records(tmp_path, monkeypatch):
         docs_pages.fill("{{ cell t/summary.md 1 y 2 }}", [])
     with pytest.raises(KeyError, match="has no"):
         docs_pages.fill("{{ value t/r.json run.nothing .1f }}", [])
+    sources: list[str] = []
+    assert docs_pages.fill("{{ table t/summary.md 2 }}", sources) == "| m | c |\n|---|---|\n| x | 3 |"
+    assert sources == ["`benchmarks/results/t/summary.md`"]
+    with pytest.raises(KeyError, match="has no table 3"):
+        docs_pages.fill("{{ table t/summary.md 3 }}", [])

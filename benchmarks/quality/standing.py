@@ -1,0 +1,163 @@
+"""Where KaSA stands against every other method of the quality tables, method by method: above, level or below.
+
+    python benchmarks/quality/standing.py [--results DIR] [--data-dir DIR]
+
+For each KaSA row (`kasa`, the paper's truncation, and `kasa-auto-ones`, the README's pick, where a table has
+it) and each other method of a table, over the seeds both have finished: the mean over seeds of KaSA's score minus
+the method's, with its 95% interval over the training seeds (paired) and the test items together
+(`quality.intervals`). KaSA is **above** where the interval lies above 0, **below** where it lies below, and
+**level** where it contains 0 (level within the interval: the runs cannot tell the two apart, which is not the same
+as showing them equal). The columns are each table's main metric: GLUE per task (dev accuracy, MCC or Pearson; its
+records keep no per-example predictions, so its intervals resample the seeds alone), E2E BLEU, commonsense average
+accuracy by option log-likelihood, IFEval prompt-level strict accuracy.
+
+Writes ``<results>/standing.md``: first the verdicts alone, for KaSA as the README recommends it on each model
+(``kasa-auto-ones`` where a table has it; on GLUE with MiniLM, where the paper's truncation and ``auto`` coincide,
+``kasa``), which the README shows (`tools/docs_pages.py`); then every cell in full, for both KaSA rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
+
+from kasa_peft.tasks.e2e import bleu_of_resampled, read_predictions  # noqa: E402
+from quality import commonsense, e2e, glue, instruct  # noqa: E402
+from quality.harness import DATA, RESULTS, Record, load_records, record_path  # noqa: E402
+from quality.intervals import Difference, Interval, seed_item_interval  # noqa: E402
+from quality.rescore_e2e import references_of  # noqa: E402
+from quality.summary import markdown_table, metric  # noqa: E402
+
+KASA_ROWS = ("kasa", "kasa-auto-ones")
+PICK = "kasa-auto-ones"  # the README's recommendation; a table without it (GLUE) shows the paper's kasa
+# (ours, theirs) of one seed -> d_s and the items' strata, or None where a run kept no items to compare
+Paired = tuple[Difference, Sequence[Hashable]]
+Pairing = Callable[[Record, Record], Paired | None]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One measurement: a table's records (those of one GLUE task) and how two runs of a seed differ on its items."""
+
+    title: str
+    records: list[Record]
+    pairing: Pairing
+
+
+def columns(results: Path, data_dir: Path) -> list[Column]:
+    glue_records = load_records(results, glue.TABLE, glue.runs())
+    found = [Column(f"GLUE {task} ({glue.METRIC_NAMES[task]})",
+                    [r for r in glue_records if r["labels"]["task"] == task], seeds_only) for task in glue.TASKS]
+    e2e_records = load_records(results, e2e.TABLE, e2e.runs())
+    references = references_of(e2e_records[0], data_dir) if e2e_records else []  # the same fixed MRs for every run
+
+    def e2e_pairing(ours: Record, theirs: Record) -> Paired | None:
+        kept = [record_path(results, e2e.TABLE, r["id"]).with_suffix(".predictions.txt") for r in (ours, theirs)]
+        if not all(path.is_file() for path in kept):
+            return None
+        bleu = [bleu_of_resampled(read_predictions(path), references) for path in kept]
+        return (lambda items: 100 * (bleu[0](items) - bleu[1](items))), [0] * len(references)
+
+    def commonsense_pairing(ours: Record, theirs: Record) -> Paired | None:
+        out = results / commonsense.TABLE
+        a, b = commonsense.answers_right(ours, out), commonsense.answers_right(theirs, out)
+        if a is None or b is None:
+            return None
+        if not np.array_equal(a["set"], b["set"]):
+            raise ValueError(f"{ours['id']} and {theirs['id']} kept answers to different questions: rerun one")
+        return commonsense.average_difference(a["option_accuracy"], b["option_accuracy"], a["set"]), a["set"]
+
+    def instruct_pairing(ours: Record, theirs: Record) -> Paired:
+        a, b = instruct.Answers(results, ours), instruct.Answers(results, theirs)
+        return instruct.item_difference(a, b, "prompt_level_strict_acc"), [0] * len(a.keys)
+
+    return found + [
+        Column("E2E BLEU", e2e_records, e2e_pairing),
+        Column("commonsense (option log-likelihood)",
+               load_records(results, commonsense.TABLE, commonsense.runs()), commonsense_pairing),
+        Column("IFEval (prompt strict)",
+               [r for r in load_records(results, instruct.TABLE, instruct.runs()) if r["labels"]["method"] != "base"],
+               instruct_pairing)]
+
+
+def seeds_only(ours: Record, theirs: Record) -> Paired:
+    """A run pair compared by its main metric alone (no kept items): one pseudo-item, so only seeds resample."""
+    value = metric(ours) - metric(theirs)
+    return (lambda items: value), [0]
+
+
+def standing(column: Column, ours: str, theirs: str) -> tuple[Interval, list[int]] | None:
+    """``ours`` minus ``theirs`` in ``column`` over the seeds both finished and kept items for, with those seeds;
+    None where there are none."""
+    runs = {(r["labels"]["method"], r["labels"]["seed"]): r for r in column.records}
+    paired = {s: column.pairing(runs[(ours, s)], runs[(theirs, s)])
+              for (m, s) in sorted(runs, key=str) if m == ours and (theirs, s) in runs}
+    kept = {s: pair for s, pair in paired.items() if pair is not None}
+    if not kept:
+        return None
+    strata = next(iter(kept.values()))[1]
+    interval = seed_item_interval([d for d, _ in kept.values()], strata,
+                                  resample_items=column.pairing is not seeds_only)
+    return interval, sorted(kept)
+
+
+def verdict(interval: Interval) -> str:
+    return "above" if interval.low > 0 else "below" if interval.high < 0 else "level"
+
+
+def report(results: Path, data_dir: Path) -> str:
+    found = columns(results, data_dir)
+    methods = list(dict.fromkeys(r["labels"]["method"] for c in found for r in c.records))
+    sections = [verdicts(found, [m for m in methods if m not in KASA_ROWS])]
+    for ours in KASA_ROWS:
+        rows = []
+        for theirs in (m for m in methods if m not in KASA_ROWS):
+            cells = [standing(column, ours, theirs) for column in found]
+            if any(cells):
+                rows.append([theirs, *(_cell(cell) for cell in cells)])
+        if rows:
+            sections.append(f"## {ours} against each method\n\n"
+                            + markdown_table(["method", *(c.title for c in found)], rows))
+    return "\n".join(sections)
+
+
+def verdicts(found: list[Column], methods: list[str]) -> str:
+    """KaSA as recommended per model against each method: the verdicts alone."""
+    picks = [PICK if any(r["labels"]["method"] == PICK for r in c.records) else "kasa" for c in found]
+    rows = [[method, *(verdict(cell[0]) if (cell := standing(c, pick, method)) else "—"
+                       for c, pick in zip(found, picks, strict=True))] for method in methods]
+    rows = [row for row in rows if any(cell != "—" for cell in row[1:])]
+    return (f"## At a glance\n\nKaSA ({PICK} where a column has its runs, else kasa) against each method: above, "
+            "level or below.\n\n" + markdown_table(["KaSA against", *(c.title for c in found)], rows) + "\n")
+
+
+def _cell(found: tuple[Interval, list[int]] | None) -> str:
+    if found is None:
+        return "—"
+    interval, seeds = found
+    return (f"{verdict(interval)} ({interval.estimate:+.1f} [{interval.low:+.1f}, {interval.high:+.1f}], "
+            f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"records and summaries (default {RESULTS})")
+    parser.add_argument("--data-dir", type=Path, default=DATA, help=f"the benchmark data (default {DATA})")
+    args = parser.parse_args(argv)
+    out = args.results / "standing.md"
+    out.write_text("# Where KaSA stands, method by method\n\n" + __doc__.split("\n\n")[2].replace("\n", " ").strip()
+                   + " Each cell: the verdict (KaSA minus the method, x100, 95% interval, seeds).\n\n"
+                   + report(args.results, args.data_dir) + "\nCommand: `python benchmarks/quality/standing.py`\n")
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
