@@ -12,7 +12,8 @@ def test_pairs_reach_the_classifier_as_second_texts(monkeypatch):
     seen = []
     monkeypatch.setattr(inference, "predict", lambda model, tokenizer, examples, *args: seen.append(examples) or [0])
     inference.classify(None, None, 16, 2, [TaggedInput("a", {"text": "x", "text_pair": "y"})])
-    inference.classify(None, None, 16, 2, [TaggedInput("a", {"text": "x"})])
+    inference.classify(None, None, 16, 2, [TaggedInput("a", {"text": "x"}), TaggedInput("a", {"text": "z",
+                                                                                               "text_pair": None})])
     assert (seen[0].texts_a, seen[0].texts_b) == (["x"], ["y"]) and seen[1].texts_b is None
 
 

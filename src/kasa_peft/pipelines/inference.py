@@ -65,7 +65,7 @@ def predict_labels(model_spec: str, adapters: Mapping[str, str], lines: Iterable
 
 def classify(model, tokenizer, max_length: int, batch_size: int, items: list[TaggedInput]) -> list[int] | list[float]:
     """The predicted class id (or score) of each input's ``text`` (and ``text_pair``) with the active adapter."""
-    paired = [item for item in items if "text_pair" in item.fields]
+    paired = [item for item in items if item.fields.get("text_pair") is not None]
     if paired and len(paired) < len(items):
         raise ValueError(f"{len(paired)} of {len(items)} inputs have a text_pair: a pair classifier needs one in every "
                          "input line, a single-text one in none")
