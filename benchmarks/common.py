@@ -54,8 +54,10 @@ def repository_relative(value: Any, root: Path = REPO) -> Any:
         return [repository_relative(item, root) for item in value]
     if not isinstance(value, str):
         return value
-    prefixes = {f"{root}/": "", f"{root.parent}/": "../", f"{Path(tempfile.gettempdir()).resolve()}/": "<tmp>/",
-                f"{Path.home()}/": "~/", **{f"{sysconfig.get_path(name)}/": "" for name in ("purelib", "platlib")}}
+    # later entries win where two are the same directory (a checkout in the temporary directory: ``../``)
+    prefixes = {f"{Path(tempfile.gettempdir()).resolve()}/": "<tmp>/", f"{Path.home()}/": "~/",
+                **{f"{sysconfig.get_path(name)}/": "" for name in ("purelib", "platlib")},
+                f"{root}/": "", f"{root.parent}/": "../"}
     for prefix in sorted(prefixes, key=len, reverse=True):  # the most specific first: site-packages under ~
         value = value.replace(prefix, prefixes[prefix])
     return value

@@ -257,8 +257,9 @@ def code_note(records: Sequence[Record]) -> str:
     versions = {provenance(r) for r in records}
     if len(versions) == 1:
         return f"Code and evaluation (git commit, switches): {versions.pop()} for every run"
-    rows = group(records, ["method"] if all("method" in r["labels"] for r in records) else
-                 sorted({key for r in records for key in r["labels"]} - {"seed"}))
+    keys = (["method"] if all("method" in r["labels"] for r in records) else
+            sorted({key for r in records for key in r["labels"]} - {"seed"}))
+    rows = group([{**r, "labels": {**dict.fromkeys(keys), **r["labels"]}} for r in records], keys)  # None: no label
     parts = []
     for key, runs in rows.items():
         seeds = [r["labels"].get("seed") for r in runs]
@@ -267,7 +268,7 @@ def code_note(records: Sequence[Record]) -> str:
                            ["version"])
         described = [f"{version} ({_runs_named(members, by_seed)})" for (version,), members in by_version.items()]
         mixed = " **mixes code versions**" if len(by_version) > 1 else ""
-        parts.append(f"{', '.join(map(str, key))}{mixed}: {'; '.join(described)}")
+        parts.append(f"{', '.join(str(k) for k in key if k is not None)}{mixed}: {'; '.join(described)}")
     return "Code and evaluation (git commit, switches) by row: " + " | ".join(parts)
 
 

@@ -50,6 +50,12 @@ def test_paths_are_written_relative_to_the_repository_and_its_neighbours():
         "cache": "~/.cache/kasa-peft", "labels": ["/elsewhere/file"]}
 
 
+def test_a_checkout_in_the_temporary_directory_keeps_its_neighbours_relative():
+    tmp = Path(tempfile.gettempdir()).resolve()
+    assert common.repository_relative(f"--data-dir {tmp}/shared/data --out {tmp}/ci/runs/x", tmp / "ci") == \
+        "--data-dir ../shared/data --out runs/x"
+
+
 def test_machine_info_records_the_commit_and_a_relative_command(monkeypatch):
     from kasa_peft.pipelines.provenance import source_revision
 

@@ -53,3 +53,13 @@ def test_a_row_over_several_columns_names_its_runs():
 
 def test_the_machine_line_carries_the_code_note():
     assert summary.machine_line([record("lora", 0)]).endswith(summary.code_note([record("lora", 0)]))
+
+
+def test_records_with_different_labels_are_grouped_by_the_labels_each_has():
+    """The learning-rate sweep holds sweep runs (task, lr), probes (task, probe) and method probes (task, method,
+    factor): a row is made of the labels a run has."""
+    sweep = {"id": "sst2-lora-lr0.01-s0", "labels": {"task": "sst2", "lr": 0.01, "seed": 0},
+             "run": {"device": "cpu", "source": {"commit": A, "dirty": False}, "evaluation": {}}}
+    probe = {**record("vera", 0, {"commit": B, "dirty": False}, {}, task="mrpc", factor=10.0), "id": "mrpc-vera-x10-s0"}
+    rows = summary.code_note([sweep, probe]).split(": ", 1)[1].split(" | ")
+    assert rows == [f"0.01, sst2: {A[:12]} (seed 0)", f"10.0, vera, mrpc: {B[:12]} (seed 0)"]  # labels by name
