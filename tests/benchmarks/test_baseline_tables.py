@@ -54,11 +54,10 @@ def test_a_rate_probe_at_factor_one_is_its_tables_own_run_and_ignores_a_chosen_f
     def probes() -> dict[str, dict]:
         return {run.id: run.settings for run in lr_sweep.method_probes()}
 
+    chosen = probes()
+    monkeypatch.setattr(harness, "METHOD_LR_FACTOR", {})  # every method at its table's rate
+    assert probes() == chosen  # choosing a factor does not make the probe's own records stale
     table = {run.id: run.settings for run in commonsense.runs()}
-    assert probes()["commonsense-prefix-x1-s0"] == table["commonsense-prefix-s0"]
-    assert probes()["mrpc-vera-x1-s0"] == glue.settings("mrpc", "vera", 0)
-    before = probes()
-    monkeypatch.setitem(harness.METHOD_LR_FACTOR, "prefix", 10.0)
-    monkeypatch.setitem(harness.METHOD_LR_FACTOR, "vera", 10.0)
-    assert probes() == before  # choosing a factor does not make the probe's own records stale
-    assert before["commonsense-prefix-x30-s0"]["lr"] == pytest.approx(30 * commonsense.SETTINGS["lr"])
+    assert chosen["commonsense-prefix-x1-s0"] == table["commonsense-prefix-s0"]
+    assert chosen["mrpc-vera-x1-s0"] == glue.settings("mrpc", "vera", 0)
+    assert chosen["commonsense-prefix-x30-s0"]["lr"] == pytest.approx(30 * commonsense.SETTINGS["lr"])
