@@ -100,3 +100,13 @@ def test_held_out_pairs_are_decoded_with_sfts_budget_or_the_runs_when_smaller(fi
     assert pipeline.decoding.max_new_tokens == run_budget
     assert pipeline.held_out.decoding.max_new_tokens == held_out_budget
     assert ifeval_pipeline(config.replace(eval_file=None)).held_out is None
+
+
+@pytest.mark.parametrize(("changes", "switches"), [({}, {"greedy_decoder": "continuous batching"}),
+                                                   ({"num_beams": 2}, {}), ({"no_repeat_ngram_size": 3}, {})])
+def test_the_record_names_continuous_batching_only_where_it_decodes(files, changes, switches):
+    """Beam search or an n-gram ban go to `generate`, and the record must not claim the other decoder."""
+    data, train = files
+    config = resolve_config({}, {"task": "ifeval", "model": "m", "data_dir": str(data), "train_file": str(train),
+                                 **changes})
+    assert ifeval_pipeline(config).evaluation_switches() == switches

@@ -54,6 +54,11 @@ class Decoding:
                    required(config.length_penalty, "length_penalty"),
                    required(config.no_repeat_ngram_size, "no_repeat_ngram_size"), config.use_chat_template, continuous)
 
+    @property
+    def batches_continuously(self) -> bool:
+        """Whether greedy decoding goes to continuous batching: asked for, with one beam and no n-gram ban."""
+        return self.continuous and self.num_beams == 1 and self.no_repeat_ngram_size == 0
+
     def __str__(self) -> str:
         search = f"beam search with {self.num_beams} beams" if self.num_beams > 1 else "greedy decoding"
         return f"{search}, up to {self.max_new_tokens} new tokens each"
@@ -73,7 +78,7 @@ class Decoding:
         cut it off."""
         encoded = [encode_prompt(tokenizer, prompt, self.chat_template(tokenizer)) for prompt in prompts]
         pad_id, eos_id = padding_id(tokenizer), tokenizer.eos_token_id
-        if self.continuous and self.num_beams == 1 and self.no_repeat_ngram_size == 0 and eos_id is not None:
+        if self.batches_continuously and eos_id is not None:
             generated = greedy_decode(model, encoded, max_new_tokens=self.max_new_tokens, eos_token_ids=[eos_id],
                                       pad_token_id=pad_id, batch_size=self.batch_size)
         else:
@@ -111,4 +116,4 @@ class PromptTargetPipeline:
         return CausalLMCollator(padding_id(tokenizer))
 
     def evaluation_switches(self) -> dict[str, str]:
-        return {"greedy_decoder": "continuous batching"} if self.decoding.continuous else {}
+        return {"greedy_decoder": "continuous batching"} if self.decoding.batches_continuously else {}
