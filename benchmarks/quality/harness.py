@@ -57,7 +57,7 @@ VARIANTS = {"kasa-auto": {"method": "kasa", "drop_rank": "auto"},
 BASELINE_SETTINGS = {"vera": {"method": "vera", "r": 256}}
 # A method's own learning rate, as a factor on its table's rate, where the method's paper prescribes a very
 # different one (VeRA's and prefix tuning's rates are about ten times LoRA's) and a recorded probe on one task and
-# seed chose it (lr_sweep.py, baselines_quick.py); every other method trains at its table's rate. A factor, not a
+# seed chose it (lr_sweep.py); every other method trains at its table's rate. A factor, not a
 # rate, because the GLUE table's rate depends on the task. A table's summary names the methods found here.
 # VeRA: 10, from lr_sweep.py's probe on MRPC, where 10 and 30 tie on the best dev accuracy (71.1, against 70.1 at 1)
 # and 10 is the VeRA paper's ratio to LoRA's rate.

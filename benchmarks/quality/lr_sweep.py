@@ -59,7 +59,7 @@ def method_probes() -> list[Run]:
 
 def summarise(records: list[Record], out: Path) -> None:
     probes = [r for r in records if "probe" in r["labels"]]
-    method_probes = [r for r in records if "factor" in r["labels"]]
+    by_factor = [r for r in records if "factor" in r["labels"]]
     records = [r for r in records if "probe" not in r["labels"] and "factor" not in r["labels"]]
     stats = cells(records, "lr", "task", metric)
     table = stat_table(stats, LRS, TASKS, "lr (lora, seed 0)", lambda t: f"{t} ({glue.METRIC_NAMES[t]})")
@@ -73,8 +73,8 @@ def summarise(records: list[Record], out: Path) -> None:
         + "\n## A method's own rate: seed 0, one task, factors on the task's rate (adapter only)\n\n"
         + markdown_table(["method", "task", "factor", "lr", "best dev epoch (x100)"],
                          [[r["labels"]["method"], r["labels"]["task"], f"{r['labels']['factor']:g}",
-                           f"{r['run']['config']['lr']:g}", f"{metric(r):.1f}"] for r in method_probes])
-        + f"\nMachine: {machine_line(records + probes + method_probes)}.\n"
+                           f"{r['run']['config']['lr']:g}", f"{metric(r):.1f}"] for r in by_factor])
+        + f"\nMachine: {machine_line(records + probes + by_factor)}.\n"
         "Command: `python benchmarks/quality/lr_sweep.py`\n")
 
 
