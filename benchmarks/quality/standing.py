@@ -74,7 +74,10 @@ def columns(results: Path, data_dir: Path) -> list[Column]:
             raise ValueError(f"{ours['id']} and {theirs['id']} kept answers to different questions: rerun one")
         return commonsense.average_difference(a["option_accuracy"], b["option_accuracy"], a["set"]), a["set"]
 
-    def instruct_pairing(ours: Record, theirs: Record) -> Paired:
+    def instruct_pairing(ours: Record, theirs: Record) -> Paired | None:
+        kept = [record_path(results, instruct.TABLE, r["id"]).with_suffix(".ifeval.jsonl") for r in (ours, theirs)]
+        if not all(path.is_file() for path in kept):
+            return None
         a, b = instruct.Answers(results, ours), instruct.Answers(results, theirs)
         return instruct.item_difference(a, b, "prompt_level_strict_acc"), [0] * len(a.keys)
 
@@ -98,7 +101,7 @@ def standing(column: Column, ours: str, theirs: str) -> tuple[Interval, list[int
     None where there are none."""
     runs = {(r["labels"]["method"], r["labels"]["seed"]): r for r in column.records}
     paired = {s: column.pairing(runs[(ours, s)], runs[(theirs, s)])
-              for (m, s) in sorted(runs, key=str) if m == ours and (theirs, s) in runs}
+              for (m, s) in sorted(runs) if m == ours and (theirs, s) in runs}
     kept = {s: pair for s, pair in paired.items() if pair is not None}
     if not kept:
         return None
