@@ -82,3 +82,16 @@ def test_a_record_names_the_code_as_the_process_loaded_it_dirty_if_the_checkout_
     assert source_revision() == loaded and loaded["dirty"] is False
     git(checkout, "commit", "--allow-empty", "-qm", "a commit made while the run trained")
     assert source_revision() == {"commit": loaded["commit"], "dirty": True}
+
+
+def test_a_rewritten_benchmark_record_is_output_not_a_code_change(checkout):
+    repo = checkout.parents[1]
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "benchmarks" / "results" / "r.json").write_text("{}\n")
+    (repo / "benchmarks" / "table.py").write_text("x = 1\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "records")
+    (repo / "benchmarks" / "results" / "r.json").write_text('{"run": 2}\n')  # a table ran again
+    assert checkout_revision(checkout)["dirty"] is False
+    (repo / "benchmarks" / "table.py").write_text("x = 2\n")  # a benchmark's code changed
+    assert checkout_revision(checkout)["dirty"] is True

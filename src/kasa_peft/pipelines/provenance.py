@@ -9,6 +9,7 @@ from pathlib import Path
 
 UNKNOWN = "unknown"
 PACKAGE = Path(__file__).resolve().parents[1]  # kasa_peft/
+RESULTS = "benchmarks/results"  # what the benchmarks write, in the checkout: output, not code
 
 
 Revision = dict[str, str | bool]
@@ -18,8 +19,9 @@ def checkout_revision(package: Path = PACKAGE) -> Revision:
     """``{"commit": <40 hex digits>, "dirty": <bool>}`` of the git checkout ``package`` is tracked in, now;
     ``"unknown"`` for both where it is not one (an installed wheel, no ``git``).
 
-    ``dirty`` is whether a tracked file differs from the commit (staged or not), as ``git describe --dirty`` says;
-    untracked files do not count. The checkout is only read: git is told to take no optional locks, so a concurrent
+    ``dirty`` is whether a tracked file differs from the commit (staged or not), as ``git describe --dirty`` says,
+    except the benchmarks' records under ``benchmarks/results/`` (a table that runs again rewrites its own records,
+    which changes no code); untracked files do not count. The checkout is only read: git is told to take no optional locks, so a concurrent
     git command in the same checkout is not disturbed.
     """
     def git(*args: str) -> str:
@@ -29,7 +31,8 @@ def checkout_revision(package: Path = PACKAGE) -> Revision:
     try:
         git("ls-files", "--error-unmatch", "__init__.py")  # the package is this checkout's, not a bystander's
         commit = git("rev-parse", "--verify", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                         f":(top,exclude){RESULTS}").strip())
     except (OSError, subprocess.SubprocessError):  # no git, not a checkout, not tracked, no commit yet, a hang
         return {"commit": UNKNOWN, "dirty": UNKNOWN}
     return {"commit": commit, "dirty": dirty}
