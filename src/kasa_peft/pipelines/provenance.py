@@ -21,8 +21,8 @@ def checkout_revision(package: Path = PACKAGE) -> Revision:
 
     ``dirty`` is whether a tracked file differs from the commit (staged or not), as ``git describe --dirty`` says,
     except the benchmarks' records under ``benchmarks/results/`` (a table that runs again rewrites its own records,
-    which changes no code); untracked files do not count. The checkout is only read: git is told to take no optional locks, so a concurrent
-    git command in the same checkout is not disturbed.
+    which changes no code); untracked files do not count. The checkout is only read: git is told to take no
+    optional locks, so a concurrent git command in the same checkout is not disturbed.
     """
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, check=True,
