@@ -235,6 +235,8 @@ def _type_name(hint: object) -> str:
     kind = args[0] if args else hint
     if typing.get_origin(kind) is list:
         return "list of strings"
+    if typing.get_origin(kind) is typing.Literal:
+        return " or ".join(f"`{choice}`" for choice in typing.get_args(kind))
     return {int: "integer", float: "number", bool: "boolean", str: "string"}.get(kind, str(kind))
 
 
