@@ -263,8 +263,9 @@ def config_reference() -> str:
             + "# Config keys\n\n"
               "A `--config` file (YAML or JSON) holds a mapping of these keys; a key may be written with `-` or "
               "`_`, and every key is also a `kasa-peft train` option (`--drop-rank`). Options given on the command "
-              "line override the file, and the file overrides the task's defaults below. The resolved config is "
-              "recorded in full in the run's `metrics.json`.\n\n"
+              "line override the file, and the file overrides the task's defaults below (a key set to `null` where "
+              "the task has a default is refused: leave it out). The resolved config is recorded in full in the "
+              "run's `metrics.json`.\n\n"
               + _table(["key", "type", "default", "meaning"], rows)
               + "\n\n## Task defaults\n\nWhat each task family uses for a key left unset (`glue:<task>` uses "
                 "`glue`'s, `commonsense:<set>` `commonsense`'s):\n\n"
