@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .pipelines.config import TASK_DEFAULTS, RunConfig, value_type
+from .pipelines.config import TASK_DEFAULTS, RunConfig, required, value_type
 from .version import __version__
 
 E2E_SCALE = ("e2e: BLEU, METEOR and ROUGE_L are fractions (0-1) as the official E2E scorer prints them (the "
@@ -457,9 +457,8 @@ def _predict(args: argparse.Namespace) -> Work:
         from .pipelines.inference import predict_labels
 
         adapters = parse_adapter_specs(args.adapter)
-        assert config.max_length is not None and config.batch_size is not None  # set by the classify defaults
-        for row in predict_labels(args.model, adapters, lines, config.max_length,
-                                  config.eval_batch_size or config.batch_size):
+        for row in predict_labels(args.model, adapters, lines, required(config.max_length, "max_length"),
+                                  config.evaluation_batch_size):
             print(json.dumps(row, ensure_ascii=False))
     return work
 

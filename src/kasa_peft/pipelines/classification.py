@@ -121,7 +121,7 @@ def _pipeline(config: RunConfig, train: ClassificationExamples, eval_sets: dict[
         subset(train, config.max_train_samples),
         {name: subset(examples, config.max_eval_samples) for name, examples in eval_sets.items()},
         score, main_metric, required(config.max_length, "max_length"),
-        required(config.eval_batch_size or config.batch_size, "batch_size"))
+        config.evaluation_batch_size)
 
 
 def glue_pipeline(config: RunConfig, task: str) -> ClassificationPipeline:

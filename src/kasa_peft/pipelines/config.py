@@ -129,6 +129,11 @@ class RunConfig:
     def family(self) -> str:
         return parse_task(self.task).family
 
+    @property
+    def evaluation_batch_size(self) -> int:
+        """How many examples evaluation takes at once: ``eval_batch_size``, else ``batch_size``."""
+        return required(self.eval_batch_size or self.batch_size, "batch_size")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -49,7 +49,7 @@ class Decoding:
 
     @classmethod
     def from_config(cls, config: RunConfig, continuous: bool = False) -> "Decoding":
-        return cls(required(config.eval_batch_size or config.batch_size, "batch_size"),
+        return cls(config.evaluation_batch_size,
                    required(config.max_new_tokens, "max_new_tokens"), required(config.num_beams, "num_beams"),
                    required(config.length_penalty, "length_penalty"),
                    required(config.no_repeat_ngram_size, "no_repeat_ngram_size"), config.use_chat_template, continuous)

@@ -233,7 +233,7 @@ def evaluate_with_harness(config: RunConfig, adapter_dir: str | Path | None, tas
     model, tokenizer = load_with_adapter(config.model, adapter_dir, config.method, quantize=config.quantize)
     chat = Decoding.from_config(config).chat_template(tokenizer)
     return run_harness(model, tokenizer, tasks, config.data_dir, chat,
-                       required(config.eval_batch_size or config.batch_size, "batch_size"), config.max_eval_samples)
+                       config.evaluation_batch_size, config.max_eval_samples)
 
 
 def load_with_adapter(model_spec: str, adapter_dir: str | Path | None, method: str = "kasa",
