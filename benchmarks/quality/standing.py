@@ -40,6 +40,7 @@ PICK = "kasa-auto-ones"  # the README's recommendation; a table without it (GLUE
 # (ours, theirs) of one seed -> d_s and the items' strata, or None where a run kept no items to compare
 Paired = tuple[Difference, Sequence[Hashable]]
 Pairing = Callable[[Record, Record], Paired | None]
+Found = tuple[Interval, list[int]] | None  # `standing`: the interval and the seeds it covers, if any
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def seeds_only(ours: Record, theirs: Record) -> Paired:
     return (lambda items: value), [0]
 
 
-def standing(column: Column, ours: str, theirs: str) -> tuple[Interval, list[int]] | None:
+def standing(column: Column, ours: str, theirs: str) -> Found:
     """``ours`` minus ``theirs`` in ``column`` over the seeds both finished and kept items for, with those seeds;
     None where there are none."""
     runs = {(r["labels"]["method"], r["labels"]["seed"]): r for r in column.records}
@@ -117,31 +118,29 @@ def verdict(interval: Interval) -> str:
 
 def report(results: Path, data_dir: Path) -> str:
     found = columns(results, data_dir)
-    methods = list(dict.fromkeys(r["labels"]["method"] for c in found for r in c.records))
-    sections = [verdicts(found, [m for m in methods if m not in KASA_ROWS])]
+    methods = [m for m in dict.fromkeys(r["labels"]["method"] for c in found for r in c.records) if m not in KASA_ROWS]
+    cells = {(ours, theirs): [standing(column, ours, theirs) for column in found]
+             for ours in KASA_ROWS for theirs in methods}  # each comparison once: E2E's rescores the BLEU
+    sections = [verdicts(found, methods, cells)]
     for ours in KASA_ROWS:
-        rows = []
-        for theirs in (m for m in methods if m not in KASA_ROWS):
-            cells = [standing(column, ours, theirs) for column in found]
-            if any(cells):
-                rows.append([theirs, *(_cell(cell) for cell in cells)])
+        rows = [[theirs, *map(_cell, cells[(ours, theirs)])] for theirs in methods if any(cells[(ours, theirs)])]
         if rows:
             sections.append(f"## {ours} against each method\n\n"
                             + markdown_table(["method", *(c.title for c in found)], rows))
     return "\n".join(sections)
 
 
-def verdicts(found: list[Column], methods: list[str]) -> str:
+def verdicts(found: list[Column], methods: list[str], cells: dict[tuple[str, str], list[Found]]) -> str:
     """KaSA as recommended per model against each method: the verdicts alone."""
     picks = [PICK if any(r["labels"]["method"] == PICK for r in c.records) else "kasa" for c in found]
-    rows = [[method, *(verdict(cell[0]) if (cell := standing(c, pick, method)) else "—"
-                       for c, pick in zip(found, picks, strict=True))] for method in methods]
+    rows = [[method, *(verdict(cell[0]) if (cell := cells[(pick, method)][i]) else "—" for i, pick in enumerate(picks))]
+            for method in methods]
     rows = [row for row in rows if any(cell != "—" for cell in row[1:])]
     return (f"## At a glance\n\nKaSA ({PICK} where a column has its runs, else kasa) against each method: above, "
             "level or below.\n\n" + markdown_table(["KaSA against", *(c.title for c in found)], rows) + "\n")
 
 
-def _cell(found: tuple[Interval, list[int]] | None) -> str:
+def _cell(found: Found) -> str:
     if found is None:
         return "—"
     interval, seeds = found
