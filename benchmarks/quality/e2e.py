@@ -52,10 +52,9 @@ SETTINGS = {"task": "e2e", "model": "smollm2", "r": 8, "alpha": 16.0, "lr": 5e-4
             "no_repeat_ngram_size": 4}
 
 
-def runs(prefix: str = "e2e", settings: dict | None = None, methods: tuple[str, ...] = ROWS) -> list[Run]:
-    """The table's runs: every method at every seed, trained and scored with ``settings`` (default ``SETTINGS``)."""
-    return [Run(f"{prefix}-{method}-s{seed}",
-                {**with_method(settings or SETTINGS, method), **_full_lr(method), "seed": seed},
+def runs(methods: tuple[str, ...] = ROWS) -> list[Run]:
+    """The table's runs of ``methods`` (default: all its rows) at every seed."""
+    return [Run(f"e2e-{method}-s{seed}", {**with_method(SETTINGS, method), **_full_lr(method), "seed": seed},
                 {"method": method, "seed": seed, "metric": "all"})
             for seed in SEEDS for method in methods]
 

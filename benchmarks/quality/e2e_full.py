@@ -4,10 +4,11 @@
     python benchmarks/quality/e2e_bootstrap.py --table e2e_full
 
 Issue 13: where the E2E table's 50 test MRs leave kasa-auto and LoRA within noise of each other, measure on more
-MRs rather than conclude from noise. The runs train exactly as `e2e.py`'s (same settings and seeds) for
-kasa-auto (sigma started at randn and at ones), lora, pissa and milora, and are scored on every distinct test MR
-(630, 12.6 times as many, all their references) with greedy decoding (no-repeat 4-grams kept) instead of beam 4,
-which keeps decoding them affordable on a CPU.
+MRs rather than conclude from noise. The adapters are the E2E table's own (`harness.scored_again`: a run of
+`e2e.py` that has not run is trained first, into that table's run directory) for kasa-auto (sigma started at
+randn and at ones), lora, pissa and milora, scored on every distinct test MR (630, 12.6 times as many, all their
+references) with greedy decoding (no-repeat 4-grams kept) instead of beam 4, which keeps decoding them affordable
+on a CPU.
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from quality import e2e  # noqa: E402
-from quality.harness import Record, Run, main  # noqa: E402
+from quality.harness import Record, Run, main, scored_again  # noqa: E402
 
 TABLE = "e2e_full"
 METHODS = ("kasa-auto", "kasa-auto-ones", "lora", "pissa", "milora")
 ROWS = METHODS  # no added baselines on the 630 MRs
 SEEDS = e2e.SEEDS
-SETTINGS = {**e2e.SETTINGS, "max_eval_samples": None, "num_beams": 1, "length_penalty": 1.0}
+EVALUATION = {"max_eval_samples": None, "num_beams": 1, "length_penalty": 1.0}
 
 
 def runs() -> list[Run]:
-    return e2e.runs("e2e-full", SETTINGS, METHODS)
+    return [scored_again(run, e2e.TABLE, run.id.replace("e2e-", "e2e-full-", 1), EVALUATION)
+            for run in e2e.runs(methods=METHODS)]
 
 
 def summarise(records: list[Record], out: Path) -> None:

@@ -5,9 +5,11 @@ whose record ``<results>/<table>/runs/<id>.json`` exists with the same settings 
 record or run directory left by different settings is stale: replaced); the others are trained one
 per subprocess (``worker.py``: same starting state for every run, whatever ran before), ``jobs`` at a time,
 with their adapters and logs under ``<work>/<table>/<id>/``. An interrupted run resumes from its last
-epoch checkpoint. The record is ``metrics.json`` of the run plus the table's labels, the machine and the
-command, so the summary markdown and plots can be regenerated from the records alone. Where the benchmark data
-lives (``--data-dir``) is not a setting: a run's record stays valid when the data move.
+epoch checkpoint. A run ``scored_again`` evaluates the adapter a run of another table trained, with other
+evaluation settings, instead of training it a second time. The record is ``metrics.json`` of the run plus the
+table's labels, the machine and the command, so the summary markdown and plots can be regenerated from the
+records alone. Where the benchmark data lives (``--data-dir``) is not a setting: a run's record stays valid when
+the data move.
 """
 
 from __future__ import annotations
@@ -41,6 +43,29 @@ class Run:
     settings: dict[str, Any]
     labels: dict[str, Any] = field(default_factory=dict)
     train: bool = True
+    trained_by: TrainedBy | None = None
+
+
+@dataclass(frozen=True)
+class TrainedBy:
+    """The run of another table whose trained adapter a run evaluates (``scored_again``)."""
+
+    table: str
+    run: Run
+
+
+# The settings a run may change from the run that trained its adapter: how it is evaluated, never how it trains.
+EVALUATION_SETTINGS = frozenset({"max_eval_samples", "eval_batch_size", "num_beams", "length_penalty",
+                                 "no_repeat_ngram_size", "max_new_tokens"})
+
+
+def scored_again(source: Run, table: str, run_id: str, evaluation: dict[str, Any]) -> Run:
+    """The run ``run_id`` that evaluates the adapter ``source`` (a run of ``table``) trained, with ``evaluation``
+    changed, instead of training the same adapter again; it trains ``source`` first if that has not run."""
+    other = sorted(set(evaluation) - EVALUATION_SETTINGS)
+    if other:
+        raise ValueError(f"{run_id}: {', '.join(other)} would change how {source.id} trains, not how it is evaluated")
+    return Run(run_id, {**source.settings, **evaluation}, source.labels, trained_by=TrainedBy(table, source))
 
 
 # Method rows of the tables that are a method with options: kasa-auto is kasa with the automatic, spectrum-aware
@@ -118,18 +143,27 @@ def load_records(results: Path, table: str, runs: Sequence[Run]) -> list[Record]
             if finished(run, results, table)]
 
 
-def worker_command(run: Run, run_dir: Path, record: Path, table: str, data_dir: Path) -> list[str]:
-    """The subprocess that trains ``run`` on the data in ``data_dir`` into ``run_dir`` and writes ``record``,
-    continuing an interrupted run of the same settings; a run directory that never started training, or holds
-    other settings, is cleared."""
+def worker_command(run: Run, work: Path, record: Path, table: str, data_dir: Path) -> list[str]:
+    """The subprocess that trains ``run`` on the data in ``data_dir`` into ``<work>/<table>/<id>`` and writes
+    ``record``; a run scored again also gets the settings of the run that trains its adapter, in that run's own
+    directory."""
+    job = {"table": table, "id": run.id, "labels": run.labels, "record": str(record), "command": _command(),
+           "train": run.train, "settings": _run_settings(run, work / table / run.id, data_dir)}
+    if run.trained_by:
+        source = run.trained_by
+        job["trained_by"] = {"id": f"{source.table}/{source.run.id}",
+                             "settings": _run_settings(source.run, work / source.table / source.run.id, data_dir)}
+    return [sys.executable, str(WORKER), json.dumps(job)]
+
+
+def _run_settings(run: Run, run_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """The settings of ``run`` in ``run_dir``, continuing an interrupted run of the same settings; a run directory
+    that never started training, or holds other settings, is cleared."""
     started = run_dir / "output" / "run_config.json"
     resume = started.is_file() and matches(run.settings, json.loads(started.read_text()))
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
-    job = {"table": table, "id": run.id, "labels": run.labels, "record": str(record), "command": _command(),
-           "train": run.train, "settings": {**run.settings, "data_dir": str(data_dir),
-                                            "output_dir": str(run_dir / "output"), "resume": resume}}
-    return [sys.executable, str(WORKER), json.dumps(job)]
+    return {**run.settings, "data_dir": str(data_dir), "output_dir": str(run_dir / "output"), "resume": resume}
 
 
 def execute(runs: Sequence[Run], table: str, results: Path, work: Path, jobs: int, threads: int,
@@ -144,7 +178,7 @@ def execute(runs: Sequence[Run], table: str, results: Path, work: Path, jobs: in
         while queue and len(active) < jobs:
             run = queue.pop(0)
             run_dir = work / table / run.id
-            command = worker_command(run, run_dir, record_path(results, table, run.id), table, data_dir)
+            command = worker_command(run, work, record_path(results, table, run.id), table, data_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             with open(run_dir / "log.txt", "a") as log:
                 active[run.id] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env),

@@ -6,7 +6,8 @@ through a temporary file and a rename, so a record on disk is always a finished 
 the repository. A run's answers (``e2e_predictions.txt``, ``commonsense_predictions.jsonl``,
 ``ifeval_generations.jsonl``, ``sft_generations.jsonl``) are kept beside the record, as ``<id>.predictions.txt`` /
 ``.predictions.jsonl`` / ``.ifeval.jsonl`` / ``.sft.jsonl``, so that its scores can be recomputed when a metric is
-corrected and methods compared example by example. A job with ``"train": false`` evaluates the untrained model.
+corrected and methods compared example by example. A job with ``"train": false`` evaluates the untrained model;
+one with ``"trained_by"`` evaluates the adapter another table's run trained (``harness.scored_again``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from common import machine_info, repository_relative  # noqa: E402
 from kasa_peft.pipelines.base import write_atomically  # noqa: E402
-from kasa_peft.pipelines.config import resolve_config  # noqa: E402
+from kasa_peft.pipelines.config import RunConfig, resolve_config  # noqa: E402
 from kasa_peft.pipelines import commonsense, e2e, ifeval, sft  # noqa: E402
 from kasa_peft.pipelines.base import best_device  # noqa: E402
 from kasa_peft.pipelines.provenance import source_revision  # noqa: E402
@@ -34,10 +35,13 @@ ANSWER_FILES = {e2e.PREDICTIONS_FILE: ".predictions.txt", commonsense.PREDICTION
 
 def run_job(job: dict) -> dict:
     """Train (or, when its ``metrics.json`` already exists, just read) the run and return its record; a job with
-    ``train`` false evaluates the untrained model instead (its record has the config and the ``final`` metrics)."""
+    ``train`` false evaluates the untrained model instead (its record has the config and the ``final`` metrics),
+    and one ``trained_by`` another run evaluates that run's adapter (``scored_again``)."""
     config = resolve_config({}, job["settings"])  # the task's defaults under the table's settings, as the CLI does
     output = Path(config.output_dir)
-    if not job.get("train", True):
+    if "trained_by" in job:
+        run = scored_again(config, job["trained_by"])
+    elif not job.get("train", True):
         output.mkdir(parents=True, exist_ok=True)
         pipeline = build_pipeline(config)
         run = {"task": config.task, "method": None, "model": config.model, "main_metric": pipeline.main_metric,
@@ -45,9 +49,31 @@ def run_job(job: dict) -> dict:
                "device": str(best_device()), "source": source_revision(),
                "evaluation": pipeline.evaluation_switches(), "config": config.to_dict()}
     else:
-        run = read_run(output) if (output / "metrics.json").is_file() else train(config).record
+        run = trained(config)
     return {"table": job["table"], "id": job["id"], "labels": job["labels"], "command": job["command"], "run": run,
             "machine": machine_info(), "output_dir": str(output)}
+
+
+def trained(config: RunConfig) -> dict:
+    """The record of the run ``config`` trains, read if it has finished."""
+    output = Path(config.output_dir)
+    return read_run(output) if (output / "metrics.json").is_file() else train(config).record
+
+
+def scored_again(config: RunConfig, source: dict) -> dict:
+    """The record of ``source``'s trained adapter (trained first if it has not run) evaluated with ``config``:
+    the source's training record, with this evaluation as its only one, this config, and ``trained_by`` naming
+    the source and the code that trained it (``source`` is the code that evaluated)."""
+    record = trained(resolve_config({}, source["settings"]))
+    if len(record["evaluations"]) != 1:
+        raise ValueError(f"{source['id']} chose its adapter among {len(record['evaluations'])} evaluations: scoring "
+                         "it again with other settings could have chosen another")
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    evaluation = {**record["final"], "metrics": evaluate(config, source["settings"]["output_dir"], output)}
+    return {**record, "best": evaluation, "final": evaluation, "evaluations": [evaluation],
+            "trained_by": {"run": source["id"], "source": record.get("source")}, "versions": versions(),
+            "device": str(best_device()), "source": source_revision(), "config": config.to_dict()}
 
 
 def main() -> None:

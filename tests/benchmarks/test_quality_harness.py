@@ -72,18 +72,35 @@ def test_records_store_paths_relative_to_the_repository():
 
 
 def test_worker_command_resumes_a_started_run_and_clears_others(tmp_path):
-    dirs = {name: tmp_path / name for name in ("started", "stillborn", "other_settings")}
+    dirs = {name: tmp_path / "t" / name for name in ("started", "stillborn", "other_settings")}
     for name, config in [("started", {"seed": 3, "lr": 0.1}), ("other_settings", {"seed": 4})]:
         (dirs[name] / "output").mkdir(parents=True)
         (dirs[name] / "output" / "run_config.json").write_text(json.dumps(config))
     dirs["stillborn"].mkdir()
     (dirs["stillborn"] / "log.txt").write_text("crashed while loading")
     data = tmp_path / "data"
-    job = lambda d: json.loads(harness.worker_command(Run("x", {"seed": 3}), d, tmp_path / "x.json", "t", data)[-1])  # noqa: E731
-    assert job(dirs["started"])["settings"] == {"seed": 3, "data_dir": str(data),
-                                                "output_dir": str(dirs["started"] / "output"), "resume": True}
+
+    def job(name: str) -> dict:
+        return json.loads(harness.worker_command(Run(name, {"seed": 3}), tmp_path, tmp_path / "x.json", "t", data)[-1])
+
+    assert job("started")["settings"] == {"seed": 3, "data_dir": str(data),
+                                          "output_dir": str(dirs["started"] / "output"), "resume": True}
     for name in ("stillborn", "other_settings"):
-        assert job(dirs[name])["settings"]["resume"] is False and not dirs[name].exists()
+        assert job(name)["settings"]["resume"] is False and not dirs[name].exists()
+
+
+def test_a_run_scored_again_evaluates_the_adapter_of_the_run_that_trains_it(tmp_path):
+    source = Run("e2e-lora-s0", {"task": "e2e", "seed": 0, "num_beams": 4}, {"method": "lora"})
+    run = harness.scored_again(source, "e2e", "e2e-full-lora-s0", {"num_beams": 1, "max_eval_samples": None})
+    assert run.settings == {"task": "e2e", "seed": 0, "num_beams": 1, "max_eval_samples": None}
+    assert run.labels == source.labels
+    job = json.loads(harness.worker_command(run, tmp_path, tmp_path / "r.json", "e2e_full", tmp_path)[-1])
+    assert job["settings"]["output_dir"] == str(tmp_path / "e2e_full" / "e2e-full-lora-s0" / "output")
+    assert job["trained_by"] == {"id": "e2e/e2e-lora-s0", "settings": {
+        **source.settings, "data_dir": str(tmp_path), "output_dir": str(tmp_path / "e2e" / "e2e-lora-s0" / "output"),
+        "resume": False}}
+    with pytest.raises(ValueError, match="lr would change how e2e-lora-s0 trains"):
+        harness.scored_again(source, "e2e", "x", {"lr": 1.0, "num_beams": 1})
 
 
 def test_execute_trains_only_missing_runs_and_reports_failures(tmp_path, monkeypatch):
@@ -387,13 +404,47 @@ def test_instruct_summary_gives_ifeval_as_percentages_and_rouge_l_as_scored(tmp_
     assert all(run.settings["instruct_eval_sets"] == ["user_oriented"] for run in instruct.runs())
 
 
-def test_the_full_e2e_table_trains_as_the_e2e_table_and_only_evaluates_differently():
+def test_the_full_e2e_table_scores_the_e2e_tables_adapters_again_and_only_evaluates_differently():
     from quality import e2e, e2e_full
 
-    table = {run.id.replace("e2e-", "", 1): run.settings for run in e2e.runs()}
+    table = {run.id: run for run in e2e.runs()}
     evaluation = {"max_eval_samples": None, "num_beams": 1, "length_penalty": 1.0}
     for run in e2e_full.runs():
-        assert run.settings == {**table[run.id.replace("e2e-full-", "", 1)], **evaluation}
+        source = table[run.id.replace("e2e-full-", "e2e-", 1)]
+        assert run.trained_by == harness.TrainedBy(e2e.TABLE, source)
+        assert run.settings == {**source.settings, **evaluation}
+
+
+def test_the_worker_scores_a_trained_adapter_again_with_its_own_evaluation(tmp_path, monkeypatch):
+    """The record is the source run's training with this run's config and its one evaluation; a source that has
+    not run is trained first, and one that chose its adapter among several evaluations is refused."""
+    from quality import e2e, e2e_full, worker
+
+    run = e2e_full.runs()[0]
+    source_dir, output = tmp_path / "e2e" / "output", tmp_path / "e2e_full" / "output"
+    final = {"step": 100, "epoch": 1.0, "metrics": {"BLEU": 0.4}}
+    training = {"train_loss": 1.8, "final": final, "best": final, "evaluations": [final], "source": "abc"}
+    trained, evaluated = [], []
+    monkeypatch.setattr(worker, "train", lambda config: trained.append(config) or SimpleNamespace(record=training))
+    monkeypatch.setattr(worker, "evaluate", lambda config, adapter, out: evaluated.append((config, adapter, out))
+                        or {"BLEU": 0.5})
+    job = {"settings": {**run.settings, "output_dir": str(output)}, "table": "e2e_full", "id": run.id,
+           "labels": run.labels, "command": "c",
+           "trained_by": {"id": "e2e/" + run.trained_by.run.id,
+                          "settings": {**run.trained_by.run.settings, "output_dir": str(source_dir)}}}
+    record = worker.run_job(job)["run"]
+    (config,), ((scored, adapter, out),) = trained, evaluated
+    assert (config.num_beams, config.max_eval_samples, config.output_dir) == (e2e.BEAMS, e2e.TEST_MRS, str(source_dir))
+    assert (scored.num_beams, scored.max_eval_samples, adapter, out) == (1, None, str(source_dir), output)
+    again = {"step": 100, "epoch": 1.0, "metrics": {"BLEU": 0.5}}
+    assert record["final"] == record["best"] == again and record["evaluations"] == [again]
+    assert record["train_loss"] == 1.8 and record["config"]["num_beams"] == 1
+    assert record["trained_by"] == {"run": "e2e/" + run.trained_by.run.id, "source": "abc"}
+    assert harness.matches(run.settings, record["config"])
+
+    training["evaluations"] = [final, final]
+    with pytest.raises(ValueError, match="among 2 evaluations"):
+        worker.run_job(job)
 
 
 def test_the_worker_trains_with_the_tasks_defaults_under_the_tables_settings(tmp_path, monkeypatch):
