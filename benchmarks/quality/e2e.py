@@ -20,6 +20,7 @@ the table trains and scores them again.
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
@@ -86,15 +87,21 @@ def write_summary(records: list[Record], out: Path, title: str, setting: str, me
 def metric_tables(records: list[Record], out: Path, methods: tuple[str, ...]) -> str:
     """The five metrics' table (mean ± std by method) and BLEU's paired differences against LoRA, as markdown."""
     stale = _without_predictions(records, out)
-    per_metric = [{**r, "labels": {**r["labels"], "metric": name}} for r in records for name in METRICS
-                  if isinstance(r["run"]["final"]["metrics"].get(name), (int, float))
-                  and not (name == "NIST" and r["id"] in stale)]
-    stats = cells(per_metric, "method", "metric",
-                  lambda r: metric(r, "final", r["labels"]["metric"], RAW.get(r["labels"]["metric"], 100.0)))
     bleu = paired_differences(records, "method", "lora", "seed", lambda r: metric(r, "final", "BLEU"))
-    return (f"{stat_table(stats, methods, METRICS, 'method', digits=2)}\n"
+    return (f"{means_table(records, methods, stale)}\n"
             f"BLEU minus LoRA's BLEU with the same seed (x100):\n\n{paired_table(bleu, methods, SEEDS, 'method')}\n"
             f"{_unscorable_nist(stale)}")
+
+
+def means_table(records: list[Record], methods: tuple[str, ...], without_nist: Collection[str] = ()) -> str:
+    """The five metrics by method, mean ± std over the records' seeds (NIST left out for the runs
+    ``without_nist``), as markdown."""
+    per_metric = [{**r, "labels": {**r["labels"], "metric": name}} for r in records for name in METRICS
+                  if isinstance(r["run"]["final"]["metrics"].get(name), (int, float))
+                  and not (name == "NIST" and r["id"] in without_nist)]
+    stats = cells(per_metric, "method", "metric",
+                  lambda r: metric(r, "final", r["labels"]["metric"], RAW.get(r["labels"]["metric"], 100.0)))
+    return stat_table(stats, methods, METRICS, "method", digits=2)
 
 
 def _without_predictions(records: list[Record], out: Path) -> list[str]:

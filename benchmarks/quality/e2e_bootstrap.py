@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from kasa_peft.tasks.e2e import bleu_of_resampled, read_predictions  # noqa: E402
-from quality import e2e, e2e_full  # noqa: E402
+from quality import e2e, e2e_4bit_on_full_precision, e2e_full  # noqa: E402
 from quality.harness import DATA, RESULTS, Record, load_records, record_path  # noqa: E402
 from quality.intervals import Interval, seed_item_interval  # noqa: E402
 from quality.rescore_e2e import references_of  # noqa: E402
@@ -32,7 +32,7 @@ from quality.summary import markdown_table  # noqa: E402
 
 REFERENCE = "lora"
 TABLES = {module.TABLE: module for module in (e2e, e2e_full)}
-FULL_PRECISION = "full-precision-base"  # the 4-bit rows' adapters decoded again on the full-precision base
+FULL_PRECISION = "full-precision-base"  # the 4-bit rows' adapters decoded again (e2e_4bit_on_full_precision.py)
 
 
 class Side(NamedTuple):
@@ -45,8 +45,12 @@ class Side(NamedTuple):
         return self.method + (" (decoded on the full-precision base)" if self.decoded else "")
 
     def predictions(self, results: Path, table: str, record: Record) -> Path:
-        kind = f".{self.decoded}.predictions.txt" if self.decoded else ".predictions.txt"
-        return record_path(results, table, record["id"]).with_suffix(kind)
+        """Where the predictions of ``record`` (a run of ``table``) are kept, decoded on this side's base."""
+        if self.decoded:
+            served = e2e_4bit_on_full_precision
+            return record_path(results, served.TABLE, record["id"] + served.ON_FULL_PRECISION).with_suffix(
+                ".predictions.txt")
+        return record_path(results, table, record["id"]).with_suffix(".predictions.txt")
 
 
 def comparisons(table) -> list[tuple[Side, Side]]:

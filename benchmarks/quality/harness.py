@@ -54,9 +54,12 @@ class TrainedBy:
     run: Run
 
 
-# The settings a run may change from the run that trained its adapter: how it is evaluated, never how it trains.
+# The settings a run scored again may change from the run that trained its adapter: how it is evaluated, never
+# how it trains. ``quantize`` among them is the base the adapter is loaded on to be evaluated (an adapter trained
+# on the 4-bit base, served on the full-precision one); the record's ``trained_by`` names the run, whose config
+# says how the adapter trained.
 EVALUATION_SETTINGS = frozenset({"max_eval_samples", "eval_batch_size", "num_beams", "length_penalty",
-                                 "no_repeat_ngram_size", "max_new_tokens"})
+                                 "no_repeat_ngram_size", "max_new_tokens", "quantize"})
 
 
 def scored_again(source: Run, table: str, run_id: str, evaluation: dict[str, Any]) -> Run:

@@ -41,3 +41,13 @@ def test_the_e2e_table_compares_every_method_with_lora_and_the_4bit_rows_with_ea
     assert {(m, "lora") for m in e2e.ROWS if m != "lora"} <= pairs and ("prefix", "lora") in pairs
     assert ("kasa-auto-4bit", "lora-4bit") in pairs
     assert ("kasa-auto-4bit (decoded on the full-precision base)", "kasa-auto") in pairs
+
+
+def test_a_4bit_adapter_decoded_on_the_full_precision_base_is_read_from_that_tables_run(tmp_path):
+    from quality import e2e_4bit_on_full_precision as served
+
+    record = {"id": "e2e-lora-4bit-s1"}
+    on_full = e2e_bootstrap.Side("lora-4bit", e2e_bootstrap.FULL_PRECISION).predictions(tmp_path, e2e.TABLE, record)
+    assert on_full == tmp_path / served.TABLE / "runs" / "e2e-lora-4bit-s1-on-full-precision.predictions.txt"
+    assert e2e_bootstrap.Side("lora-4bit").predictions(tmp_path, e2e.TABLE, record) == (
+        tmp_path / e2e.TABLE / "runs" / "e2e-lora-4bit-s1.predictions.txt")

@@ -415,6 +415,32 @@ def test_the_full_e2e_table_scores_the_e2e_tables_adapters_again_and_only_evalua
         assert run.settings == {**source.settings, **evaluation}
 
 
+def test_the_4bit_adapters_are_decoded_again_on_the_full_precision_base_and_summarised_beside_the_4bit_decoding(
+        tmp_path):
+    from quality import e2e, e2e_4bit_on_full_precision as served
+
+    table = {run.id: run for run in e2e.runs()}
+    runs = served.runs()
+    assert sorted({run.labels["method"] for run in runs}) == ["kasa-auto-4bit", "lora-4bit"] and len(runs) == 6
+    for run in runs:
+        source = table[run.id.removesuffix(served.ON_FULL_PRECISION)]
+        assert run.trained_by == harness.TrainedBy(e2e.TABLE, source) and source.settings["quantize"] == "4bit"
+        assert run.settings == {**source.settings, "quantize": None}
+
+    def record(run: Run, bleu: float) -> dict:
+        scores = {"BLEU": bleu, "NIST": 5.0, "METEOR": 0.3, "ROUGE_L": 0.6, "CIDEr": 1.5}
+        return {**fake_record("e2e", run.labels["method"], run.labels["seed"], 0.0), "id": run.id,
+                "labels": run.labels, "run": {"final": {"metrics": scores}, "config": run.settings, "device": "cpu"}}
+
+    for run in e2e.runs(served.METHODS)[:2]:  # seed 0 of both rows, decoded on the 4-bit base
+        write_record(tmp_path, record(run, 0.40), e2e.TABLE)
+    (tmp_path / served.TABLE).mkdir()
+    served.summarise([record(run, 0.50) for run in runs[:2]], tmp_path / served.TABLE)
+    text = (tmp_path / served.TABLE / "summary.md").read_text()
+    on_4bit, on_full = text.split("Decoded on the 4-bit base, seeds 0:")[1].split("Decoded on the full-precision")
+    assert "| kasa-auto-4bit | **40.00** |" in on_4bit and "| kasa-auto-4bit | **50.00** |" in on_full
+
+
 def test_the_worker_scores_a_trained_adapter_again_with_its_own_evaluation(tmp_path, monkeypatch):
     """The record is the source run's training with this run's config and its one evaluation; a source that has
     not run is trained first, and one that chose its adapter among several evaluations is refused."""
