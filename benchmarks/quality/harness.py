@@ -64,7 +64,9 @@ EVALUATION_SETTINGS = frozenset({"max_eval_samples", "eval_batch_size", "num_bea
 
 def scored_again(source: Run, table: str, run_id: str, evaluation: dict[str, Any]) -> Run:
     """The run ``run_id`` that evaluates the adapter ``source`` (a run of ``table``) trained, with ``evaluation``
-    changed, instead of training the same adapter again; it trains ``source`` first if that has not run."""
+    changed, instead of training the same adapter again; it trains ``source`` first, into ``table``'s run
+    directory, if that has not run (while ``table``'s own grid trains the same run, the run directory's lock
+    refuses the second process: that run fails, and trains or is read on the next pass)."""
     other = sorted(set(evaluation) - EVALUATION_SETTINGS)
     if other:
         raise ValueError(f"{run_id}: {', '.join(other)} would change how {source.id} trains, not how it is evaluated")
