@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import importlib.util
-import os
 import re
 import shutil
 import time
@@ -24,6 +23,7 @@ from transformers import BertForSequenceClassification, LlamaForSequenceClassifi
 
 import kasa_peft
 from kasa_peft import models
+from kasa_peft.models import cache
 from kasa_peft.interop.base_model import adapted_model
 from kasa_peft.models import ModelLoadError, ModelSource, gguf_cache_dir, load_model, resolve_model_path
 
@@ -237,71 +237,6 @@ def test_without_a_network_a_hub_id_fails_without_asking_the_hub(monkeypatch, tm
 # ------------------------------------------------------------------------------------------------- GGUF caching
 
 
-@pytest.fixture
-def cache_root(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("KASA_PEFT_CACHE", str(root))
-    return root
-
-
-@pytest.fixture
-def gguf_file(tmp_path) -> Path:
-    path = tmp_path / "tiny.Q4_0.gguf"
-    path.write_bytes(b"GGUF not really")
-    return path
-
-
-def test_cache_dir_is_keyed_by_file_stamp(gguf_file, cache_root):
-    entry = gguf_cache_dir(gguf_file)
-    assert entry.parent == cache_root and entry.name.startswith("tiny.Q4_0-")
-    assert gguf_cache_dir(gguf_file) == entry
-    stat = gguf_file.stat()
-    os.utime(gguf_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert gguf_cache_dir(gguf_file) != entry
-
-
-def test_cache_root_defaults_to_xdg_cache_home(gguf_file, tmp_path, monkeypatch):
-    monkeypatch.delenv("KASA_PEFT_CACHE", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert gguf_cache_dir(gguf_file).parent == tmp_path / "xdg" / "kasa-peft" / "models"
-
-
-def write_file(name: str, calls: list):
-    """A cache builder that records its calls and writes one file."""
-    def build(staging: Path) -> None:
-        calls.append(staging)
-        (staging / name).write_text(name)
-    return build
-
-
-def test_cache_entry_is_built_once(cache_root):
-    calls = []
-    entry = cache_root / "model-abc"
-    assert models._ensure_cached(entry, write_file("weights", calls), {}) == entry
-    assert models._ensure_cached(entry, write_file("other", calls), {}) == entry
-    assert len(calls) == 1 and (entry / "weights").read_text() == "weights"
-    assert [p.name for p in cache_root.iterdir()] == ["model-abc"]  # no staging folders left
-
-
-def test_partial_cache_entry_is_rebuilt(cache_root):
-    entry = cache_root / "model-abc"
-    entry.mkdir(parents=True)
-    (entry / "config.json").write_text('{"trunc')  # an interrupted write: no completion marker
-    calls = []
-    models._ensure_cached(entry, write_file("weights", calls), {})
-    assert len(calls) == 1 and sorted(p.name for p in entry.iterdir()) == [models._CACHE_MARKER, "weights"]
-
-
-def test_failed_build_leaves_nothing_behind(cache_root):
-    def failing_build(staging: Path) -> None:
-        (staging / "half").write_text("half")
-        raise RuntimeError("conversion failed")
-
-    with pytest.raises(RuntimeError, match="conversion failed"):
-        models._ensure_cached(cache_root / "model-abc", failing_build, {})
-    assert list(cache_root.iterdir()) == []
-
-
 def test_gguf_load_never_reads_a_partial_cache_entry(gguf_file, cache_root, llama, monkeypatch):
     shutil.copytree(llama.dir, gguf_cache_dir(gguf_file))  # loadable, but lacks the completion marker
     hide_packages(monkeypatch, "gguf")
@@ -310,7 +245,7 @@ def test_gguf_load_never_reads_a_partial_cache_entry(gguf_file, cache_root, llam
 
 
 def test_gguf_load_uses_a_complete_cache_entry_without_converting(gguf_file, cache_root, llama, monkeypatch):
-    models._ensure_cached(gguf_cache_dir(gguf_file), lambda staging: shutil.copytree(llama.dir, staging,
+    cache.ensure_cached(gguf_cache_dir(gguf_file), lambda staging: shutil.copytree(llama.dir, staging,
                                                                                     dirs_exist_ok=True), {})
     hide_packages(monkeypatch, "gguf")
     model, _ = load_model(str(gguf_file), "causal_lm")
@@ -322,7 +257,7 @@ def test_a_damaged_complete_cache_entry_is_rebuilt_not_loaded(gguf_file, cache_r
     """The completion marker is there, but the weights were cut short afterwards (a full disk, a bad copy)."""
     entry = gguf_cache_dir(gguf_file)
     copy = lambda staging: shutil.copytree(llama.dir, staging, dirs_exist_ok=True)  # noqa: E731
-    models._ensure_cached(entry, copy, {})
+    cache.ensure_cached(entry, copy, {})
     weights = entry / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     calls = []
@@ -331,8 +266,8 @@ def test_a_damaged_complete_cache_entry_is_rebuilt_not_loaded(gguf_file, cache_r
         model, _ = load_model(str(gguf_file), "causal_lm")
     assert len(calls) == 1
     assert all(torch.equal(model.state_dict()[k], v) for k, v in llama.model.state_dict().items())
-    (entry / models._CACHE_MARKER).write_text('{"files": {"../../outside": 3}}')  # a marker naming files elsewhere
-    assert not models._is_complete(entry)
+    (entry / cache.CACHE_MARKER).write_text('{"files": {"../../outside": 3}}')  # a marker naming files elsewhere
+    assert not cache.is_complete(entry)
 
 
 def tiny_gguf(path: Path) -> Path:
@@ -447,7 +382,7 @@ def test_smollm2_cached_reload_is_identical(smollm2, monkeypatch):
         assert torch.equal(model(ids).logits, smollm2.model(ids).logits)
     assert model.config.name_or_path == smollm2.model.config.name_or_path == "smollm2"
     (entry,) = smollm2.cache_root.iterdir()  # one complete entry, no staging folders
-    assert (entry / models._CACHE_MARKER).is_file()
+    assert (entry / cache.CACHE_MARKER).is_file()
 
 
 @pytest.mark.integration

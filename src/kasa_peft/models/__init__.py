@@ -11,8 +11,7 @@ A spec is one of:
 
 GGUF files are dequantized once (tens of seconds) into a float32 safetensors copy kept in
 ``$KASA_PEFT_CACHE`` (default ``$XDG_CACHE_HOME/kasa-peft/models``, i.e. ``~/.cache/kasa-peft/models``);
-later loads read that copy. Each cache entry is built in a staging folder and moved into place with one
-``os.replace``, and only entries carrying the completion marker are ever read.
+later loads read that copy (`kasa_peft.models.cache`: an entry is published whole, or not read).
 
 Quantized bases: ``--quantize 4bit|8bit`` loads the model through bitsandbytes, whose layers KaSA reads and
 wraps through `kasa_peft.models.bitsandbytes` (imported only when asked for or when such a layer is met).
@@ -20,17 +19,11 @@ wraps through `kasa_peft.models.bitsandbytes` (imported only when asked for or w
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
-import json
-import os
 import pickle
-import shutil
-import tempfile
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,14 +33,15 @@ import torch
 import transformers
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GgufConfig, PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from ..core.files import check_tensor_file, reporting_full_disk
+from ..core.files import check_tensor_file
 from ..tasks.hub import hub_reachable, unreachable_hub_message
+from . import cache
+from .cache import gguf_cache_dir
 
 __all__ = ["SHORTCUTS", "ModelLoadError", "ModelSource", "Shortcut", "gguf_cache_dir", "load_model",
            "natural_task", "resolve_model_path"]
@@ -56,7 +50,6 @@ SourceKind = Literal["local_dir", "hub_id", "gguf"]
 Task = Literal["sequence_classification", "causal_lm"]
 
 _AUTO_CLASSES = {"sequence_classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
-_CACHE_MARKER = "kasa-peft-cache.json"
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
@@ -340,26 +333,7 @@ def _explain_load_failure(source: ModelSource) -> Iterator[None]:
         raise ModelLoadError(f"could not load the model at {source.path!r} ({source.description}): {error}") from error
 
 
-# ------------------------------------------------------------------------------------------------- GGUF caching
-
-
-def gguf_cache_dir(gguf_path: str | os.PathLike) -> Path:
-    """The cache folder for a GGUF file's dequantized copy.
-
-    ``<root>/<file stem>-<hash>``, the hash covering the file's size and modification time and the transformers
-    version (so a changed file or a different converter gets a fresh entry). ``<root>`` is ``$KASA_PEFT_CACHE``,
-    else ``$XDG_CACHE_HOME/kasa-peft/models`` (``~/.cache/kasa-peft/models``).
-    """
-    stat = Path(gguf_path).stat()
-    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}".encode()).hexdigest()[:16]
-    return _cache_root() / f"{Path(gguf_path).stem}-{key}"
-
-
-def _cache_root() -> Path:
-    if "KASA_PEFT_CACHE" in os.environ:
-        return Path(os.environ["KASA_PEFT_CACHE"]).expanduser()
-    xdg_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
-    return xdg_cache / "kasa-peft" / "models"
+# ------------------------------------------------------------------------------------------------- GGUF conversion
 
 
 def _gguf_converted_dir(source: ModelSource) -> str:
@@ -367,7 +341,7 @@ def _gguf_converted_dir(source: ModelSource) -> str:
     gguf_path = source.gguf_path
     entry = gguf_cache_dir(gguf_path)
     metadata = {"source": str(gguf_path), "transformers": transformers.__version__}
-    return str(_ensure_cached(entry, lambda staging: _convert_gguf(source, staging), metadata))
+    return str(cache.ensure_cached(entry, lambda staging: _convert_gguf(source, staging), metadata))
 
 
 def _convert_gguf(source: ModelSource, destination: Path) -> None:
@@ -388,62 +362,6 @@ def _convert_gguf(source: ModelSource, destination: Path) -> None:
                                                      quantization_config=GgufConfig(dequantize=True))
     model.save_pretrained(destination)
     tokenizer.save_pretrained(destination)
-
-
-def _ensure_cached(entry: Path, build: Callable[[Path], None], metadata: dict) -> Path:
-    """Return ``entry``, building it first with ``build(staging_dir)`` unless a complete copy exists.
-
-    The staging folder sits next to ``entry`` and gets the completion marker last, then is moved into place
-    with ``os.replace``. A folder at ``entry`` without the marker (left by an interrupted or foreign writer) is
-    never read: it is deleted and rebuilt. If the build fails, nothing is left behind.
-    """
-    if _is_complete(entry):
-        return entry
-    if (entry / _CACHE_MARKER).is_file():
-        warnings.warn(f"the cached conversion {entry} is damaged (a file is missing, cut off or changed since it was "
-                      "written); rebuilding it", stacklevel=3)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=entry.parent))
-    try:
-        with reporting_full_disk(staging, shown_as=entry):
-            build(staging)
-            files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
-            (staging / _CACHE_MARKER).write_text(json.dumps({**metadata, "files": files}, indent=2))
-        _publish(staging, entry)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # already gone when published
-    return entry
-
-
-def _is_complete(entry: Path) -> bool:
-    """Whether ``entry`` holds a whole conversion: its marker lists every file with its size, they all have that
-    size, and each safetensors file's header reads (a truncated or damaged entry is rebuilt, never loaded)."""
-    try:
-        marker = json.loads((entry / _CACHE_MARKER).read_text())
-        files = marker["files"]
-        if not isinstance(files, dict) or not files:
-            return False
-        for name, size in files.items():
-            path = entry / name
-            if not path.resolve().is_relative_to(entry.resolve()) or not path.is_file() or path.stat().st_size != size:
-                return False
-            if path.suffix == ".safetensors":
-                with safe_open(str(path), framework="pt"):
-                    pass
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError):
-        return False
-    return True
-
-
-def _publish(staging: Path, entry: Path) -> None:
-    """Move a finished staging folder to ``entry``, replacing an incomplete one; a concurrent winner is kept."""
-    if entry.exists() and not _is_complete(entry):
-        shutil.rmtree(entry)
-    try:
-        os.replace(staging, entry)
-    except OSError:
-        if not _is_complete(entry):  # not another process having published the same entry first
-            raise
 
 
 def head_size(tensors: Mapping[str, torch.Tensor], prefixes: tuple[str, ...] = ("modules_to_save.",)) -> int | None:
