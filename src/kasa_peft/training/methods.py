@@ -6,12 +6,8 @@ peft 0.21.2:
 
 * ``lora``: ``LoraConfig``; ``dora``: ``use_dora=True``; ``pissa``: ``init_lora_weights="pissa"`` (the r
   *largest* singular components become the factors and are subtracted from the base);
-* ``milora`` (MiLoRA, Wang et al. 2024, arXiv 2406.09044): PiSSA with the r *smallest* components. With
-  ``W = U S V^T`` and ``(U_d, S_d, V_d)`` the r minor triplets, ``A = sqrt(S_d / s) V_d^T``,
-  ``B = U_d sqrt(S_d / s)`` and ``W <- W - s B A``, where ``s = alpha / r`` is PEFT's scaling, so the
-  initial model computes exactly the original (``s B A = U_d S_d V_d^T``). Saved as a plain LoRA of rank
-  2r on the *original* base, as PEFT saves a converted PiSSA: ``s (B A - B_0 A_0) = s [B, -B_0] [A; A_0]``
-  with ``lora_alpha`` doubled (same scaling), so PEFT or any LoRA runtime loads it without an SVD;
+* ``milora`` (MiLoRA, Wang et al. 2024, arXiv 2406.09044): PiSSA with the r *smallest* components, saved as
+  a plain LoRA of the original base (`kasa_peft.training.milora`);
 * ``adalora``: ``AdaLoraConfig`` with ``target_r = r`` and ``init_r = round(1.5 r)`` (the AdaLoRA paper
   starts from 1.5x the final budget), warm-up ``tinit`` = 10% and final phase ``tfinal`` = 50% of
   ``total_steps`` (the proportions of the paper's GLUE schedules); ``update_and_allocate`` runs after
@@ -57,11 +53,10 @@ from transformers.models.auto.modeling_auto import (
 
 from ..core import (
     KasaConfig, ParameterCount, RegularizationTerms, load_adapter, orthogonality_penalty, regularization_terms,
-    restore_adapter, singular_value_penalty, trainable_parameters, truncate_smallest,
+    restore_adapter, singular_value_penalty, trainable_parameters,
 )
 from ..core.config import DropRank, Reduction, Regularizer, SigmaInit
 from ..core.files import check_tensor_file, read_json_object, write_text_atomically
-from ..core.layer import weight_matrix
 from ..core.model import STATE_ATTRIBUTE, kasa_layers
 from ..core.quantized import looks_quantized
 from .baselines import (
@@ -69,6 +64,7 @@ from .baselines import (
 )
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
 from .method_names import METHODS
+from .milora import init_milora, save_milora_as_lora, trained_milora_factors
 
 PeftModule = Any  # a PEFT model or layer: its attributes (peft_config, lora_A, rankallocator...) are PEFT's
 
@@ -243,7 +239,7 @@ def prepare_model(model: nn.Module, spec: MethodSpec) -> PreparedModel:
         if spec.method == "prefix":
             generate_with_prefix(model)
         if spec.method == "milora":
-            return PreparedModel(model, spec, heads, init_milora(model))
+            return PreparedModel(model, spec, heads, init_milora(_lora_layers(model)))
     return PreparedModel(model, spec, heads)
 
 
@@ -408,64 +404,6 @@ def peft_kasa_terms(model: PeftModule) -> RegularizationTerms:
     return RegularizationTerms(torch.stack(l2).sum(), torch.stack(l3).sum())
 
 
-def init_milora(model: PeftModule) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Overwrite a fresh LoRA model's factors with MiLoRA's and remove them from the base (module docstring);
-    returns the initial ``(A_0, B_0)`` of each LoRA layer by module name."""
-    initial = {}
-    for name, layer in _lora_layers(model):
-        a, b = minor_factors(layer)
-        with torch.no_grad():
-            layer.lora_A["default"].weight.copy_(a)
-            layer.lora_B["default"].weight.copy_(b)
-        _subtract_from_base(layer, a, b)
-        initial[name] = (a.detach().cpu().clone(), b.detach().cpu().clone())
-    return initial
-
-
-def save_milora_as_lora(model: PeftModule, directory: Path,
-                        initial: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Write a MiLoRA model as a plain rank-2r LoRA of the original base (module docstring)."""
-    from peft import get_peft_model_state_dict
-    from peft.utils import SAFETENSORS_WEIGHTS_NAME
-    from safetensors.torch import save_file
-
-    weights = {key: value.detach().cpu() for key, value in get_peft_model_state_dict(model).items()}
-    for name, (a0, b0) in initial.items():
-        a_key, b_key = f"{name}.lora_A.weight", f"{name}.lora_B.weight"
-        weights[a_key] = torch.cat([weights[a_key], a0.to(weights[a_key].dtype)], dim=0)
-        weights[b_key] = torch.cat([weights[b_key], -b0.to(weights[b_key].dtype)], dim=1)
-    config = dataclasses.replace(model.peft_config["default"], r=2 * model.peft_config["default"].r,
-                                 lora_alpha=2 * model.peft_config["default"].lora_alpha, init_lora_weights=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(directory))
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / SAFETENSORS_WEIGHTS_NAME),
-              metadata={"format": "pt"})
-
-
-def trained_milora_factors(weights: dict[str, torch.Tensor], r: int) -> dict[str, torch.Tensor]:
-    """The trained ``A`` (first r rows) and ``B`` (first r columns) of a saved rank-2r MiLoRA checkpoint."""
-    def part(key: str, value: torch.Tensor) -> torch.Tensor:
-        if key.endswith("lora_A.weight"):
-            return value[:r]
-        return value[:, :r] if key.endswith("lora_B.weight") else value
-    return {key: part(key, value) for key, value in weights.items()}
-
-
-def minor_factors(layer: PeftModule) -> tuple[torch.Tensor, torch.Tensor]:
-    """MiLoRA's ``A = sqrt(S_d / s) V_d^T`` (r x in) and ``B = U_d sqrt(S_d / s)`` (out x r) of a PEFT LoRA layer.
-
-    `truncate_smallest` gives ``U_d S_d V_d^T`` as two factors whose columns / rows are orthogonal, with
-    ``S_d`` carried by either one; the norms split it into unit singular vectors and singular values.
-    A zero singular value leaves its row of ``A`` and column of ``B`` zero (the product is still exact).
-    """
-    r, scaling = layer.r["default"], layer.scaling["default"]
-    us, vt = truncate_smallest(weight_matrix(layer.get_base_layer()), r)
-    left, right = us.norm(dim=0), vt.norm(dim=1)
-    tiny = torch.finfo(us.dtype).tiny
-    root = (left * right / scaling).sqrt()
-    return (root / right.clamp_min(tiny))[:, None] * vt, us * (root / left.clamp_min(tiny))
-
-
 def save_adalora_state(model: PeftModule, directory: Path) -> None:
     """What resuming AdaLoRA needs beyond its saved adapter: the trainable parameters at their full rank (PEFT
     saves them pruned to the rank pattern) and the allocator's importance averages, which PEFT keeps in memory
@@ -496,13 +434,6 @@ def load_adalora_state(model: PeftModule, directory: str | os.PathLike) -> None:
                 param.copy_(state[f"param/{name}"])
     saved_config = read_json_object(Path(directory) / "adapter_config.json", RECORD_FIX)
     model.peft_config["default"].rank_pattern = saved_config.get("rank_pattern")
-
-
-def _subtract_from_base(layer: PeftModule, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``W <- W - s B A`` in float32, as PEFT's PiSSA does."""
-    weight = weight_matrix(layer.get_base_layer())
-    with torch.no_grad():
-        weight.copy_((weight.float() - layer.scaling["default"] * b @ a).to(weight.dtype))
 
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, PeftModule]]:
