@@ -184,7 +184,7 @@ class PreparedModel:
         For ``kasa`` the values are copied into the adapter in place (``restore_adapter``: the optimizer's
         parameters stay valid, FSDP2 shards take their share).
         """
-        _check_recorded_method(directory, self.spec.method)
+        recorded_method(directory, self.spec.method)
         if self.spec.method == "kasa":
             restore_adapter(self.model, directory)
         elif self.spec.method == "fft":
@@ -287,7 +287,7 @@ def load_trained(base_model: nn.Module, directory: str | os.PathLike, method: st
 
     ``method`` defaults to the one recorded in the directory; a different one is an error.
     """
-    method = _check_recorded_method(directory, method)
+    method = recorded_method(directory, method)
     if method == "kasa":
         return load_adapter(base_model, directory)
     for path in sorted(Path(directory).glob("*.bin")):  # PEFT / transformers read a .bin without naming it
@@ -453,11 +453,6 @@ def _load_full_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Mod
 def recorded_method(directory: str | os.PathLike, method: str | None = None) -> str:
     """The method recorded in ``directory`` (or ``method`` when there is no record); a mismatch, or a damaged
     record, is an error. `load_trained` checks it too; call this to fail before loading a base model."""
-    return _check_recorded_method(directory, method)
-
-
-def _check_recorded_method(directory: str | os.PathLike, method: str | None) -> str:
-    """The method recorded in ``directory`` (or ``method`` when there is no record); a mismatch is an error."""
     record = Path(directory) / METHOD_FILE
     if not record.is_file():
         if method is None:
