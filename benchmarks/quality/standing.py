@@ -8,7 +8,8 @@ the method's, with its 95% interval over the training seeds (paired) and the tes
 (`quality.intervals`). KaSA is **above** where the interval lies above 0, **below** where it lies below, and
 **level** where it contains 0 (level within the interval: the runs cannot tell the two apart, which is not the same
 as showing them equal). The columns are each table's main metric: GLUE per task (dev accuracy, MCC or Pearson; its
-records keep no per-example predictions, so its intervals resample the seeds alone), E2E BLEU, commonsense average
+records keep no per-example predictions, so its intervals resample the seeds alone), E2E BLEU (on the table's 50 MRs
+with beam search, and on all 630 with greedy decoding), commonsense average
 accuracy by option log-likelihood, IFEval prompt-level strict accuracy.
 
 Writes ``<results>/standing.md``: first the verdicts alone, for KaSA as the README recommends it on each model
@@ -29,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
 from kasa_peft.tasks.e2e import bleu_of_resampled, read_predictions  # noqa: E402
-from quality import commonsense, e2e, glue, instruct  # noqa: E402
+from quality import commonsense, e2e, e2e_full, glue, instruct  # noqa: E402
 from quality.harness import DATA, RESULTS, Record, load_records, record_path  # noqa: E402
 from quality.intervals import Difference, Interval, seed_item_interval  # noqa: E402
 from quality.rescore_e2e import references_of  # noqa: E402
@@ -56,16 +57,6 @@ def columns(results: Path, data_dir: Path) -> list[Column]:
     glue_records = load_records(results, glue.TABLE, glue.runs())
     found = [Column(f"GLUE {task} ({glue.METRIC_NAMES[task]})",
                     [r for r in glue_records if r["labels"]["task"] == task], seeds_only) for task in glue.TASKS]
-    e2e_records = load_records(results, e2e.TABLE, e2e.runs())
-    references = references_of(e2e_records[0], data_dir) if e2e_records else []  # the same fixed MRs for every run
-
-    def e2e_pairing(ours: Record, theirs: Record) -> Paired | None:
-        kept = [record_path(results, e2e.TABLE, r["id"]).with_suffix(".predictions.txt") for r in (ours, theirs)]
-        if not all(path.is_file() for path in kept):
-            return None
-        bleu = [bleu_of_resampled(read_predictions(path), references) for path in kept]
-        return (lambda items: 100 * (bleu[0](items) - bleu[1](items))), [0] * len(references)
-
     def commonsense_pairing(ours: Record, theirs: Record) -> Paired | None:
         out = results / commonsense.TABLE
         a, b = commonsense.answers_right(ours, out), commonsense.answers_right(theirs, out)
@@ -83,12 +74,28 @@ def columns(results: Path, data_dir: Path) -> list[Column]:
         return instruct.item_difference(a, b, "prompt_level_strict_acc"), [0] * len(a.keys)
 
     return found + [
-        Column("E2E BLEU", e2e_records, e2e_pairing),
+        e2e_column("E2E BLEU", e2e, results, data_dir),
+        e2e_column("E2E BLEU, 630 MRs", e2e_full, results, data_dir),
         Column("commonsense (option log-likelihood)",
                load_records(results, commonsense.TABLE, commonsense.runs()), commonsense_pairing),
         Column("IFEval (prompt strict)",
                [r for r in load_records(results, instruct.TABLE, instruct.runs()) if r["labels"]["method"] != "base"],
                instruct_pairing)]
+
+
+def e2e_column(title: str, table, results: Path, data_dir: Path) -> Column:
+    """BLEU in an E2E table (``e2e`` or ``e2e_full``), paired MR by MR on the predictions the runs kept."""
+    records = load_records(results, table.TABLE, table.runs())
+    references = references_of(records[0], data_dir) if records else []  # the same fixed MRs for every run
+
+    def pairing(ours: Record, theirs: Record) -> Paired | None:
+        kept = [record_path(results, table.TABLE, r["id"]).with_suffix(".predictions.txt") for r in (ours, theirs)]
+        if not all(path.is_file() for path in kept):
+            return None
+        bleu = [bleu_of_resampled(read_predictions(path), references) for path in kept]
+        return (lambda items: 100 * (bleu[0](items) - bleu[1](items))), [0] * len(references)
+
+    return Column(title, records, pairing)
 
 
 def seeds_only(ours: Record, theirs: Record) -> Paired:
