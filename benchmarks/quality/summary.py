@@ -235,20 +235,25 @@ NOT_RECORDED = "not recorded"
 
 def provenance(record: Record) -> str:
     """The code and evaluation a run's numbers come from: its git commit (12 digits, ``+dirty`` where the checkout
-    had uncommitted changes) and its evaluation switches (e.g. ``option_scorer prompt-cache``). A record written
-    before runs recorded them (issue 26) says ``not recorded``, never a guess."""
+    had uncommitted changes; for a run scored again, also the commit that trained its adapter) and its evaluation
+    switches (e.g. ``option_scorer prompt-cache``). A record written before runs recorded them (issue 26) says
+    ``not recorded``, never a guess."""
     run = record["run"]
-    source = run.get("source")
-    if source is None:
-        code = f"commit {NOT_RECORDED}"
-    elif source["commit"] == "unknown":
-        code = "commit unknown (not run from a git checkout)"
-    else:
-        code = f"{source['commit'][:12]}{'+dirty' if source['dirty'] is True else ''}"
+    code = _commit(run.get("source"))
+    if "trained_by" in run:  # a run scored again (`harness.scored_again`)
+        code += f" (adapter trained at {_commit(run['trained_by']['source'])})"
     switches = run.get("evaluation")
     if switches is None:
         return f"{code}, evaluation switches {NOT_RECORDED}"
     return ", ".join([code, *(f"{name} {value}" for name, value in sorted(switches.items()))])
+
+
+def _commit(source: dict[str, Any] | None) -> str:
+    if source is None:
+        return f"commit {NOT_RECORDED}"
+    if source["commit"] == "unknown":
+        return "commit unknown (not run from a git checkout)"
+    return f"{source['commit'][:12]}{'+dirty' if source['dirty'] is True else ''}"
 
 
 def code_note(records: Sequence[Record]) -> str:

@@ -62,8 +62,8 @@ def trained(config: RunConfig) -> dict:
 
 def scored_again(config: RunConfig, source: dict) -> dict:
     """The record of ``source``'s trained adapter (trained first if it has not run) evaluated with ``config``:
-    the source's training record, with this evaluation as its only one, this config, and ``trained_by`` naming
-    the source and the code that trained it (``source`` is the code that evaluated)."""
+    the source's training record, with this evaluation as its only one, this config and evaluation switches, and
+    ``trained_by`` naming the source and the code that trained it (``source`` is the code that evaluated)."""
     record = trained(resolve_config({}, source["settings"]))
     if len(record["evaluations"]) != 1:
         raise ValueError(f"{source['id']} chose its adapter among {len(record['evaluations'])} evaluations: scoring "
@@ -73,7 +73,8 @@ def scored_again(config: RunConfig, source: dict) -> dict:
     evaluation = {**record["final"], "metrics": evaluate(config, source["settings"]["output_dir"], output)}
     return {**record, "best": evaluation, "final": evaluation, "evaluations": [evaluation],
             "trained_by": {"run": source["id"], "source": record.get("source")}, "versions": versions(),
-            "device": str(best_device()), "source": source_revision(), "config": config.to_dict()}
+            "device": str(best_device()), "source": source_revision(),
+            "evaluation": build_pipeline(config).evaluation_switches(), "config": config.to_dict()}
 
 
 def main() -> None:

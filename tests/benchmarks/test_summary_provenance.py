@@ -23,6 +23,12 @@ def test_a_run_is_named_by_its_commit_dirtiness_and_switches():
         "commit unknown")
 
 
+def test_a_run_scored_again_names_the_commit_that_trained_its_adapter_too():
+    scored = record("lora", 0, {"commit": A, "dirty": False}, {"decoder": "generate"})
+    scored["run"]["trained_by"] = {"run": "e2e/e2e-lora-s0", "source": {"commit": B, "dirty": True}}
+    assert summary.provenance(scored) == f"{A[:12]} (adapter trained at {B[:12]}+dirty), decoder generate"
+
+
 def test_old_records_say_not_recorded_rather_than_guess():
     assert summary.provenance(record("lora", 0)) == "commit not recorded, evaluation switches not recorded"
     note = summary.code_note([record("lora", 0), record("kasa", 1)])
