@@ -16,7 +16,9 @@ A method whose paper trains it at a very different rate gets its own probe (``me
 table's schedule, with factors on that table's rate for the adapter (a classification head keeps its rate): VeRA,
 whose paper trains RoBERTa at about ten times LoRA's rate, on MRPC (the GLUE table's long schedule, which four of
 its five tasks use), and prefix tuning, usually trained at 1e-2 or more, in the commonsense table's schedule. The
-best factor goes to ``harness.METHOD_LR_FACTOR`` and from there to every table.
+best factor goes to ``harness.METHOD_LR_FACTOR`` and from there to every table. On GLUE "best" is the dev score,
+as for the table's rates; the commonsense table reports its test sets, so there the factor is chosen by the mean
+training loss, which the summary shows beside the test score, and the test sets choose nothing.
 """
 
 from __future__ import annotations
@@ -71,9 +73,10 @@ def summarise(records: list[Record], out: Path) -> None:
                          [[r["labels"]["probe"], COLA_PROBES[r["labels"]["probe"]].describe(), f"{metric(r):.1f}"]
                           for r in probes])
         + "\n## A method's own rate: seed 0, one task, factors on the task's rate (adapter only)\n\n"
-        + markdown_table(["method", "task", "factor", "lr", "best dev epoch (x100)"],
+        + markdown_table(["method", "task", "factor", "lr", "mean training loss", "score (x100; GLUE: best dev epoch)"],
                          [[r["labels"]["method"], r["labels"]["task"], f"{r['labels']['factor']:g}",
-                           f"{r['run']['config']['lr']:g}", f"{metric(r):.1f}"] for r in by_factor])
+                           f"{r['run']['config']['lr']:.3g}", f"{r['run']['train_loss']:.3f}", f"{metric(r):.1f}"]
+                          for r in by_factor])
         + f"\nMachine: {machine_line(records + probes + by_factor)}.\n"
         "Command: `python benchmarks/quality/lr_sweep.py`\n")
 
