@@ -21,7 +21,8 @@ from common import machine_info, machine_sentence, write_results  # noqa: E402
 
 from kasa_peft.pipelines.causal_lm import OPTION_SCORER  # noqa: E402
 from kasa_peft.pipelines.config import resolve_config  # noqa: E402
-from kasa_peft.pipelines.run import evaluate, evaluate_with_harness, read_run  # noqa: E402
+from kasa_peft.pipelines.run import evaluate, evaluate_with_harness  # noqa: E402
+from kasa_peft.pipelines.run_dir import read_run  # noqa: E402
 from kasa_peft.tasks.commonsense import COMMONSENSE_SETS  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 from kasa_peft import kasa_layers  # noqa: E402
 from kasa_peft.analysis.inspection import draw_grid, inspect_adapter  # noqa: E402
 from kasa_peft.pipelines.config import RunConfig  # noqa: E402
-from kasa_peft.pipelines.run import RUN_CONFIG_FILE, start  # noqa: E402
+from kasa_peft.pipelines.run import start  # noqa: E402
+from kasa_peft.pipelines.run_dir import RUN_CONFIG_FILE  # noqa: E402
 from quality import glue  # noqa: E402
 from quality.harness import RESULTS, WORK  # noqa: E402
 from quality.summary import markdown_table  # noqa: E402

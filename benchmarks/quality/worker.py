@@ -26,7 +26,8 @@ from kasa_peft.pipelines import commonsense, e2e, ifeval, sft  # noqa: E402
 from kasa_peft.pipelines.base import best_device  # noqa: E402
 from kasa_peft.pipelines.provenance import source_revision  # noqa: E402
 from kasa_peft.pipelines.registry import build_pipeline  # noqa: E402
-from kasa_peft.pipelines.run import evaluate, read_run, train, versions  # noqa: E402
+from kasa_peft.pipelines.run import evaluate, train, versions  # noqa: E402
+from kasa_peft.pipelines.run_dir import read_run  # noqa: E402
 
 # a run's answer files and the suffix of their copies beside its record
 ANSWER_FILES = {e2e.PREDICTIONS_FILE: ".predictions.txt", commonsense.PREDICTIONS_FILE: ".predictions.jsonl",

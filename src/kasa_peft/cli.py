@@ -383,7 +383,7 @@ def _train(args: argparse.Namespace) -> Work:
 
 def _evaluate(args: argparse.Namespace) -> Work:
     from .pipelines.config import resolve_config
-    from .pipelines.run import read_run, saved_by_a_trainer
+    from .pipelines.run_dir import read_run, saved_by_a_trainer
 
     values = _run_values(args)
     if args.run and not saved_by_a_trainer(args.run):

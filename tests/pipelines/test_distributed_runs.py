@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_CONFIG_FILE
+from kasa_peft.pipelines.run_dir import CHECKPOINTS_DIR, METRICS_FILE, RUN_CONFIG_FILE
 from kasa_peft.training import load_trained
 from kasa_peft import kasa_layers
 from tiny_models import tiny_llama

@@ -60,7 +60,7 @@ def test_other_methods_refuse_the_truncation_settings():
 
 def test_a_run_started_before_drop_rank_existed_resumes(tmp_path):
     """run_config.json of an unfinished run written before these settings existed: their defaults are what it used."""
-    from kasa_peft.pipelines.run import RUN_CONFIG_FILE, start_run_dir
+    from kasa_peft.pipelines.run_dir import RUN_CONFIG_FILE, start_run_dir
 
     config = resolve_config({}, {"task": "e2e", "model": "m", "resume": True})
     recorded = {k: v for k, v in config.to_dict().items() if k not in ("drop_rank", "drop_budget", "sigma_init")}

@@ -12,7 +12,8 @@ from transformers import TrainerCallback
 
 from kasa_peft.pipelines.config import resolve_config
 from kasa_peft.pipelines.evaluation import best_evaluation
-from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_CONFIG_FILE, start, train
+from kasa_peft.pipelines.run import start, train
+from kasa_peft.pipelines.run_dir import CHECKPOINTS_DIR, METRICS_FILE, RUN_CONFIG_FILE
 
 from .helpers import write_classification_files
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import kasa_peft.pipelines.run as run_module
-from kasa_peft.pipelines.run import CHECKPOINTS_DIR, METRICS_FILE, train
+from kasa_peft.pipelines.run import train
+from kasa_peft.pipelines.run_dir import CHECKPOINTS_DIR, METRICS_FILE
 from kasa_peft.pipelines.run_lock import RunDirectoryBusy, lock_path
 from kasa_peft.training.trainer import NonFiniteLossError
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import kasa_peft
 from kasa_peft.pipelines.config import resolve_config
-from kasa_peft.pipelines.run import METRICS_FILE, train
+from kasa_peft.pipelines.run import train
+from kasa_peft.pipelines.run_dir import METRICS_FILE
 
 from .helpers import write_classification_files
 

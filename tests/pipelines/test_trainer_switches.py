@@ -13,7 +13,8 @@ from transformers import TrainerCallback
 from kasa_peft.cli import build_parser
 from kasa_peft.core import KasaLayer
 from kasa_peft.pipelines.config import read_config_file, resolve_config
-from kasa_peft.pipelines.run import METRICS_FILE, train
+from kasa_peft.pipelines.run import train
+from kasa_peft.pipelines.run_dir import METRICS_FILE
 
 from tiny_models import tiny_bert
 

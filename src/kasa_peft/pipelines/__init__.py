@@ -7,7 +7,7 @@ from ..lazy import lazy_getattr
 
 _EXPORTS = {
     "TASK_DEFAULTS": "config", "RunConfig": "config", "read_config_file": "config", "resolve_config": "config",
-    "build_pipeline": "registry", "RunResult": "run", "evaluate": "run", "read_run": "run", "train": "run",
+    "build_pipeline": "registry", "RunResult": "run", "evaluate": "run", "read_run": "run_dir", "train": "run",
     "run_demo": "demo", "score": "scoring",
 }
 __all__ = sorted(_EXPORTS)

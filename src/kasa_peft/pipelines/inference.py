@@ -19,7 +19,7 @@ from ..tasks.glue import ClassificationExamples
 from .base import best_device
 from .classification import predict
 from .generation import Decoding
-from .run import METRICS_FILE, RECORD_FIX, read_run
+from .run_dir import METRICS_FILE, RECORD_FIX, read_run
 
 
 def generate_outputs(model_spec: str, adapters: Mapping[str, str], lines: Iterable[str], decoding: Decoding

@@ -1,15 +1,7 @@
 """One training run, start to finish: data, model, method, training, evaluation, ``metrics.json``.
 
-The output directory holds, when a run has finished, the trained adapter (the whole model for ``fft``), the
-evaluation's prediction files and ``metrics.json``, which is written last and atomically: a directory without
-``metrics.json`` is not a result. ``run_config.json`` (the resolved settings) is written when training starts,
-and Trainer checkpoints go to ``checkpoints/``; ``--resume`` continues from the newest complete one (a
-checkpoint being written when the run was killed is skipped, with a warning) and they are removed once the run
-has finished. Once training has ended, its steps and loss are kept in ``checkpoints/trained.json``, and once the
-final evaluation is done, the whole record in ``checkpoints/record.json``, before the adapter is written: a run
-killed after training is finished by ``--resume`` from the last checkpoint and these, without training again
-(Trainer, resumed from its last step, would take one more). One process at a time trains into a directory
-(`run_lock.run_directory_lock`).
+What the run directory holds, and how a killed run resumes, is `run_dir`'s. One process at a time trains into a
+directory (`run_lock.run_directory_lock`).
 """
 
 from __future__ import annotations
@@ -19,11 +11,9 @@ import dataclasses
 import json
 import math
 import platform
-import re
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -33,19 +23,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 from transformers import TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_callback import TrainerState
-from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core.config import ALL_LINEAR
-from ..core.files import check_tensor_file, default_permissions, read_json_object, reporting_full_disk
+from ..core.files import default_permissions, read_json_object, reporting_full_disk
 from ..models import load_model
 from ..training import KasaTrainer, MethodSpec, PreparedModel, load_trained, prepare_model
 from ..training.distributed import barrier, is_main_process, on_main_process
 from ..training.methods import METHOD_FILE, recorded_method
 from ..version import __version__
 from .base import Metrics, ModelTask, TaskPipeline, best_device, write_atomically
-from .config import Quantization, RunConfig, normalise_settings, required
+from .config import Quantization, RunConfig, required
 from .evaluation import PeriodicEvaluation, best_evaluation, evaluations, training_losses
 from .generation import Decoding, PromptTargetPipeline
 from .method_fit import check_method_fits_model
@@ -54,22 +41,15 @@ from .registry import build_pipeline
 from .reporting import keep_tensorboard_logs_in, reporting_backends
 from .task_names import check_evaluation_modules
 from .run_inputs import check_run_inputs, data_fingerprint, weights_fingerprint
+from .run_dir import (
+    CHECKPOINTS_DIR, METRICS_FILE, PENDING_RECORD, TRAINED_FILE, changed_on_resume, check_final_checkpoint,
+    check_output_dir, latest_checkpoint, resume_fix, start_run_dir,
+)
 from .run_lock import run_directory_lock
 from .targets import default_target_modules
 
-METRICS_FILE = "metrics.json"
-RUN_CONFIG_FILE = "run_config.json"
-CHECKPOINTS_DIR = "checkpoints"
-PENDING_RECORD = "record.json"  # in checkpoints/: the finished run's record, before its adapter is written
-TRAINED_FILE = "trained.json"  # in checkpoints/: steps and training loss, once training has ended
-TRAINER_STATE = "trainer_state.json"  # Trainer writes it last into a checkpoint
 RECORD_KEYS = ("task", "method", "model", "main_metric", "best", "final", "trainable_parameters", "total_parameters",
                "wall_time_seconds", "optimizer_steps", "config")  # what a finished run's record always holds
-RECORD_FIX = ("restore it from a copy, or evaluate the adapter with `kasa-peft eval --adapter DIR --model M --task T`, "
-              "which needs no record")
-# settings a resumed run may change: how the numbers are computed or reported, not what is trained (bf16
-# changes the numbers a little; the record lists what changed, `changed_on_resume`)
-CHANGEABLE_ON_RESUME = ("bf16", "gradient_checkpointing", "torch_compile", "report_to")
 
 
 @dataclass
@@ -112,7 +92,7 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
         missing = [key for key in RECORD_KEYS if key not in record]
         if missing:
             raise ValueError(f"{pending} is damaged (no {', '.join(missing)}): {resume_fix(output_dir)}")
-        _check_final_checkpoint(checkpoint, record.get("optimizer_steps"), pending)
+        check_final_checkpoint(checkpoint, record.get("optimizer_steps"), pending)
         prepared.load_checkpoint(checkpoint)
         return _finish(output_dir, prepared, record)
     if is_main_process():
@@ -129,7 +109,7 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
     keep_tensorboard_logs_in(trainer, output_dir)
     if checkpoint is not None and trained.is_file():  # trained; killed before its record was kept
         outcome = read_json_object(trained, resume_fix(output_dir))
-        state = _check_final_checkpoint(checkpoint, outcome.get("optimizer_steps"), trained)
+        state = check_final_checkpoint(checkpoint, outcome.get("optimizer_steps"), trained)
         prepared.load_checkpoint(checkpoint)
     else:
         result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -158,16 +138,6 @@ def _train_locked(config: RunConfig, output_dir: Path, started: float,
     on_main_process(lambda: write_atomically(pending, json.dumps(record, indent=2) + "\n"),
                     f"writing {pending}")
     return _finish(output_dir, prepared, record)
-
-
-def _check_final_checkpoint(checkpoint: str, optimizer_steps: int | None, source: Path) -> TrainerState:
-    """The state of ``checkpoint``, which must be the one training ended at (``optimizer_steps``, from
-    ``source``)."""
-    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
-    if state.global_step != optimizer_steps:
-        raise ValueError(f"--resume: {source} records {optimizer_steps} steps but the newest complete checkpoint is "
-                         f"{checkpoint}; delete {source.parent.parent} and train again")
-    return state
 
 
 def _finish(output_dir: Path, prepared: PreparedModel, record: dict[str, Any]) -> RunResult:
@@ -247,127 +217,6 @@ def load_with_adapter(model_spec: str, adapter_dir: str | Path | None, method: s
     loaded, tokenizer = load_model(model_spec, model_task, num_labels, quantize=quantize)
     model: nn.Module = loaded if adapter_dir is None else load_trained(loaded, adapter_dir, method)
     return model.to(best_device()), tokenizer
-
-
-def latest_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete Trainer checkpoint of an unfinished run (``None``: start from the beginning).
-
-    Trainer writes ``trainer_state.json`` after the model, optimizer, scheduler and RNG states; a checkpoint
-    without a readable one was being written when the run was killed, and is skipped with a warning.
-    """
-    checkpoints = output_dir / CHECKPOINTS_DIR
-    if not checkpoints.is_dir():
-        return None
-    numbered = {int(match[1]): p for p in checkpoints.iterdir()
-                if p.is_dir() and (match := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name))}
-    for _, checkpoint in sorted(numbered.items(), reverse=True):
-        problem = _incomplete(checkpoint)
-        if problem is None:
-            check_checkpoint_files(checkpoint)
-            return str(checkpoint)
-        warnings.warn(f"--resume: skipping {checkpoint}: {problem}, so it was still being written when the run "
-                      "stopped; resuming from the checkpoint before it", stacklevel=2)
-    return None
-
-
-def check_checkpoint_files(checkpoint: Path) -> None:
-    """Every pickled file of ``checkpoint`` that resuming loads (optimizer, scheduler, RNG states, weights) must be
-    plain tensors: anything else is an error naming the file, before the Trainer's loader fails without naming it."""
-    from transformers.trainer_pt_utils import safe_globals  # the numpy types Trainer allows in rng_state.pth
-
-    for path in sorted(checkpoint.iterdir()):
-        if path.suffix in (".pt", ".pth", ".bin") and path.name != TRAINING_ARGS_NAME:
-            check_tensor_file(path, f"delete {checkpoint} to resume from the checkpoint before it, or delete "
-                                    f"{checkpoint.parent.parent} and train again", allowed=safe_globals)
-
-
-def _incomplete(checkpoint: Path) -> str | None:
-    """Why ``checkpoint`` is incomplete, or ``None`` when its ``trainer_state.json`` is whole."""
-    state = checkpoint / TRAINER_STATE
-    if not state.is_file():
-        return f"it has no {TRAINER_STATE}"
-    try:
-        TrainerState.load_from_json(str(state))
-    except (ValueError, TypeError, UnicodeDecodeError):
-        return f"its {TRAINER_STATE} is cut off"
-    return None
-
-
-def saved_by_a_trainer(directory: str | Path) -> bool:
-    """Whether ``directory`` is what a Trainer's ``save_model`` wrote (``KasaSFTTrainer``, ``KasaDPOTrainer``, a
-    ``KasaTrainerMixin`` trainer): an adapter with its method record, but no run record of ``kasa-peft train``."""
-    directory = Path(directory)
-    return (directory / METHOD_FILE).is_file() and not (directory / METRICS_FILE).is_file()
-
-
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """The ``metrics.json`` of a finished run."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no finished run ({METRICS_FILE} is missing): pass the --output-dir "
-                                "of a run that completed, or finish it with `kasa-peft train ... --resume`")
-    record = read_json_object(path, RECORD_FIX)
-    labels = record.get("label_names")
-    if not isinstance(record.get("config"), dict) or not (
-            labels is None or (isinstance(labels, list) and all(isinstance(name, str) for name in labels))):
-        raise ValueError(f"{path} is damaged: it needs a 'config' mapping and 'label_names' (a list of class names, "
-                         f"or null): {RECORD_FIX}")
-    known = {f.name for f in dataclasses.fields(RunConfig)}  # (a setting of another version is left to `eval`)
-    normalise_settings({k: v for k, v in record["config"].items() if k in known}, str(path))  # of the right type
-    return record
-
-
-def resume_fix(output_dir: Path) -> str:
-    """What to do when a record an unfinished run keeps is damaged."""
-    return f"the unfinished run cannot be resumed; delete {output_dir} and train again"
-
-
-def check_output_dir(output_dir: Path, config: RunConfig) -> None:
-    """Refuse to overwrite a finished run, or to mix a new run into an unfinished one without ``--resume``."""
-    if (output_dir / METRICS_FILE).exists():
-        raise FileExistsError(f"{output_dir} already holds a finished run ({METRICS_FILE}): choose another "
-                              "--output-dir, or delete that one")
-    if not output_dir.exists() or not any(output_dir.iterdir()):
-        return
-    recorded = output_dir / RUN_CONFIG_FILE
-    if not config.resume:
-        raise FileExistsError(f"{output_dir} is not empty: pass --resume to continue the unfinished run in it, or "
-                              "choose another --output-dir")
-    if not recorded.is_file():
-        raise FileNotFoundError(f"{output_dir} holds no {RUN_CONFIG_FILE}, so it is not a run to resume: "
-                                "choose another --output-dir")
-
-
-def start_run_dir(output_dir: Path, config: RunConfig) -> None:
-    """Create the run directory with ``run_config.json``; a resumed run must have the same settings, but for
-    `CHANGEABLE_ON_RESUME`."""
-    recorded = output_dir / RUN_CONFIG_FILE
-    if recorded.is_file():
-        changed = sorted(name for name in _changed_settings(output_dir, config) if name not in CHANGEABLE_ON_RESUME)
-        if changed:
-            raise ValueError(f"--resume: {output_dir} was started with different settings ({', '.join(changed)}); "
-                             "resume with the original settings or choose another --output-dir")
-        return
-    write_atomically(recorded, json.dumps(config.to_dict(), indent=2) + "\n")
-
-
-def changed_on_resume(output_dir: Path, config: RunConfig) -> dict[str, dict[str, Any]]:
-    """The settings of `CHANGEABLE_ON_RESUME` that differ from those the run in ``output_dir`` was started with
-    (``run_config.json``): ``{name: {"started": value, "resumed": value}}``; empty for a run never resumed."""
-    return {name: {"started": before, "resumed": now}
-            for name, (before, now) in _changed_settings(output_dir, config).items() if name in CHANGEABLE_ON_RESUME}
-
-
-def _changed_settings(output_dir: Path, config: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """``{name: (recorded, now)}`` for the settings, but ``resume``, that differ from ``run_config.json``'s (a
-    setting the recorded file predates counts as its default); empty when there is no such file."""
-    recorded = output_dir / RUN_CONFIG_FILE
-    if not recorded.is_file():
-        return {}
-    before = read_json_object(recorded, resume_fix(output_dir))
-    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    return {name: (before.get(name, defaults[name]), now) for name, now in config.to_dict().items()
-            if name != "resume" and before.get(name, defaults[name]) != now}
 
 
 def finalise(config: RunConfig, model: nn.Module, tokenizer, pipeline: TaskPipeline) -> RunConfig:
