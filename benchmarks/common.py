@@ -24,17 +24,19 @@ def machine_info() -> dict:
     """The machine, the versions, the git commit of the kasa-peft checkout (``source``) and the command."""
     import torch
 
+    import kasa_peft
     from kasa_peft.pipelines.provenance import source_revision
 
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
-    versions = {}
-    for package in ("torch", "transformers", "peft", "accelerate", "kasa-peft"):
+    versions: dict[str, str | None] = {}
+    for package in ("torch", "transformers", "peft", "accelerate"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    versions["kasa-peft"] = kasa_peft.__version__  # the code loaded (a worktree's, on PYTHONPATH), not the installed
     return {
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
         "platform": platform.platform(), "versions": versions, "load_average": os.getloadavg(),

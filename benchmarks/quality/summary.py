@@ -221,9 +221,12 @@ def _save(figure, path: Path) -> Path:
 
 
 def machine_line(records: Sequence[Record]) -> str:
-    """Where and with what the runs ran (from the latest record), then which code (`code_note`)."""
+    """Where and with what the runs ran (from the latest record), then which code (`code_note`). A package the run
+    itself records (``run.versions``: the code that trained or evaluated) wins over the worker's environment."""
     latest = max(records, key=lambda r: r["machine"]["date"])
-    machine, versions = latest["machine"], latest["machine"]["versions"]
+    machine = latest["machine"]
+    recorded = latest["run"].get("versions", {})
+    versions = {name: recorded.get(name, v) for name, v in machine["versions"].items()}
     packages = ", ".join(f"{name} {v}" for name, v in versions.items() if v)
     return (f"{machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads per run, "
             f"shared with other work), Python {machine['python']}, {packages}; device {latest['run']['device']}. "

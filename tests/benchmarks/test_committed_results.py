@@ -11,6 +11,8 @@ from pathlib import Path
 
 import common
 
+import kasa_peft
+
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 # an absolute path of a POSIX machine's usual roots, or a Windows drive: neither belongs in a committed result
 ABSOLUTE = re.compile(r"(?<![\w.~<>-])/(?:work|tmp|root|home|Users|mnt|opt|srv|var|usr|private|data)/"
@@ -72,6 +74,7 @@ def test_machine_info_records_the_commit_and_a_relative_command(monkeypatch):
                                       str(common.REPO / "runs" / "a"), f"--data-dir={common.REPO.parent}/shared/data"])
     info = common.machine_info()
     assert info["command"] == "x.py --runs runs/a --data-dir=../shared/data"
+    assert info["versions"]["kasa-peft"] == kasa_peft.__version__  # the code loaded, not the installed metadata
     assert info["source"] == source_revision()
 
 

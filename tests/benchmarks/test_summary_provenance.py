@@ -61,6 +61,15 @@ def test_the_machine_line_carries_the_code_note():
     assert summary.machine_line([record("lora", 0)]).endswith(summary.code_note([record("lora", 0)]))
 
 
+def test_the_machine_line_names_the_versions_the_run_recorded_over_the_workers_environment():
+    """A record read back from a finished run directory: the worker's installed kasa-peft is not the code that
+    trained."""
+    run = record("lora", 0)
+    run["machine"]["versions"] = {"torch": "2", "kasa-peft": "0.9"}
+    run["run"]["versions"] = {"kasa-peft": "0.8", "python": "3.11"}
+    assert "torch 2, kasa-peft 0.8;" in summary.machine_line([run])
+
+
 def test_records_with_different_labels_are_grouped_by_the_labels_each_has():
     """The learning-rate sweep holds sweep runs (task, lr), probes (task, probe) and method probes (task, method,
     factor): a row is made of the labels a run has."""
