@@ -27,7 +27,7 @@ from kasa_peft.pipelines.base import best_device  # noqa: E402
 from kasa_peft.pipelines.provenance import source_revision  # noqa: E402
 from kasa_peft.pipelines.registry import build_pipeline  # noqa: E402
 from kasa_peft.pipelines.run import evaluate, train, versions  # noqa: E402
-from kasa_peft.pipelines.run_dir import read_run  # noqa: E402
+from kasa_peft.pipelines.run_dir import METRICS_FILE, read_run  # noqa: E402
 
 # a run's answer files and the suffix of their copies beside its record
 ANSWER_FILES = {e2e.PREDICTIONS_FILE: ".predictions.txt", commonsense.PREDICTIONS_FILE: ".predictions.jsonl",
@@ -58,7 +58,7 @@ def run_job(job: dict) -> dict:
 def trained(config: RunConfig) -> dict:
     """The record of the run ``config`` trains, read if it has finished."""
     output = Path(config.output_dir)
-    return read_run(output) if (output / "metrics.json").is_file() else train(config).record
+    return read_run(output) if (output / METRICS_FILE).is_file() else train(config).record
 
 
 def scored_again(config: RunConfig, source: dict) -> dict:
