@@ -67,16 +67,18 @@ def comparisons(table) -> list[tuple[Side, Side]]:
     return pairs
 
 
+def paired_bleu(ours: list[str], theirs: list[str], references: list[list[str]]) -> Callable[[np.ndarray], float]:
+    """``BLEU(ours) - BLEU(theirs)`` (x100) on a resample of the MRs (the indices of ``references`` drawn)."""
+    bleu_ours, bleu_theirs = bleu_of_resampled(ours, references), bleu_of_resampled(theirs, references)
+    return lambda items: 100 * (bleu_ours(items) - bleu_theirs(items))
+
+
 def bleu_difference(ours: list[list[str]], theirs: list[list[str]], references: list[list[str]]
                     ) -> tuple[Interval, Interval]:
     """The seed-averaged BLEU difference (x100) with its 95% intervals over the MRs alone and over seeds and MRs.
 
     ``ours[s]`` / ``theirs[s]``: the predictions of seed ``s``'s runs, one per MR of ``references``."""
-    def difference(a: list[str], b: list[str]) -> Callable[[np.ndarray], float]:
-        bleu_a, bleu_b = bleu_of_resampled(a, references), bleu_of_resampled(b, references)
-        return lambda items: 100 * (bleu_a(items) - bleu_b(items))
-
-    differences = [difference(a, b) for a, b in zip(ours, theirs, strict=True)]
+    differences = [paired_bleu(a, b, references) for a, b in zip(ours, theirs, strict=True)]
     strata = [0] * len(references)
     return (seed_item_interval(differences, strata, resample_seeds=False),
             seed_item_interval(differences, strata))

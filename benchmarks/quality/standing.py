@@ -29,8 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `quality`
 
-from kasa_peft.tasks.e2e import bleu_of_resampled, read_predictions  # noqa: E402
+from kasa_peft.tasks.e2e import read_predictions  # noqa: E402
 from quality import commonsense, e2e, e2e_full, glue, instruct  # noqa: E402
+from quality.e2e_bootstrap import paired_bleu  # noqa: E402
 from quality.harness import DATA, RESULTS, Record, load_records, record_path  # noqa: E402
 from quality.intervals import Difference, Interval, seed_item_interval  # noqa: E402
 from quality.rescore_e2e import references_of  # noqa: E402
@@ -92,8 +93,7 @@ def e2e_column(title: str, table, results: Path, data_dir: Path) -> Column:
         kept = [record_path(results, table.TABLE, r["id"]).with_suffix(".predictions.txt") for r in (ours, theirs)]
         if not all(path.is_file() for path in kept):
             return None
-        bleu = [bleu_of_resampled(read_predictions(path), references) for path in kept]
-        return (lambda items: 100 * (bleu[0](items) - bleu[1](items))), [0] * len(references)
+        return paired_bleu(*(read_predictions(path) for path in kept), references), [0] * len(references)
 
     return Column(title, records, pairing)
 
