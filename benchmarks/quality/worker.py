@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from time import perf_counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
 
@@ -45,14 +46,22 @@ def run_job(job: dict) -> dict:
     elif not job.get("train", True):
         output.mkdir(parents=True, exist_ok=True)
         pipeline = build_pipeline(config)
+        metrics, seconds = timed_evaluation(config, None, output)
         run = {"task": config.task, "method": None, "model": config.model, "main_metric": pipeline.main_metric,
-               "final": {"metrics": evaluate(config, None, output)}, "trained": False, "versions": versions(),
-               "device": str(best_device()), "source": source_revision(),
+               "final": {"metrics": metrics}, "trained": False, "evaluation_wall_time_seconds": seconds,
+               "versions": versions(), "device": str(best_device()), "source": source_revision(),
                "evaluation": pipeline.evaluation_switches(), "config": config.to_dict()}
     else:
         run = trained(config)
     return {"table": job["table"], "id": job["id"], "labels": job["labels"], "command": job["command"], "run": run,
             "machine": machine_info(), "output_dir": str(output)}
+
+
+def timed_evaluation(config: RunConfig, adapter: str | None, output: Path) -> tuple[dict, float]:
+    """``evaluate``'s metrics and the seconds it took."""
+    start = perf_counter()
+    metrics = evaluate(config, adapter, output)
+    return metrics, perf_counter() - start
 
 
 def trained(config: RunConfig) -> dict:
@@ -64,15 +73,18 @@ def trained(config: RunConfig) -> dict:
 def scored_again(config: RunConfig, source: dict) -> dict:
     """The record of ``source``'s trained adapter (trained first if it has not run) evaluated with ``config``:
     the source's training record, with this evaluation as its only one, this config and evaluation switches, and
-    ``trained_by`` naming the source and the code that trained it (``source`` is the code that evaluated)."""
+    ``trained_by`` naming the source and the code that trained it (``source`` is the code that evaluated);
+    ``wall_time_seconds`` stays the training's, ``evaluation_wall_time_seconds`` is this evaluation's."""
     record = trained(resolve_config({}, source["settings"]))
     if len(record["evaluations"]) != 1:
         raise ValueError(f"{source['id']} chose its adapter among {len(record['evaluations'])} evaluations: scoring "
                          "it again with other settings could have chosen another")
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    evaluation = {**record["final"], "metrics": evaluate(config, source["settings"]["output_dir"], output)}
+    metrics, seconds = timed_evaluation(config, source["settings"]["output_dir"], output)
+    evaluation = {**record["final"], "metrics": metrics}
     return {**record, "best": evaluation, "final": evaluation, "evaluations": [evaluation],
+            "evaluation_wall_time_seconds": seconds,
             "trained_by": {"run": source["id"], "source": record.get("source")}, "versions": versions(),
             "device": str(best_device()), "source": source_revision(),
             "evaluation": build_pipeline(config).evaluation_switches(), "config": config.to_dict()}

@@ -456,6 +456,8 @@ def test_the_worker_scores_a_trained_adapter_again_with_its_own_evaluation(tmp_p
                         or {"BLEU": 0.5})
     monkeypatch.setattr(worker, "build_pipeline", lambda config: SimpleNamespace(
         evaluation_switches=lambda: {"beams": str(config.num_beams)}))
+    clock = iter([10.0, 17.5])
+    monkeypatch.setattr(worker, "perf_counter", lambda: next(clock))
     job = {"settings": {**run.settings, "output_dir": str(output)}, "table": "e2e_full", "id": run.id,
            "labels": run.labels, "command": "c",
            "trained_by": {"id": "e2e/" + run.trained_by.run.id,
@@ -467,6 +469,7 @@ def test_the_worker_scores_a_trained_adapter_again_with_its_own_evaluation(tmp_p
     again = {"step": 100, "epoch": 1.0, "metrics": {"BLEU": 0.5}}
     assert record["final"] == record["best"] == again and record["evaluations"] == [again]
     assert record["train_loss"] == 1.8 and record["config"]["num_beams"] == 1
+    assert record["evaluation_wall_time_seconds"] == 7.5  # this evaluation's time, between the clock's two reads
     assert record["evaluation"] == {"beams": "1"}  # this evaluation's switches, not the source's
     assert record["trained_by"] == {"run": "e2e/" + run.trained_by.run.id, "source": "abc"}
     assert harness.matches(run.settings, record["config"])
