@@ -8,10 +8,8 @@ peft 0.21.2:
   *largest* singular components become the factors and are subtracted from the base);
 * ``milora`` (MiLoRA, Wang et al. 2024, arXiv 2406.09044): PiSSA with the r *smallest* components, saved as
   a plain LoRA of the original base (`kasa_peft.training.milora`);
-* ``adalora``: ``AdaLoraConfig`` with ``target_r = r`` and ``init_r = round(1.5 r)`` (the AdaLoRA paper
-  starts from 1.5x the final budget), warm-up ``tinit`` = 10% and final phase ``tfinal`` = 50% of
-  ``total_steps`` (the proportions of the paper's GLUE schedules); ``update_and_allocate`` runs after
-  every optimizer step; checkpoints also hold its importance averages, so a resumed run is the same run;
+* ``adalora``: ``AdaLoraConfig`` with ``target_r = r`` over ``total_steps`` (`kasa_peft.training.adalora`);
+  checkpoints also hold its importance averages, so a resumed run is the same run;
 * ``peft-kasa``: ``LoraConfig(kasa_config=KasaConfig(beta, gamma))``, with the loss PEFT defines (paper
   form, summed over layers) added to the task loss; ``regularizer`` / ``reduction`` apply to ``kasa`` only;
 * ``fft``: every parameter trained, nothing injected;
@@ -64,6 +62,7 @@ from .baselines import (
 )
 from .distributed import inject_distributed, on_main_process, save_adapter_distributed
 from .method_names import METHODS
+from .adalora import adalora_config, load_adalora_state, save_adalora_state
 from .milora import init_milora, save_milora_as_lora, trained_milora_factors
 
 PeftModule = Any  # a PEFT model or layer: its attributes (peft_config, lora_A, rankallocator...) are PEFT's
@@ -72,11 +71,6 @@ HEAD_NAMES = ("classifier", "score")  # what transformers calls a sequence class
 METHOD_FILE = "kasa_peft_method.json"
 RECORD_FIX = ("restore the run's record from a copy, or train the run again (the weights beside it cannot be read "
               "without it)")
-ADALORA_INIT_RANK_FACTOR = 1.5
-ADALORA_TINIT_FRACTION = 0.1
-ADALORA_TFINAL_FRACTION = 0.5
-ADALORA_SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # the RankAllocator's importance averages
-ADALORA_STATE_FILE = "adalora_resume_state.safetensors"
 QUANTIZED_BASE_METHODS = ("kasa", "lora", "dora", "adalora")
 KASA_ONLY = {"drop_rank": "r", "drop_budget": None, "sigma_init": "randn"}  # settings only `kasa` has, with defaults
 # the MethodSpec fields a KasaConfig carries under the same name (`kasa_config` maps them back)
@@ -357,7 +351,7 @@ def kasa_config(spec: MethodSpec, head_modules: tuple[str, ...]) -> KasaConfig:
 
 def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...]):
     """The PEFT config of a baseline, with the spec's rank, scaling, dropout, targets and saved modules."""
-    from peft import AdaLoraConfig, LoraConfig, PrefixTuningConfig, VeraConfig
+    from peft import LoraConfig, PrefixTuningConfig, VeraConfig
     from peft import KasaConfig as PeftKasaConfig
 
     targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
@@ -369,10 +363,7 @@ def peft_config(model: nn.Module, spec: MethodSpec, head_modules: tuple[str, ...
     common: dict[str, Any] = dict(lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
                                   modules_to_save=list(head_modules) or None, task_type=peft_task_type(model))
     if spec.method == "adalora":
-        total = cast(int, spec.total_steps)  # __post_init__ requires it for adalora
-        return AdaLoraConfig(**common, target_r=spec.r, init_r=round(ADALORA_INIT_RANK_FACTOR * spec.r),
-                             total_step=total, tinit=int(ADALORA_TINIT_FRACTION * total),
-                             tfinal=int(ADALORA_TFINAL_FRACTION * total))
+        return adalora_config(spec.r, cast(int, spec.total_steps), **common)  # __post_init__ requires total_steps
     variants: dict[str, dict[str, Any]] = {
         "lora": {}, "milora": {}, "pissa": {"init_lora_weights": "pissa"}, "dora": {"use_dora": True},
         "peft-kasa": {"kasa_config": PeftKasaConfig(beta=spec.beta, gamma=spec.gamma)}}
@@ -402,38 +393,6 @@ def peft_kasa_terms(model: PeftModule) -> RegularizationTerms:
         zero = torch.zeros(())
         return RegularizationTerms(zero, zero)
     return RegularizationTerms(torch.stack(l2).sum(), torch.stack(l3).sum())
-
-
-def save_adalora_state(model: PeftModule, directory: Path) -> None:
-    """What resuming AdaLoRA needs beyond its saved adapter: the trainable parameters at their full rank (PEFT
-    saves them pruned to the rank pattern) and the allocator's importance averages, which PEFT keeps in memory
-    only. (The rank pattern itself is in ``adapter_config.json``.)"""
-    from safetensors.torch import save_file
-
-    allocator = model.base_model.rankallocator
-    state = {f"{kind}/{name}": value for kind in ADALORA_SCORES for name, value in getattr(allocator, kind).items()}
-    state.update({f"param/{name}": p for name, p in model.named_parameters() if p.requires_grad})
-    save_file({key: value.detach().cpu().contiguous() for key, value in state.items()},
-              str(directory / ADALORA_STATE_FILE), metadata={"format": "pt"})
-
-
-def load_adalora_state(model: PeftModule, directory: str | os.PathLike) -> None:
-    """Put back, in place, what `save_adalora_state` wrote, and the rank pattern of the checkpoint's config."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(directory) / ADALORA_STATE_FILE))
-    allocator = model.base_model.rankallocator
-    device = next(model.parameters()).device
-    for kind in ADALORA_SCORES:
-        prefix = f"{kind}/"
-        setattr(allocator, kind, {key[len(prefix):]: value.to(device) for key, value in state.items()
-                                  if key.startswith(prefix)})
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                param.copy_(state[f"param/{name}"])
-    saved_config = read_json_object(Path(directory) / "adapter_config.json", RECORD_FIX)
-    model.peft_config["default"].rank_pattern = saved_config.get("rank_pattern")
 
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, PeftModule]]:
