@@ -19,7 +19,7 @@ from tiny_models import tiny_bert, tiny_llama, token_batch
 from transformers import BertForSequenceClassification, LlamaForCausalLM
 
 import kasa_peft as kp
-from kasa_peft.core import io as core_io
+from kasa_peft.core import fingerprint, io as core_io
 from kasa_peft.core import model as core_model
 from kasa_peft.training.methods import MethodSpec, prepare_model
 
@@ -273,7 +273,7 @@ def test_the_saved_tolerance_is_the_quantized_schemes():
     for kind in KINDS:
         metadata[kind], _ = core_io.adapter_contents(adapted(kind))
     assert metadata["nf4-double"]["base_fingerprint_tolerance"] == metadata["fp4"]["base_fingerprint_tolerance"] > 0.1
-    assert core_io.FINGERPRINT_TOLERANCE < metadata["int8"]["base_fingerprint_tolerance"] < 0.1
+    assert fingerprint.FINGERPRINT_TOLERANCE < metadata["int8"]["base_fingerprint_tolerance"] < 0.1
 
 
 class QuantLinear(torch.nn.Module):

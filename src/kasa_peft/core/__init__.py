@@ -1,7 +1,8 @@
 """The method itself, with torch as its only dependency."""
 
 from .config import KasaConfig
-from .io import load_adapter, read_adapter, restore_adapter, save_adapter, weight_fingerprint
+from .fingerprint import weight_fingerprint
+from .io import load_adapter, read_adapter, restore_adapter, save_adapter
 from .layer import KasaAdapter, KasaLayer, ModulesToSave
 from .model import (
     ParameterCount, adapters_per_example, delete_adapter, disable_adapters, dropped_components, inject, kasa_layers,
