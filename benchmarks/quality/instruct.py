@@ -164,9 +164,13 @@ def summarise(records: list[Record], out: Path) -> None:
     hits = {row: Stat.of([float(r["run"]["final"]["metrics"]["budget_hits"]) for r in records
                           if r["labels"]["method"] == row]) for row in rows
             if any(r["labels"]["method"] == row for r in records)}
+    losses = {row: Stat.of(values) for row in rows
+              if (values := [r["run"]["train_loss"] for r in records if r["labels"]["method"] == row
+                             and r["run"].get("train_loss") is not None])}
     uncut = _uncut_scores(answers)
     prompts, tasks = (EVAL_PROMPTS or IFEVAL_SIZE), min(EVAL_PROMPTS or HELD_OUT_SIZE, HELD_OUT_SIZE)
-    extra = {f"responses cut at {MAX_NEW_TOKENS} tokens (of {prompts})": {r: s.format(1) for r, s in hits.items()},
+    extra = {"mean training loss": {r: s.format(2) for r, s in losses.items()},
+             f"responses cut at {MAX_NEW_TOKENS} tokens (of {prompts})": {r: s.format(1) for r, s in hits.items()},
              "prompt strict on prompts no run cut off": {r: s.format(1) for r, s in uncut.items()}}
     found = intervals(answers, rows)
     interval_rows = [[row, *(_cell(found[row].get(name)) for name in METRICS)] for row in rows if row in found]
@@ -182,6 +186,8 @@ def summarise(records: list[Record], out: Path) -> None:
         "tasks, at most 128 new tokens. Why this size: `benchmarks/quality/instruct.py`'s docstring and "
         "`budget.md`.\n\n"
         f"{stat_table(stats, rows, METRICS, 'method', NAMES.get, extra=extra)}\n"
+        "The mean training loss is the Trainer's, over all of a run's steps: the loss on the response tokens, plus "
+        "the regularisers on the KaSA rows. "
         f"A response cut at the budget fails most length and ending instructions whatever the method: the "
         f"second-last column counts them per run, the last scores the {uncut_count} prompts that no run of any row "
         "cut off.\n\n"

@@ -13,7 +13,7 @@ ANSWERS = {"lora": ([(True, 2, False), (False, 1, False), (False, 0, True)], [40
            "kasa": ([(True, 2, False), (True, 2, False), (False, 1, True)], [50.0, 30.0])}
 
 
-def write_run(results: Path, method: str, seed: int) -> dict:
+def write_run(results: Path, method: str, seed: int, train_loss: float | None = None) -> dict:
     prompts, rouge = ANSWERS[method]
     run_id = f"instruct-{method}-s{seed}"
     path = harness.record_path(results, instruct.TABLE, run_id)
@@ -37,18 +37,20 @@ def write_run(results: Path, method: str, seed: int) -> dict:
                "budget_hits": sum(cut for _, _, cut in prompts)}
     return {"table": instruct.TABLE, "id": run_id, "labels": {"method": method, "seed": seed},
             "command": "python benchmarks/quality/instruct.py",
-            "run": {"final": {"metrics": metrics}, "config": {}, "device": "cpu"},
+            "run": {"final": {"metrics": metrics}, "config": {}, "device": "cpu", "train_loss": train_loss},
             "machine": {"date": "2026-01-01 00:00:00", "cpu": "x", "cores": 2, "torch_threads": 1, "python": "3.11",
                         "versions": {"torch": "2"}}}
 
 
 def test_summary_counts_budget_hits_scores_uncut_prompts_and_differences_with_lora(tmp_path):
     results = tmp_path / "results"
-    records = [write_run(results, method, seed) for method in ANSWERS for seed in (0, 1)]
+    losses = {("kasa", 0): 2.0, ("kasa", 1): 3.0, ("lora", 0): 1.5, ("lora", 1): 1.5}
+    records = [write_run(results, method, seed, losses[method, seed]) for method in ANSWERS for seed in (0, 1)]
     instruct.summarise(records, results / instruct.TABLE)
     text = (results / instruct.TABLE / "summary.md").read_text()
     kasa = next(line for line in text.splitlines() if line.startswith("| kasa |"))
     cells = [cell.strip() for cell in kasa.strip("|").split("|")]
+    assert cells[-3] == "2.50 ± 0.71"  # mean training loss over the seeds: (2 + 3) / 2, std sqrt(0.5)
     # prompt strict 2/3 on both seeds: 66.7 ± 0; one response of 3 cut per run; prompts no run cut off: 0 and 1,
     # where kasa passes both (100) and lora one (50)
     assert cells[1] == "**66.7 ± 0.0**" and cells[-2] == "1.0 ± 0.0" and cells[-1] == "100.0 ± 0.0"

@@ -399,8 +399,9 @@ def test_instruct_summary_gives_ifeval_as_percentages_and_rouge_l_as_scored(tmp_
         records.append(record)
     instruct.summarise(records, tmp_path)
     row = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| kasa |"))
-    # mean and sample std of (25, 35) and of (30, 34); budget hits 3 and 4; no answers kept: no uncut score
-    assert row == "| kasa |" + " **30.0 ± 7.1** |" * 4 + " **32.0 ± 2.8** | 3.5 ± 0.7 | — |"
+    # mean and sample std of (25, 35) and of (30, 34); no training loss recorded; budget hits 3 and 4; no answers
+    # kept: no uncut score
+    assert row == "| kasa |" + " **30.0 ± 7.1** |" * 4 + " **32.0 ± 2.8** | — | 3.5 ± 0.7 | — |"
     assert all(run.settings["instruct_eval_sets"] == ["user_oriented"] for run in instruct.runs())
 
 
