@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,16 +221,24 @@ def _save(figure, path: Path) -> Path:
 
 
 def machine_line(records: Sequence[Record]) -> str:
-    """Where and with what the runs ran (from the latest record), then which code (`code_note`). A package the run
-    itself records (``run.versions``: the code that trained or evaluated) wins over the worker's environment."""
-    latest = max(records, key=lambda r: r["machine"]["date"])
-    machine = latest["machine"]
-    recorded = latest["run"].get("versions", {})
+    """Where and with what the runs ran, then which code (`code_note`). Runs on different machines or packages list
+    each one with how many runs it holds, oldest first; none is left out for the latest."""
+    counts = Counter(_machine(record) for record in sorted(records, key=lambda r: r["machine"]["date"]))
+    if len(counts) == 1:
+        return f"{next(iter(counts))}. {code_note(records)}"
+    each = "; ".join(f"{machine} ({n} run{'s' if n > 1 else ''})" for machine, n in counts.items())
+    return f"the runs differ in machine or packages: {each}. {code_note(records)}"
+
+
+def _machine(record: Record) -> str:
+    """The machine and packages of one run. A package the run itself records (``run.versions``: the code that
+    trained or evaluated) wins over the worker's environment."""
+    machine = record["machine"]
+    recorded = record["run"].get("versions", {})
     versions = {name: recorded.get(name, v) for name, v in machine["versions"].items()}
     packages = ", ".join(f"{name} {v}" for name, v in versions.items() if v)
     return (f"{machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads per run, "
-            f"shared with other work), Python {machine['python']}, {packages}; device {latest['run']['device']}. "
-            f"{code_note(records)}")
+            f"shared with other work), Python {machine['python']}, {packages}; device {record['run']['device']}")
 
 
 NOT_RECORDED = "not recorded"

@@ -70,6 +70,17 @@ def test_the_machine_line_names_the_versions_the_run_recorded_over_the_workers_e
     assert "torch 2, kasa-peft 0.8;" in summary.machine_line([run])
 
 
+def test_runs_on_different_machines_or_packages_are_each_named_with_their_count():
+    old, new, newer = record("lora", 0), record("lora", 1), record("kasa", 0)
+    new["machine"] = {**new["machine"], "date": "2025-02-01", "cpu": "y", "versions": {"torch": "3"}}
+    newer["machine"] = {**new["machine"], "date": "2025-03-01"}
+    line = summary.machine_line([new, old, newer])
+    assert line.startswith("the runs differ in machine or packages: x (2 cores, 1 torch threads per run, shared with "
+                           "other work), Python 3.11, torch 2; device cpu (1 run); y (2 cores, 1 torch threads per "
+                           "run, shared with other work), Python 3.11, torch 3; device cpu (2 runs). ")
+    assert summary.machine_line([new, newer]).startswith("y (2 cores")  # one machine: no list
+
+
 def test_records_with_different_labels_are_grouped_by_the_labels_each_has():
     """The learning-rate sweep holds sweep runs (task, lr), probes (task, probe) and method probes (task, method,
     factor): a row is made of the labels a run has."""
