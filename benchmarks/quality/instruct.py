@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from quality.harness import Record, Run, main, with_method, record_path  # noqa: E402
 from quality.intervals import Interval, seed_item_interval  # noqa: E402
-from quality.summary import Stat, cells, machine_line, markdown_table, metric, stat_table  # noqa: E402
+from quality.summary import Stat, cells, group, machine_line, markdown_table, metric, stat_table  # noqa: E402
 
 TABLE = "instruct"
 BASE = "base"
@@ -161,12 +161,8 @@ def summarise(records: list[Record], out: Path) -> None:
     results = out.parent
     answers = {(r["labels"]["method"], r["labels"]["seed"]): Answers(results, r) for r in records
                if record_path(results, TABLE, r["id"]).with_suffix(".ifeval.jsonl").is_file()}
-    hits = {row: Stat.of([float(r["run"]["final"]["metrics"]["budget_hits"]) for r in records
-                          if r["labels"]["method"] == row]) for row in rows
-            if any(r["labels"]["method"] == row for r in records)}
-    losses = {row: Stat.of(values) for row in rows
-              if (values := [r["run"]["train_loss"] for r in records if r["labels"]["method"] == row
-                             and r["run"].get("train_loss") is not None])}
+    hits = per_method(records, lambda r: float(r["run"]["final"]["metrics"]["budget_hits"]))
+    losses = per_method(records, lambda r: r["run"].get("train_loss"))
     uncut = _uncut_scores(answers)
     prompts, tasks = (EVAL_PROMPTS or IFEVAL_SIZE), min(EVAL_PROMPTS or HELD_OUT_SIZE, HELD_OUT_SIZE)
     extra = {"mean training loss": {r: s.format(2) for r, s in losses.items()},
@@ -198,6 +194,16 @@ def summarise(records: list[Record], out: Path) -> None:
         + (markdown_table(["A", *(NAMES[n] for n in METRICS)], interval_rows) if interval_rows else
            "(no pair of runs with kept answers yet)\n")
         + f"\nMachine: {machine_line(records)}.\nCommand: `python benchmarks/quality/instruct.py`\n")
+
+
+def per_method(records: list[Record], value: Callable[[Record], float | None]) -> dict[str, Stat]:
+    """Per method, mean ± std of ``value`` over its runs; a run without one (the untrained base has no training
+    loss) is left out, and a method with none has no entry."""
+    found = {}
+    for (method,), runs in group(records, ("method",)).items():
+        if values := [v for r in runs if (v := value(r)) is not None]:
+            found[method] = Stat.of(values)
+    return found
 
 
 def _uncut_items(answers: dict[tuple[str, int], Answers]) -> np.ndarray:
