@@ -1,6 +1,5 @@
 """The base-weight fingerprint, against its definition evaluated with numpy."""
 
-
 import numpy as np
 import torch
 
