@@ -13,8 +13,7 @@ from tiny_models import VOCAB, token_batch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import kasa_peft as kp
-from kasa_peft import models
-from kasa_peft.models import ModelLoadError, load_model
+from kasa_peft.models import ModelLoadError, load_model, loading
 from kasa_peft.pipelines.preflight import preflight
 
 from .helpers import save_model
@@ -67,13 +66,13 @@ def test_a_transformers_without_disable_mmap_is_not_given_it(monkeypatch):
         def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
             raise NotImplementedError
 
-    monkeypatch.setattr(models, "PreTrainedModel", OldPreTrainedModel)
-    assert "disable_mmap" not in models._quantization_kwargs("4bit", torch.float32)
+    monkeypatch.setattr(loading, "PreTrainedModel", OldPreTrainedModel)
+    assert "disable_mmap" not in loading._quantization_kwargs("4bit", torch.float32)
 
 
 def test_quantize_without_bitsandbytes_says_what_to_install(llama64_dir, monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
+    monkeypatch.setattr(loading.importlib.util, "find_spec",
                         lambda name, *args: None if name == "bitsandbytes" else find_spec(name, *args))
     with pytest.raises(ModelLoadError, match=r"kasa-peft\[quantized\]"):
         load_model(llama64_dir, "causal_lm", quantize="4bit")

