@@ -39,6 +39,7 @@ from quality.summary import markdown_table, metric  # noqa: E402
 
 KASA_ROWS = ("kasa", "kasa-auto-ones")
 PICK = "kasa-auto-ones"  # the README's recommendation; a table without it (GLUE) shows the paper's kasa
+SEEDS = 3  # every table's seeds: a verdict over fewer says over how many
 # (ours, theirs) of one seed -> d_s and the items' strata, or None where a run kept no items to compare
 Paired = tuple[Difference, Sequence[Hashable]]
 Pairing = Callable[[Record, Record], Paired | None]
@@ -140,19 +141,31 @@ def report(results: Path, data_dir: Path) -> str:
 def verdicts(found: list[Column], methods: list[str], cells: dict[tuple[str, str], list[Found]]) -> str:
     """KaSA as recommended per model against each method: the verdicts alone."""
     picks = [PICK if any(r["labels"]["method"] == PICK for r in c.records) else "kasa" for c in found]
-    rows = [[method, *(verdict(cell[0]) if (cell := cells[(pick, method)][i]) else "—" for i, pick in enumerate(picks))]
-            for method in methods]
+    rows = [[method, *(glance(cells[(pick, method)][i]) for i, pick in enumerate(picks))] for method in methods]
     rows = [row for row in rows if any(cell != "—" for cell in row[1:])]
     return (f"## At a glance\n\nKaSA ({PICK} where a column has its runs, else kasa) against each method: above, "
-            "level or below.\n\n" + markdown_table(["KaSA against", *(c.title for c in found)], rows) + "\n")
+            f"level or below; a verdict over fewer than {SEEDS} seeds says over how many (its grid is still "
+            "running).\n\n" + markdown_table(["KaSA against", *(c.title for c in found)], rows) + "\n")
+
+
+def glance(found: Found) -> str:
+    """The verdict alone, with its number of seeds where it has fewer than the tables' ``SEEDS``."""
+    if found is None:
+        return "—"
+    interval, seeds = found
+    return verdict(interval) + (f" ({_seeds(seeds)})" if len(seeds) < SEEDS else "")
 
 
 def _cell(found: Found) -> str:
     if found is None:
         return "—"
     interval, seeds = found
-    return (f"{verdict(interval)} ({interval.estimate:+.1f} [{interval.low:+.1f}, {interval.high:+.1f}], "
-            f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
+    span = f"{interval.estimate:+.1f} [{interval.low:+.1f}, {interval.high:+.1f}]"
+    return f"{verdict(interval)} ({span}, {_seeds(seeds)})"
+
+
+def _seeds(seeds: list[int]) -> str:
+    return f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from quality.intervals import Interval
-from quality.standing import Column, seeds_only, standing, verdict
+from quality.standing import Column, glance, seeds_only, standing, verdict
 
 
 def record(method: str, seed: int, accuracy: float) -> dict:
@@ -46,3 +46,11 @@ def test_a_seed_without_kept_items_is_left_out_and_items_resample_within_the_kep
     interval, seeds = standing(Column("t", records, pairing), "kasa", "lora")
     assert seeds == [0, 1] and interval.estimate == pytest.approx((25.0 + 0.0) / 2)
     assert interval.low >= 0.0 and interval.high <= 100.0  # every item's difference is 0 or +1
+
+
+@pytest.mark.parametrize(("found", "expected"), [(None, "—"),
+                                                 ((Interval(1.0, 0.5, 2.0), [0, 1, 2]), "above"),
+                                                 ((Interval(0.1, -0.5, 0.6), [0]), "level (1 seed)"),
+                                                 ((Interval(-1.0, -2.0, -0.1), [0, 2]), "below (2 seeds)")])
+def test_at_a_glance_a_verdict_over_fewer_than_three_seeds_says_how_many(found, expected):
+    assert glance(found) == expected
