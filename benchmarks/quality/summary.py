@@ -87,8 +87,10 @@ def row_average(records: Sequence[Record], row: str, column: str, columns: Seque
 def matched_ratio(records: Sequence[Record], row: str, reference: Any, match: Sequence[str],
                   value: Callable[[Record], float]) -> dict[Any, float]:
     """Per row, the median of ``value`` divided by the ``reference`` row's ``value`` for the same ``match``
-    labels (the same task and seed), over the labels both rows have."""
-    measured = {key: value(runs[0]) for key, runs in group(records, (row, *match)).items()}
+    labels (the same task and seed) on the same machine (CPU model), over the pairs both rows have: a ratio of two
+    machines' times would measure the machines."""
+    measured = {(*key, runs[0]["machine"]["cpu"]): value(runs[0])
+                for key, runs in group(records, (row, *match)).items()}
     ratios: dict[Any, list[float]] = defaultdict(list)
     for (row_value, *key), run_value in measured.items():
         if (reference, *key) in measured:

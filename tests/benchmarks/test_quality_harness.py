@@ -170,7 +170,7 @@ def test_beaten_by_names_the_rows_above_the_reference():
     assert summary.beaten_by(stats, "kasa", ["kasa", "lora", "pissa"], ["a", "b"]) == {"a": ["lora"], "b": []}
 
 
-def test_matched_ratio_is_the_median_over_runs_of_the_same_task_and_seed():
+def test_matched_ratio_is_the_median_over_runs_of_the_same_task_and_seed_on_the_same_machine():
     times = {("a", "lora", 0): 10.0, ("a", "kasa", 0): 12.0, ("a", "lora", 1): 10.0, ("a", "kasa", 1): 15.0,
              ("b", "lora", 0): 20.0, ("b", "kasa", 0): 22.0, ("b", "kasa", 1): 99.0}  # b-kasa-s1 has no LoRA run
     records = [fake_record(task, method, seed, 0.5) for task, method, seed in times]
@@ -178,6 +178,9 @@ def test_matched_ratio_is_the_median_over_runs_of_the_same_task_and_seed():
         record["run"]["wall_time_seconds"] = wall
     ratios = summary.matched_ratio(records, "method", "lora", ("task", "seed"), lambda r: r["run"]["wall_time_seconds"])
     assert ratios == {"lora": 1.0, "kasa": pytest.approx(statistics.median([1.2, 1.5, 1.1]))}
+    records[1]["machine"]["cpu"] = "another"  # a-kasa-s0: its LoRA run was on another machine
+    ratios = summary.matched_ratio(records, "method", "lora", ("task", "seed"), lambda r: r["run"]["wall_time_seconds"])
+    assert ratios["kasa"] == pytest.approx(statistics.median([1.5, 1.1]))
 
 
 def test_concurrency_reads_the_jobs_of_each_command():
