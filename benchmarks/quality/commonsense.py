@@ -136,5 +136,6 @@ def example_comparison(records: list[Record], out: Path) -> str:
 def _interval(interval: Interval) -> str:
     return f"[{interval.low:+.1f}, {interval.high:+.1f}]"
 
+
 if __name__ == "__main__":
     sys.exit(main(TABLE, runs(), summarise))

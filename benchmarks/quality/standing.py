@@ -59,6 +59,7 @@ def columns(results: Path, data_dir: Path) -> list[Column]:
     glue_records = load_records(results, glue.TABLE, glue.runs())
     found = [Column(f"GLUE {task} ({glue.METRIC_NAMES[task]})",
                     [r for r in glue_records if r["labels"]["task"] == task], seeds_only) for task in glue.TASKS]
+
     def commonsense_pairing(ours: Record, theirs: Record) -> Paired | None:
         out = results / commonsense.TABLE
         a, b = commonsense.answers_right(ours, out), commonsense.answers_right(theirs, out)

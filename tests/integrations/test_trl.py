@@ -239,7 +239,6 @@ def test_the_saved_folder_is_read_by_export_and_load_trained(tmp_path):
     assert (exported / "adapter_config.json").is_file()
 
 
-
 def test_eval_run_reads_the_saved_folder_as_eval_adapter_does(tmp_path, capsys):
     """A trainer's output folder has no run record of `kasa-peft train`: `eval --run` evaluates its adapter, exactly
     as `eval --adapter` does with the same base and task, and without --task it says what is missing."""

@@ -16,7 +16,6 @@ import kasa_peft as kp
 from kasa_peft.interop import load_pretrained
 
 
-
 def train_like(model: torch.nn.Module, adapter_name: str, seed: int) -> None:
     """Give an adapter values a trained one could have (B != 0, sigma of both signs, changed head)."""
     generator = torch.Generator().manual_seed(seed)

@@ -30,6 +30,7 @@ def save_tiny_model(directory: Path, model, **tokenizer_options) -> Path:
     save_tiny_tokenizer(directory, **tokenizer_options)
     return directory
 
+
 def hide_packages(monkeypatch, *names: str) -> None:
     """Make importlib.util.find_spec report the given top-level packages as not installed."""
     real_find_spec = importlib.util.find_spec

@@ -19,7 +19,6 @@ from kasa_peft.pipelines.preflight import mean_loss, preflight
 from kasa_peft.pipelines.run import start
 
 
-
 def test_losses_are_those_of_the_base_and_of_its_svd_truncated_copy(llama_dir, tmp_path):
     records = [{"instruction": f"describe the movie number {i}", "input": "", "output": f"the plot was good {i}"}
                for i in range(12)]

@@ -125,7 +125,6 @@ def _has_tokenizer(source: ModelSource, location: str) -> bool:
     return source.kind == "hub_id" or any((Path(location) / name).is_file() for name in TOKENIZER_FILES)
 
 
-
 def _model_kwargs(task: str, num_labels: int | None, dtype: torch.dtype) -> dict:
     """The ``from_pretrained`` keyword arguments for a task, after checking the arguments."""
     if task not in _AUTO_CLASSES:
@@ -198,9 +197,6 @@ def _explain_load_failure(source: ModelSource) -> Iterator[None]:
             raise ModelLoadError(f"could not load {source.path!r} from the Hugging Face Hub: {error}\n{hint}"
                                  ) from error
         raise ModelLoadError(f"could not load the model at {source.path!r} ({source.description}): {error}") from error
-
-
-
 
 
 def _gguf_converted_dir(source: ModelSource) -> str:

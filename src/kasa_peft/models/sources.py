@@ -138,7 +138,6 @@ def reloadable_spec(spec: str, source: ModelSource) -> str:
     return str(Path(source.path, source.gguf_file or "").resolve())
 
 
-
 def loadable_name(spec: str) -> str:
     """What other tools load ``spec`` from: a shortcut becomes the directory it stands for (a GGUF shortcut:
     its dequantized copy in the cache); anything else is returned as it is."""

@@ -92,7 +92,6 @@ class ChatEndpoint:
         raise JudgeError(f"{self.url}: no answer after {self.retries + 1} attempts (last: {problem}); the cache "
                          "keeps the judgments made so far, so rerunning the same command resumes")
 
-
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
