@@ -8,9 +8,9 @@ the method's, with its 95% interval over the training seeds (paired) and the tes
 (`quality.intervals`). KaSA is **above** where the interval lies above 0, **below** where it lies below, and
 **level** where it contains 0 (level within the interval: the runs cannot tell the two apart, which is not the same
 as showing them equal). The columns are each table's main metric: GLUE per task (dev accuracy, MCC or Pearson; its
-records keep no per-example predictions, so its intervals resample the seeds alone), E2E BLEU (on the table's 50 MRs
-with beam search, and on all 630 with greedy decoding), commonsense average
-accuracy by option log-likelihood, IFEval prompt-level strict accuracy.
+records keep no per-example predictions, so its intervals resample the seeds alone, and need two of them), E2E
+BLEU (on the table's 50 MRs with beam search, and on all 630 with greedy decoding), commonsense average accuracy by
+option log-likelihood, IFEval prompt-level strict accuracy.
 
 Writes ``<results>/standing.md``: first the verdicts alone, for KaSA as the README recommends it on each model
 (``kasa-auto-ones`` where a table has it; on GLUE with MiniLM, where the paper's truncation and ``auto`` coincide,
@@ -108,12 +108,12 @@ def seeds_only(ours: Record, theirs: Record) -> Paired:
 
 def standing(column: Column, ours: str, theirs: str) -> Found:
     """``ours`` minus ``theirs`` in ``column`` over the seeds both finished and kept items for, with those seeds;
-    None where there are none."""
+    None where there are none, or only one in a column without items."""
     runs = {(r["labels"]["method"], r["labels"]["seed"]): r for r in column.records}
     paired = {s: column.pairing(runs[(ours, s)], runs[(theirs, s)])
               for (m, s) in sorted(runs) if m == ours and (theirs, s) in runs}
     kept = {s: pair for s, pair in paired.items() if pair is not None}
-    if not kept:
+    if not kept or (column.pairing is seeds_only and len(kept) < 2):  # one seed, no items: nothing to resample
         return None
     strata = next(iter(kept.values()))[1]
     interval = seed_item_interval([d for d, _ in kept.values()], strata,

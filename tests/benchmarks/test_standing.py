@@ -29,6 +29,7 @@ def test_seed_only_columns_resample_the_seed_differences():
     assert 9.0 - 1e-9 <= interval.low < interval.high <= 11.0 + 1e-9  # a mean of draws from {9, 10, 11}
     assert verdict(interval) == "above"
     assert standing(Column("t", records, seeds_only), "kasa", "pissa") is None  # no common seed
+    assert standing(Column("t", records[:1] + records[3:4], seeds_only), "kasa", "lora") is None  # one seed
 
 
 def test_a_seed_without_kept_items_is_left_out_and_items_resample_within_the_kept_ones():
