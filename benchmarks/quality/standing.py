@@ -39,7 +39,6 @@ from quality.summary import markdown_table, metric  # noqa: E402
 
 KASA_ROWS = ("kasa", "kasa-auto-ones")
 PICK = "kasa-auto-ones"  # the README's recommendation; a table without it (GLUE) shows the paper's kasa
-SEEDS = 3  # every table's seeds: a verdict over fewer says over how many
 # (ours, theirs) of one seed -> d_s and the items' strata, or None where a run kept no items to compare
 Paired = tuple[Difference, Sequence[Hashable]]
 Pairing = Callable[[Record, Record], Paired | None]
@@ -48,17 +47,20 @@ Found = tuple[Interval, list[int]] | None  # `standing`: the interval and the se
 
 @dataclass(frozen=True)
 class Column:
-    """One measurement: a table's records (those of one GLUE task) and how two runs of a seed differ on its items."""
+    """One measurement: a table's records (those of one GLUE task), how two runs of a seed differ on its items, and
+    the seeds the table trains."""
 
     title: str
     records: list[Record]
     pairing: Pairing
+    seeds: Sequence[int]
 
 
 def columns(results: Path, data_dir: Path) -> list[Column]:
     glue_records = load_records(results, glue.TABLE, glue.runs())
     found = [Column(f"GLUE {task} ({glue.METRIC_NAMES[task]})",
-                    [r for r in glue_records if r["labels"]["task"] == task], seeds_only) for task in glue.TASKS]
+                    [r for r in glue_records if r["labels"]["task"] == task], seeds_only, glue.SEEDS)
+             for task in glue.TASKS]
 
     def commonsense_pairing(ours: Record, theirs: Record) -> Paired | None:
         out = results / commonsense.TABLE
@@ -80,10 +82,10 @@ def columns(results: Path, data_dir: Path) -> list[Column]:
         e2e_column("E2E BLEU", e2e, results, data_dir),
         e2e_column("E2E BLEU, 630 MRs", e2e_full, results, data_dir),
         Column("commonsense (option log-likelihood)",
-               load_records(results, commonsense.TABLE, commonsense.runs()), commonsense_pairing),
+               load_records(results, commonsense.TABLE, commonsense.runs()), commonsense_pairing, commonsense.SEEDS),
         Column("IFEval (prompt strict)",
                [r for r in load_records(results, instruct.TABLE, instruct.runs()) if r["labels"]["method"] != "base"],
-               instruct_pairing)]
+               instruct_pairing, instruct.SEEDS)]
 
 
 def e2e_column(title: str, table, results: Path, data_dir: Path) -> Column:
@@ -97,7 +99,7 @@ def e2e_column(title: str, table, results: Path, data_dir: Path) -> Column:
             return None
         return paired_bleu(*(read_predictions(path) for path in kept), references), [0] * len(references)
 
-    return Column(title, records, pairing)
+    return Column(title, records, pairing, table.SEEDS)
 
 
 def seeds_only(ours: Record, theirs: Record) -> Paired:
@@ -142,19 +144,20 @@ def report(results: Path, data_dir: Path) -> str:
 def verdicts(found: list[Column], methods: list[str], cells: dict[tuple[str, str], list[Found]]) -> str:
     """KaSA as recommended per model against each method: the verdicts alone."""
     picks = [PICK if any(r["labels"]["method"] == PICK for r in c.records) else "kasa" for c in found]
-    rows = [[method, *(glance(cells[(pick, method)][i]) for i, pick in enumerate(picks))] for method in methods]
+    rows = [[method, *(glance(cells[(pick, method)][i], found[i].seeds) for i, pick in enumerate(picks))]
+            for method in methods]
     rows = [row for row in rows if any(cell != "—" for cell in row[1:])]
     return (f"## At a glance\n\nKaSA ({PICK} where a column has its runs, else kasa) against each method: above, "
-            f"level or below; a verdict over fewer than {SEEDS} seeds says over how many (its grid is still "
+            "level or below; a verdict over fewer seeds than its table trains says over how many (its grid is still "
             "running).\n\n" + markdown_table(["KaSA against", *(c.title for c in found)], rows) + "\n")
 
 
-def glance(found: Found) -> str:
-    """The verdict alone, with its number of seeds where it has fewer than the tables' ``SEEDS``."""
+def glance(found: Found, table_seeds: Sequence[int]) -> str:
+    """The verdict alone, with its number of seeds where it has fewer than its table trains (``table_seeds``)."""
     if found is None:
         return "—"
     interval, seeds = found
-    return verdict(interval) + (f" ({_seeds(seeds)})" if len(seeds) < SEEDS else "")
+    return verdict(interval) + (f" ({_seeds(seeds)})" if len(seeds) < len(table_seeds) else "")
 
 
 def _cell(found: Found) -> str:
