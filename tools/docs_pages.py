@@ -124,7 +124,10 @@ def fill(line: str, sources: list[str]) -> str:
     """``line`` with its ``table``, ``value`` and ``cell`` directives replaced, their records added to ``sources``."""
     matches = [*TABLE.finditer(line), *VALUE.finditer(line), *CELL.finditer(line)]
     sources += [f"`benchmarks/results/{m['path']}`" for m in matches]
-    return CELL.sub(summary_cell, VALUE.sub(record_value, TABLE.sub(summary_table, line)))
+    filled = CELL.sub(summary_cell, VALUE.sub(record_value, TABLE.sub(summary_table, line)))
+    if "{{" in filled:
+        raise ValueError(f"a directive the generator cannot read (each must sit whole on one line): {line.strip()!r}")
+    return filled
 
 
 def readme_block(name: str) -> str:

@@ -58,6 +58,8 @@ def test_directives_read_the_records(tmp_path, monkeypatch):
         docs_pages.fill("{{ cell t/summary.md 1 y 2 }}", [])
     with pytest.raises(KeyError, match="has no"):
         docs_pages.fill("{{ value t/r.json run.nothing .1f }}", [])
+    with pytest.raises(ValueError, match="cannot read"):  # a directive broken over two lines
+        docs_pages.fill("its loss {{ value t/r.json", [])
     sources: list[str] = []
     assert docs_pages.fill("{{ table t/summary.md 2 }}", sources) == "| m | c |\n|---|---|\n| x | 3 |"
     assert sources == ["`benchmarks/results/t/summary.md`"]
