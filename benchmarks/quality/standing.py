@@ -2,15 +2,16 @@
 
     python benchmarks/quality/standing.py [--results DIR] [--data-dir DIR]
 
-For each KaSA row (`kasa`, the paper's truncation, and `kasa-auto-ones`, the README's pick, where a table has
-it) and each other method of a table, over the seeds both have finished: the mean over seeds of KaSA's score minus
-the method's, with its 95% interval over the training seeds (paired) and the test items together
-(`quality.intervals`). KaSA is **above** where the interval lies above 0, **below** where it lies below, and
-**level** where it contains 0 (level within the interval: the runs cannot tell the two apart, which is not the same
-as showing them equal). The columns are each table's main metric: GLUE per task (dev accuracy, MCC or Pearson; its
-records keep no per-example predictions, so its intervals resample the seeds alone, and need two of them), E2E
-BLEU (on the table's 50 MRs with beam search, and on all 630 with greedy decoding), commonsense average accuracy by
-option log-likelihood, IFEval prompt-level strict accuracy.
+For each KaSA row (`kasa`, the paper's truncation, and `kasa-auto-ones`, the README's pick, where a table has it)
+and each other method of a table (not the rows trained on a 4-bit base: the quantized page compares those base
+against base), over the seeds both have finished: the mean over seeds of KaSA's score minus the method's, with its
+95% interval over the training seeds (paired) and the test items together (`quality.intervals`). KaSA is **above**
+where the interval lies above 0, **below** where it lies below, and **level** where it contains 0 (level within the
+interval: the runs cannot tell the two apart, which is not the same as showing them equal). The columns are each
+table's main metric: GLUE per task (dev accuracy, MCC or Pearson; its records keep no per-example predictions, so
+its intervals resample the seeds alone, and need two of them), E2E BLEU (on the table's 50 MRs with beam search, and
+on all 630 with greedy decoding), commonsense average accuracy by option log-likelihood, IFEval prompt-level strict
+accuracy.
 
 Writes ``<results>/standing.md``: first the verdicts alone, for KaSA as the README recommends it on each model
 (``kasa-auto-ones`` where a table has it; on GLUE with MiniLM, where the paper's truncation and ``auto`` coincide,
@@ -90,7 +91,7 @@ def columns(results: Path, data_dir: Path) -> list[Column]:
 
 def e2e_column(title: str, table, results: Path, data_dir: Path) -> Column:
     """BLEU in an E2E table (``e2e`` or ``e2e_full``), paired MR by MR on the predictions the runs kept."""
-    records = load_records(results, table.TABLE, table.runs())
+    records = full_precision(load_records(results, table.TABLE, table.runs()))
     references = references_of(records[0], data_dir) if records else []  # the same fixed MRs for every run
 
     def pairing(ours: Record, theirs: Record) -> Paired | None:
@@ -100,6 +101,12 @@ def e2e_column(title: str, table, results: Path, data_dir: Path) -> Column:
         return paired_bleu(*(read_predictions(path) for path in kept), references), [0] * len(references)
 
     return Column(title, records, pairing, table.SEEDS)
+
+
+def full_precision(records: list[Record]) -> list[Record]:
+    """The runs on the unquantized base: a row trained on a quantized one (``lora-4bit``) is the same method on
+    another base, compared base against base on the quantized page, not a method to stand against."""
+    return [r for r in records if not r["run"]["config"].get("quantize")]
 
 
 def seeds_only(ours: Record, theirs: Record) -> Paired:

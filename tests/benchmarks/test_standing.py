@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from quality.intervals import Interval
-from quality.standing import Column, glance, seeds_only, standing, verdict
+from quality.standing import Column, full_precision, glance, seeds_only, standing, verdict
 
 
 SEEDS = (0, 1, 2)
@@ -58,3 +58,9 @@ def test_a_seed_without_kept_items_is_left_out_and_items_resample_within_the_kep
                                                  ((Interval(-1.0, -2.0, -0.1), [0, 2]), "below (2 seeds)")])
 def test_at_a_glance_a_verdict_over_fewer_than_three_seeds_says_how_many(found, expected):
     assert glance(found, SEEDS) == expected
+
+
+def test_rows_trained_on_a_quantized_base_are_not_methods_to_stand_against():
+    runs = [{"id": i, "run": {"config": {"quantize": q}}} for i, q in (("lora", None), ("lora-4bit", "4bit"),
+                                                                        ("pissa", None))]
+    assert [r["id"] for r in full_precision(runs)] == ["lora", "pissa"]
