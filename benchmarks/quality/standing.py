@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,7 @@ def columns(results: Path, data_dir: Path) -> list[Column]:
         a, b = instruct.Answers(results, ours), instruct.Answers(results, theirs)
         return instruct.item_difference(a, b, "prompt_level_strict_acc"), [0] * len(a.keys)
 
-    return found + [
+    found += [
         e2e_column("E2E BLEU", e2e, results, data_dir),
         e2e_column("E2E BLEU, 630 MRs", e2e_full, results, data_dir),
         Column("commonsense (option log-likelihood)",
@@ -87,11 +87,12 @@ def columns(results: Path, data_dir: Path) -> list[Column]:
         Column("IFEval (prompt strict)",
                [r for r in load_records(results, instruct.TABLE, instruct.runs()) if r["labels"]["method"] != "base"],
                instruct_pairing, instruct.SEEDS)]
+    return [replace(column, records=full_precision(column.records)) for column in found]
 
 
 def e2e_column(title: str, table, results: Path, data_dir: Path) -> Column:
     """BLEU in an E2E table (``e2e`` or ``e2e_full``), paired MR by MR on the predictions the runs kept."""
-    records = full_precision(load_records(results, table.TABLE, table.runs()))
+    records = load_records(results, table.TABLE, table.runs())
     references = references_of(records[0], data_dir) if records else []  # the same fixed MRs for every run
 
     def pairing(ours: Record, theirs: Record) -> Paired | None:
